@@ -1,0 +1,194 @@
+/*
+ * cengine.h - the one public header of the cengine inference engine.
+ *
+ * A five-minute tour:
+ *
+ *     ce_tensor *x = NULL, *w = NULL, *y = NULL;
+ *     int64_t xs[2] = {1, 576}, ws[2] = {1536, 576}, ys[2] = {1, 1536};
+ *     ce_tensor_new(&x, CE_F32, 2, xs);              // owned, zero-filled
+ *     ce_tensor_wrap(&w, CE_Q4_1, 2, ws, mapped);    // borrowed: points into an mmap, never copied
+ *     ce_tensor_new(&y, CE_F32, 2, ys);
+ *     if (ce_matmul(y, x, w, NULL) != CE_OK)         // y = x @ w^T  (a Linear layer)
+ *         fprintf(stderr, "%s\n", ce_last_error());
+ *     float *out = (float *)y->data;                 // read the result
+ *     ce_tensor_free(x); ce_tensor_free(w); ce_tensor_free(y);
+ *
+ * Conventions
+ *  - Shapes are outermost first, like PyTorch: a matrix is {rows, cols}. A Linear weight is
+ *    {out_features, in_features}, so every weight row is one output and is contiguous.
+ *  - Strides are in bytes. Block-quantised dtypes (Q8_0, Q4_0, Q4_1) store each row as whole
+ *    32-element blocks, bit-exact to the GGUF layout, so a GGUF tensor is used in place.
+ *  - Every fallible call returns a ce_status (CE_OK = 0, errors < 0) and leaves a message for
+ *    ce_last_error() (thread-local). Nothing here calls exit() or abort() on bad input.
+ *  - Ops run on one persistent thread pool; each kernel splits rows by (thread index, count) in a
+ *    fixed way, so results do not depend on the thread count.
+ *
+ * The block between CENGINE_CDEF_BEGIN/END is fed to cffi's cdef after preprocessing with
+ * -DCENGINE_CDEF, so the Python binding cannot drift from this header.
+ */
+#ifndef CENGINE_H
+#define CENGINE_H
+
+#ifndef CENGINE_CDEF
+#include <stddef.h>
+#include <stdint.h>
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* CENGINE_CDEF_BEGIN */
+
+enum { CE_ABI_VERSION = 1, CE_MAX_DIMS = 4, CE_BLOCK = 32 };
+
+typedef int ce_status;
+enum {
+    CE_OK = 0,
+    CE_ERR_ARG = -1,      /* null pointer, bad enum, bad scalar argument */
+    CE_ERR_SHAPE = -2,    /* shapes do not fit the op */
+    CE_ERR_DTYPE = -3,    /* a dtype the op does not accept */
+    CE_ERR_RANGE = -4,    /* an index (token id, position, k) out of range */
+    CE_ERR_NOMEM = -5,    /* allocation failed */
+    CE_ERR_LAYOUT = -6,   /* strides the op cannot use (needs contiguous rows), misaligned blocks */
+    CE_ERR_INTERNAL = -7  /* a broken invariant; please report */
+};
+
+typedef enum {
+    CE_F32 = 0,
+    CE_F16 = 1,
+    CE_BF16 = 2,
+    CE_Q8_0 = 3,   /* 32 x int8 + f16 scale: 34 bytes per block */
+    CE_Q4_0 = 4,   /* 32 x 4-bit (offset 8) + f16 scale: 18 bytes per block */
+    CE_Q4_1 = 5,   /* 32 x 4-bit + f16 scale + f16 min: 20 bytes per block */
+    CE_I32 = 6,    /* token ids, positions, indices */
+    CE_DTYPE_COUNT = 7
+} ce_dtype;
+
+typedef enum {
+    CE_ROPE_ADJACENT = 0, /* rotate pairs (x[2i], x[2i+1]): GGUF / Meta Llama layout */
+    CE_ROPE_HALF = 1      /* rotate pairs (x[i], x[i+d/2]): Hugging Face layout */
+} ce_rope_mode;
+
+/* Ops, for timing and hook bookkeeping. The name table in tensor.c is checked against CE_OP_COUNT. */
+typedef enum {
+    CE_OP_MATMUL = 0,
+    CE_OP_EMBEDDING,
+    CE_OP_RMSNORM,
+    CE_OP_ROPE,
+    CE_OP_SOFTMAX,
+    CE_OP_SILU,
+    CE_OP_GELU,
+    CE_OP_SILU_MUL,
+    CE_OP_ADD,
+    CE_OP_MUL,
+    CE_OP_SCALE,
+    CE_OP_ATTENTION,
+    CE_OP_ARGMAX,
+    CE_OP_TOPK,
+    CE_OP_COPY,
+    CE_OP_COUNT
+} ce_op;
+
+enum { CE_TENSOR_OWNS_DATA = 1 };
+
+typedef struct ce_tensor {
+    void *data;              /* first element; owned (freed with the tensor) or borrowed */
+    int32_t dtype;           /* ce_dtype */
+    int32_t ndim;            /* 1..CE_MAX_DIMS */
+    int64_t shape[4];        /* outermost first; unused dims are 1 */
+    int64_t stride[4];       /* bytes between consecutive indices of each dim */
+    int32_t flags;           /* CE_TENSOR_OWNS_DATA */
+} ce_tensor;
+
+/* ---- build, errors, threads ---- */
+const char *ce_version(void);          /* "0.1.0" */
+int ce_abi_version(void);              /* CE_ABI_VERSION the library was built with */
+const char *ce_build_info(void);       /* compiler flags and SIMD features compiled in */
+const char *ce_source_hash(void);      /* sha256 of the sources it was built from */
+const char *ce_last_error(void);       /* message of the last failed call on this thread */
+const char *ce_status_name(ce_status s);
+const char *ce_dtype_name(int dtype);
+const char *ce_op_name(int op);
+
+ce_status ce_set_threads(int n);       /* 1..256; the pool is rebuilt only when n changes */
+int ce_get_threads(void);
+int ce_default_threads(void);          /* online cores */
+void ce_set_simd(int enabled);         /* 0: scalar reference kernels (tests), 1: SIMD if present */
+int ce_get_simd(void);                 /* 1 when SIMD kernels are selected and available */
+
+/* ---- dtypes ---- */
+int ce_dtype_is_block(int dtype);      /* 1 for Q8_0, Q4_0, Q4_1 */
+int64_t ce_dtype_block_size(int dtype);/* elements per block (32, or 1) */
+int64_t ce_dtype_block_bytes(int dtype);/* bytes per block (or per element) */
+ce_status ce_row_bytes(int dtype, int64_t n, int64_t *out_bytes); /* n must fill whole blocks */
+
+/* Convert n contiguous elements between any two dtypes (quantize / dequantize / cast). */
+ce_status ce_convert(int dst_dtype, void *dst, int src_dtype, const void *src, int64_t n);
+
+/* ---- tensors ---- */
+ce_status ce_tensor_new(ce_tensor **out, int dtype, int ndim, const int64_t *shape);
+ce_status ce_tensor_wrap(ce_tensor **out, int dtype, int ndim, const int64_t *shape, void *data);
+ce_status ce_tensor_view(ce_tensor **out, const ce_tensor *src, int ndim, const int64_t *shape,
+                         const int64_t *stride, int64_t byte_offset);
+void ce_tensor_free(ce_tensor *t);
+int64_t ce_tensor_numel(const ce_tensor *t);
+int64_t ce_tensor_nbytes(const ce_tensor *t);   /* bytes spanned by a contiguous tensor */
+int ce_tensor_is_contiguous(const ce_tensor *t);
+
+/* ---- ops: out = f(inputs). Outputs are F32 unless stated; shapes are checked. ---- */
+
+/* out[..., N] = x[..., K] @ w[N, K]^T (+ bias[N]); x F32, w any dtype, bias F32 or NULL.
+ * Rows of x may be strided; w rows must be contiguous. One row of x: GEMV; many: blocked GEMM. */
+ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, const ce_tensor *bias);
+
+/* out[n, D] = w[ids[n], :]; w any dtype, ids I32 with any shape of n elements. */
+ce_status ce_embedding(ce_tensor *out, const ce_tensor *w, const ce_tensor *ids);
+
+/* out = x / sqrt(mean(x^2) + eps) * w over the last dim; w F32 [D] or NULL. */
+ce_status ce_rmsnorm(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, float eps);
+
+/* In place on x[T, H, D] (or [T, H*D] with head_dim): rotate the first n_rot dims of every head
+ * by angle pos[t] * theta^(-2i/n_rot). pos is I32 [T]. */
+ce_status ce_rope(ce_tensor *x, const ce_tensor *pos, int64_t head_dim, int64_t n_rot, float theta,
+                  int mode);
+
+/* out = softmax(x * scale) over the last dim. */
+ce_status ce_softmax(ce_tensor *out, const ce_tensor *x, float scale);
+
+ce_status ce_silu(ce_tensor *out, const ce_tensor *x);
+ce_status ce_gelu(ce_tensor *out, const ce_tensor *x);   /* tanh approximation, as GPT-2 */
+ce_status ce_silu_mul(ce_tensor *out, const ce_tensor *gate, const ce_tensor *up); /* SwiGLU */
+ce_status ce_add(ce_tensor *out, const ce_tensor *a, const ce_tensor *b); /* b may broadcast rows */
+ce_status ce_mul(ce_tensor *out, const ce_tensor *a, const ce_tensor *b); /* b may broadcast rows */
+ce_status ce_scale(ce_tensor *out, const ce_tensor *x, float s);
+
+/* Causal grouped-query attention of T new queries against a KV cache.
+ *   q      [T, Hq, D]   F32
+ *   k, v   [S, Hkv, D]  F32 or F16 (the cache; only the first n_kv rows are read), Hq % Hkv == 0
+ *   pos    I32 [T]: absolute position of each query; query t sees keys 0..pos[t] (< n_kv)
+ *   out    [T, Hq, D]
+ *   probs  NULL, or F32 [Hq, T, n_kv]: the softmax probabilities (zeros where masked)
+ * scale multiplies q.k (usually 1/sqrt(D)). */
+ce_status ce_attention(ce_tensor *out, const ce_tensor *q, const ce_tensor *k, const ce_tensor *v,
+                       const ce_tensor *pos, int64_t n_kv, float scale, ce_tensor *probs);
+
+/* out I32 [R]: index of the max of each row of x[R, N] (first one on ties). */
+ce_status ce_argmax(ce_tensor *out, const ce_tensor *x);
+/* values F32 [R, k], indices I32 [R, k]: the k largest of each row, descending (stable on ties). */
+ce_status ce_topk(ce_tensor *values, ce_tensor *indices, const ce_tensor *x, int64_t k);
+
+/* dst = src elementwise with dtype conversion; same numel, any strides on F32/F16/BF16/I32 rows. */
+ce_status ce_copy(ce_tensor *dst, const ce_tensor *src);
+
+/* ---- benchmarks ---- */
+/* Streams a buffer of nbytes, reps times, over all pool threads; returns seconds (<0 on error). */
+double ce_bench_read_bandwidth(int64_t nbytes, int reps);
+double ce_now(void);                   /* monotonic seconds */
+
+/* CENGINE_CDEF_END */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* CENGINE_H */

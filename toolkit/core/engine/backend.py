@@ -1,0 +1,54 @@
+"""The backend that model plugins import: tensors, modules and ops over the C engine.
+
+    from toolkit.core.engine.backend import Module, Tensor, Linear, RMSNorm, scaled_dot_product_attention
+
+Engine settings (threads, SIMD on/off for reference runs, build info) live here too.
+"""
+from toolkit import errors
+
+from . import functional
+from . import functional as F
+from ._lib import check, ffi, lib
+from .functional import (add, argmax, copy_, embedding, gelu, linear, matmul, mul, rms_norm, rope_, scale,
+                         scaled_dot_product_attention, silu, silu_mul, softmax, topk)
+from .modules import Embedding, Linear, Module, ModuleList, RMSNorm
+from .tensor import Tensor
+
+__all__ = [
+    "Tensor", "Module", "Linear", "RMSNorm", "Embedding", "ModuleList", "F", "functional",
+    "scaled_dot_product_attention", "matmul", "linear", "embedding", "rms_norm", "rope_", "softmax",
+    "silu", "gelu", "silu_mul", "add", "mul", "scale", "argmax", "topk", "copy_",
+    "set_threads", "get_threads", "set_simd", "get_simd", "build_info", "engine_version",
+]
+
+
+def set_threads(n):
+    """Sets the engine's worker-thread count (default: all cores). Results do not depend on it."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise errors.ArgumentTypeError(f"thread count must be an int, got {type(n).__name__}")
+    check(lib.ce_set_threads(n))
+
+
+def get_threads():
+    return lib.ce_get_threads()
+
+
+def default_threads():
+    return lib.ce_default_threads()
+
+
+def set_simd(enabled):
+    """False selects the scalar reference kernels (for tests); True the SIMD ones where available."""
+    lib.ce_set_simd(1 if enabled else 0)
+
+
+def get_simd():
+    return bool(lib.ce_get_simd())
+
+
+def build_info():
+    return ffi.string(lib.ce_build_info()).decode()
+
+
+def engine_version():
+    return ffi.string(lib.ce_version()).decode()

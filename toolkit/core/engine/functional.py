@@ -1,0 +1,200 @@
+"""Functional ops: thin wrappers that allocate an output (unless `out=` is given) and call the engine.
+
+The engine validates shapes and dtypes and reports errors by status code; these wrappers only check
+what they need to allocate the output, so a hot-path call costs one cffi call plus a few attribute
+reads. Pass `out=` (a preallocated Tensor) to avoid the allocation on hot paths.
+"""
+import math
+
+from toolkit import errors
+
+from ._lib import check, ffi, lib
+from .tensor import Tensor
+
+_NULL = ffi.NULL
+_ROPE_MODES = {"adjacent": lib.CE_ROPE_ADJACENT, "half": lib.CE_ROPE_HALF}
+
+
+def _t(x, name):
+    if not isinstance(x, Tensor):
+        raise errors.ArgumentTypeError(f"{name} must be a Tensor, got {type(x).__name__}")
+    return x._ct
+
+
+def _ids(ids, name="ids"):
+    """An I32 tensor from a Tensor or a list of ints."""
+    if isinstance(ids, Tensor):
+        return ids
+    if isinstance(ids, (list, tuple, range)):
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise errors.ArgumentTypeError(f"{name} must be ints, got {i!r}")
+        t = Tensor((len(ids),), "I32")
+        return t.load(list(ids)) if len(ids) else t
+    raise errors.ArgumentTypeError(f"{name} must be a Tensor or a list of ints, got {type(ids).__name__}")
+
+
+def _like(x, last=None):
+    shape = x.shape if last is None else x.shape[:-1] + (last,)
+    return Tensor(shape, "F32")
+
+
+def matmul(x, w, bias=None, out=None):
+    """out[..., N] = x[..., K] @ w[N, K]^T (+ bias): a Linear layer; w may be any weight dtype."""
+    xc, wc = _t(x, "x"), _t(w, "w")
+    bc = _NULL if bias is None else _t(bias, "bias")
+    if out is None:
+        if w.ndim != 2:
+            raise errors.ShapeError(f"matmul weight must be 2-D [N, K], got shape {w.shape}")
+        out = _like(x, w.shape[0])
+    check(lib.ce_matmul(_t(out, "out"), xc, wc, bc))
+    return out
+
+
+linear = matmul
+
+
+def embedding(w, ids, out=None):
+    """out[n, D] = w[ids[n]]; ids is an I32 Tensor or a list of ints; w any dtype."""
+    wc = _t(w, "w")
+    ids = _ids(ids)
+    if out is None:
+        if w.ndim != 2:
+            raise errors.ShapeError(f"embedding weight must be 2-D [vocab, D], got shape {w.shape}")
+        out = Tensor((ids.numel, w.shape[1]), "F32")
+    check(lib.ce_embedding(_t(out, "out"), wc, ids._ct))
+    return out
+
+
+def rms_norm(x, w=None, eps=1e-5, out=None):
+    """x / sqrt(mean(x^2) + eps) * w over the last dim."""
+    xc = _t(x, "x")
+    if out is None:
+        out = _like(x)
+    check(lib.ce_rmsnorm(_t(out, "out"), xc, _NULL if w is None else _t(w, "w"), eps))
+    return out
+
+
+def rope_(x, pos, head_dim, theta=10000.0, n_rot=None, mode="adjacent"):
+    """Rotary position embedding, in place on x [T, H, D] (or [T, H*D]); returns x.
+
+    mode "adjacent" rotates pairs (2i, 2i+1) as GGUF/Meta Llama do; "half" rotates (i, i+D/2) as HF.
+    """
+    m = _ROPE_MODES.get(mode)
+    if m is None:
+        raise errors.InvalidArgumentError(f"rope mode must be 'adjacent' or 'half', got {mode!r}")
+    pos = _ids(pos, "pos")
+    check(lib.ce_rope(_t(x, "x"), pos._ct, head_dim, head_dim if n_rot is None else n_rot, theta, m))
+    return x
+
+
+def softmax(x, scale=1.0, out=None):
+    xc = _t(x, "x")
+    if out is None:
+        out = _like(x)
+    check(lib.ce_softmax(_t(out, "out"), xc, scale))
+    return out
+
+
+def _unary(fn, x, out):
+    xc = _t(x, "x")
+    if out is None:
+        out = _like(x)
+    check(fn(_t(out, "out"), xc))
+    return out
+
+
+def silu(x, out=None):
+    return _unary(lib.ce_silu, x, out)
+
+
+def gelu(x, out=None):
+    return _unary(lib.ce_gelu, x, out)
+
+
+def _binary(fn, a, b, out):
+    ac, bc = _t(a, "a"), _t(b, "b")
+    if out is None:
+        out = _like(a)
+    check(fn(_t(out, "out"), ac, bc))
+    return out
+
+
+def silu_mul(gate, up, out=None):
+    """SwiGLU: silu(gate) * up."""
+    return _binary(lib.ce_silu_mul, gate, up, out)
+
+
+def add(a, b, out=None):
+    """a + b; b has a's shape or is one row broadcast over a's rows."""
+    return _binary(lib.ce_add, a, b, out)
+
+
+def mul(a, b, out=None):
+    """a * b; b has a's shape or is one row broadcast over a's rows."""
+    return _binary(lib.ce_mul, a, b, out)
+
+
+def scale(x, s, out=None):
+    xc = _t(x, "x")
+    if out is None:
+        out = _like(x)
+    check(lib.ce_scale(_t(out, "out"), xc, s))
+    return out
+
+
+def scaled_dot_product_attention(q, k, v, pos=None, n_kv=None, scale=None, out=None, return_probs=False,
+                                 probs=None):
+    """Causal grouped-query attention of queries q [T, Hq, D] over keys/values [S, Hkv, D].
+
+    Only the first n_kv rows of k/v are read (default: all S). pos[t] is the absolute position of
+    query t (default: the last T positions, n_kv - T .. n_kv - 1). Returns out [T, Hq, D], or
+    (out, probs [Hq, T, n_kv]) with return_probs=True.
+    """
+    qc, kc, vc = _t(q, "q"), _t(k, "k"), _t(v, "v")
+    if q.ndim != 3 or k.ndim != 3:
+        raise errors.ShapeError(f"attention needs q [T, Hq, D] and k/v [S, Hkv, D], got {q.shape} and {k.shape}")
+    T = q.shape[0]
+    if n_kv is None:
+        n_kv = k.shape[0]
+    if pos is None:
+        if T > n_kv:
+            raise errors.ShapeError(f"{T} queries but only {n_kv} keys")
+        pos = list(range(n_kv - T, n_kv))
+    pos = _ids(pos, "pos")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[2])
+    if out is None:
+        out = _like(q)
+    if return_probs and probs is None:
+        probs = Tensor((q.shape[1], T, n_kv), "F32")
+    pc = _NULL if probs is None else _t(probs, "probs")
+    check(lib.ce_attention(_t(out, "out"), qc, kc, vc, pos._ct, n_kv, scale, pc))
+    return (out, probs) if return_probs else out
+
+
+def argmax(x):
+    """I32 [rows]: index of each row's maximum (first on ties)."""
+    xc = _t(x, "x")
+    out = Tensor((x.numel // x.shape[-1] if x.shape[-1] else 0,), "I32")
+    check(lib.ce_argmax(out._ct, xc))
+    return out
+
+
+def topk(x, k):
+    """(values F32 [rows, k], indices I32 [rows, k]): each row's k largest, descending."""
+    xc = _t(x, "x")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise errors.ArgumentTypeError(f"k must be an int, got {type(k).__name__}")
+    if not 1 <= k <= x.shape[-1]:
+        raise errors.IndexOutOfRangeError(f"k must be in 1..{x.shape[-1]}, got {k}")
+    rows = x.numel // x.shape[-1]
+    values, indices = Tensor((rows, k), "F32"), Tensor((rows, k), "I32")
+    check(lib.ce_topk(values._ct, indices._ct, xc, k))
+    return values, indices
+
+
+def copy_(dst, src):
+    """dst[...] = src (same numel; converts dtype); returns dst."""
+    check(lib.ce_copy(_t(dst, "dst"), _t(src, "src")))
+    return dst

@@ -1,0 +1,310 @@
+"""`Tensor`: a Python handle on an engine `ce_tensor` (owned memory, borrowed memory, or a view).
+
+It holds no numbers itself: the data lives in C memory (or in a caller's buffer such as an mmap of a
+weight file, never copied). It speaks the buffer protocol (`memoryview(t)` on Python 3.12+,
+`t.memoryview()` everywhere) and NumPy's `__array_interface__`, so a user's own NumPy can wrap it
+without a copy; this package never imports NumPy. Elementwise work never happens in Python here:
+`load`/`to_list` move whole buffers through the engine's converters.
+"""
+from array import array
+
+from toolkit import errors
+
+from . import dtypes as _dt
+from ._lib import check, ffi, lib
+
+_MAX_DIMS = 4
+
+
+def _normalize_shape(shape):
+    if isinstance(shape, int):
+        shape = (shape,)
+    if not isinstance(shape, (list, tuple)):
+        raise errors.ArgumentTypeError(f"shape must be a list or tuple of ints, got {type(shape).__name__}")
+    if not 1 <= len(shape) <= _MAX_DIMS:
+        raise errors.ShapeError(f"tensors have 1 to {_MAX_DIMS} dims, got shape {tuple(shape)}")
+    out = []
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, int):
+            raise errors.ArgumentTypeError(f"shape entries must be ints, got {d!r} in {tuple(shape)}")
+        if d < 0:
+            raise errors.ShapeError(f"negative dimension in shape {tuple(shape)}")
+        out.append(d)
+    return tuple(out)
+
+
+def _flatten(values):
+    """Flattens nested lists/tuples; returns (flat list, inferred shape)."""
+    if not isinstance(values, (list, tuple)):
+        raise errors.ArgumentTypeError(f"expected a list of numbers, got {type(values).__name__}")
+    shape = [len(values)]
+    flat = values
+    while flat and isinstance(flat[0], (list, tuple)):
+        inner = len(flat[0])
+        nxt = []
+        for row in flat:
+            if not isinstance(row, (list, tuple)) or len(row) != inner:
+                raise errors.ShapeError("ragged nested list: every row must have the same length")
+            nxt.extend(row)
+        shape.append(inner)
+        flat = nxt
+    return list(flat), tuple(shape)
+
+
+class Tensor:
+    """An n-d array (1 to 4 dims) whose data the C engine owns or borrows.
+
+    `Tensor([2, 3])` allocates zeros; `Tensor.from_list(...)` / `.load(...)` fill it;
+    `Tensor.wrap(buffer, shape, dtype)` borrows memory (e.g. an mmap of a weight file).
+    """
+
+    __slots__ = ("_ct", "_owner", "shape", "dtype", "__weakref__")
+
+    def __init__(self, shape, dtype="F32"):
+        shape = _normalize_shape(shape)
+        code = _dt.code(dtype)
+        pp = ffi.new("ce_tensor **")
+        check(lib.ce_tensor_new(pp, code, len(shape), shape))
+        self._ct = ffi.gc(pp[0], lib.ce_tensor_free)
+        self._owner = None
+        self.shape = shape
+        self.dtype = _dt.NAMES[code]
+
+    @classmethod
+    def _from_handle(cls, ct, shape, dtype, owner):
+        t = cls.__new__(cls)
+        t._ct = ffi.gc(ct, lib.ce_tensor_free)
+        t._owner = owner
+        t.shape = shape
+        t.dtype = dtype
+        return t
+
+    # ---- construction ----
+    @classmethod
+    def from_list(cls, values, shape=None, dtype="F32"):
+        """A new tensor holding `values` (flat or nested); block dtypes are quantised."""
+        flat, inferred = _flatten(values)
+        t = cls(shape if shape is not None else inferred, dtype)
+        return t.load(flat)
+
+    @classmethod
+    def wrap(cls, buffer, shape, dtype="F32", offset=0):
+        """A tensor over `buffer`'s memory (zero-copy); the buffer is kept alive by the tensor.
+
+        The engine never writes to a wrapped tensor unless it is used as an op's output, so a
+        read-only mmap is safe to wrap for weights.
+        """
+        shape = _normalize_shape(shape)
+        code = _dt.code(dtype)
+        name = _dt.NAMES[code]
+        rows = 1
+        for d in shape[:-1]:
+            rows *= d
+        need = rows * _dt.row_bytes(name, shape[-1])
+        ptr = ffi.from_buffer(buffer)
+        if offset < 0 or offset + need > len(ptr):
+            raise errors.ShapeError(
+                f"buffer of {len(ptr)} bytes is too small for a {name} tensor of shape {shape} "
+                f"at offset {offset} ({need} bytes needed)")
+        pp = ffi.new("ce_tensor **")
+        check(lib.ce_tensor_wrap(pp, code, len(shape), shape, ptr + offset))
+        return cls._from_handle(pp[0], shape, name, ptr)
+
+    # ---- facts ----
+    @property
+    def ptr(self):
+        """The `ce_tensor *` handle, for engine calls."""
+        return self._ct
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def numel(self):
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self):
+        return lib.ce_tensor_nbytes(self._ct)
+
+    @property
+    def strides(self):
+        """Byte strides per dim (0 on the last dim of block dtypes)."""
+        return tuple(self._ct.stride[i] for i in range(len(self.shape)))
+
+    def is_contiguous(self):
+        return bool(lib.ce_tensor_is_contiguous(self._ct))
+
+    def data_ptr(self):
+        return int(ffi.cast("uintptr_t", self._ct.data))
+
+    def __len__(self):
+        return self.shape[0]
+
+    # ---- data in and out ----
+    def load(self, values):
+        """Fills this (contiguous) tensor from a flat sequence of numbers; returns self."""
+        if not self.is_contiguous():
+            raise errors.ShapeError("load() needs a contiguous tensor; call .contiguous() first")
+        if isinstance(values, (list, tuple)) and values and isinstance(values[0], (list, tuple)):
+            values, _ = _flatten(values)
+        n = self.numel
+        if len(values) != n:
+            raise errors.ShapeError(f"load() got {len(values)} values for a tensor of {n} elements {self.shape}")
+        try:
+            if self.dtype == "I32":
+                buf = array("i", values)
+                src_code = lib.CE_I32
+            else:
+                buf = array("f", values)
+                src_code = lib.CE_F32
+        except (TypeError, OverflowError) as exc:
+            raise errors.ArgumentTypeError(f"load() needs numbers for a {self.dtype} tensor: {exc}") from exc
+        if n:
+            check(lib.ce_convert(self._ct.dtype, self._ct.data, src_code, ffi.from_buffer(buf), n))
+        return self
+
+    def to_list(self):
+        """All elements as a flat Python list (floats; ints for I32). Block dtypes are dequantised."""
+        t = self if self.is_contiguous() else self.contiguous()
+        n = t.numel
+        if t.dtype == "I32":
+            out = array("i", bytes(4 * n))
+            dst = lib.CE_I32
+        else:
+            out = array("f", bytes(4 * n))
+            dst = lib.CE_F32
+        if n:
+            check(lib.ce_convert(dst, ffi.from_buffer(out), t._ct.dtype, t._ct.data, n))
+        return out.tolist()
+
+    def tolist(self):
+        """Nested lists in this tensor's shape (like NumPy's tolist)."""
+        flat = self.to_list()
+        for d in reversed(self.shape[1:]):
+            flat = [flat[i:i + d] for i in range(0, len(flat), d)] if d else [[] for _ in range(len(flat))]
+        return flat
+
+    def item(self):
+        if self.numel != 1:
+            raise errors.ShapeError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return self.to_list()[0]
+
+    def memoryview(self):
+        """A zero-copy, writable memoryview of a contiguous tensor (raw bytes for block dtypes)."""
+        if not self.is_contiguous():
+            raise errors.ShapeError("memoryview() needs a contiguous tensor; call .contiguous() first")
+        raw = memoryview(ffi.buffer(self._ct.data, self.nbytes))
+        fmt = _dt.FORMATS.get(self.dtype)
+        if fmt is None:
+            return raw
+        return raw.cast(fmt, self.shape) if self.numel else raw.cast(fmt)
+
+    def __buffer__(self, flags):  # Python 3.12+ buffer protocol (PEP 688)
+        return self.memoryview()
+
+    @property
+    def __array_interface__(self):
+        """NumPy's array interface: np.asarray(t) wraps this memory without a copy."""
+        if self.dtype in _dt.BLOCK_DTYPES:
+            rows = self.numel // self.shape[-1]
+            shape = (rows, self.nbytes // max(rows, 1))
+            return {"shape": shape, "typestr": "|u1", "data": (self.data_ptr(), False), "version": 3}
+        return {"shape": self.shape, "typestr": _dt.TYPESTR[self.dtype], "data": (self.data_ptr(), False),
+                "strides": None if self.is_contiguous() else self.strides, "version": 3}
+
+    # ---- views and conversions ----
+    def _view(self, shape, strides, offset):
+        pp = ffi.new("ce_tensor **")
+        check(lib.ce_tensor_view(pp, self._ct, len(shape), shape, strides if strides is not None else ffi.NULL,
+                                 offset))
+        return Tensor._from_handle(pp[0], tuple(shape), self.dtype, self)
+
+    def reshape(self, *shape):
+        """A view with a new shape (same numel); needs a contiguous tensor. One dim may be -1."""
+        if len(shape) == 1 and isinstance(shape[0], (list, tuple)):
+            shape = tuple(shape[0])
+        shape = list(shape)
+        if shape.count(-1) > 1:
+            raise errors.ShapeError("reshape() allows at most one -1")
+        if -1 in shape:
+            known = 1
+            for d in shape:
+                if d != -1:
+                    known *= d
+            if known == 0 or self.numel % known:
+                raise errors.ShapeError(f"cannot reshape {self.shape} into {tuple(shape)}")
+            shape[shape.index(-1)] = self.numel // known
+        shape = _normalize_shape(shape)
+        n = 1
+        for d in shape:
+            n *= d
+        if n != self.numel:
+            raise errors.ShapeError(f"cannot reshape {self.shape} ({self.numel} elements) into {shape}")
+        if not self.is_contiguous():
+            raise errors.ShapeError("reshape() needs a contiguous tensor; call .contiguous() first")
+        if self.dtype in _dt.BLOCK_DTYPES and shape[-1] % 32:
+            raise errors.ShapeError(f"{self.dtype} tensors keep a last dim that is a multiple of 32")
+        return self._view(shape, None, 0)
+
+    view = reshape
+
+    def __getitem__(self, idx):
+        """Indexing along dim 0: an int drops the dim, a slice (step 1) keeps it; both are views."""
+        n = self.shape[0]
+        if isinstance(idx, bool) or not isinstance(idx, (int, slice)):
+            raise errors.ArgumentTypeError(f"tensors index with an int or a slice, got {type(idx).__name__}")
+        stride0 = self._ct.stride[0]
+        if isinstance(idx, int):
+            i = idx + n if idx < 0 else idx
+            if not 0 <= i < n:
+                raise errors.IndexOutOfRangeError(f"index {idx} out of range for dim 0 of size {n}")
+            if len(self.shape) == 1:
+                return self._view((1,), None, i * stride0).to_list()[0]
+            return self._view(self.shape[1:], self.strides[1:], i * stride0)
+        start, stop, step = idx.indices(n)
+        if step != 1:
+            raise errors.InvalidArgumentError("tensor slices need step 1")
+        length = max(0, stop - start)
+        return self._view((length,) + self.shape[1:], self.strides, start * stride0 if length else 0)
+
+    def contiguous(self):
+        if self.is_contiguous():
+            return self
+        out = Tensor(self.shape, self.dtype)
+        check(lib.ce_copy(out._ct, self._ct))
+        return out
+
+    def to(self, dtype):
+        """A converted copy (quantise, dequantise or cast); self if already that dtype."""
+        name = _dt.NAMES[_dt.code(dtype)]
+        if name == self.dtype:
+            return self
+        out = Tensor(self.shape, name)
+        check(lib.ce_copy(out._ct, self._ct))
+        return out
+
+    def clone(self):
+        out = Tensor(self.shape, self.dtype)
+        check(lib.ce_copy(out._ct, self._ct))
+        return out
+
+    def copy_(self, src):
+        """Copies src into self (same numel; converts dtype); returns self."""
+        if not isinstance(src, Tensor):
+            raise errors.ArgumentTypeError(f"copy_() needs a Tensor, got {type(src).__name__}")
+        check(lib.ce_copy(self._ct, src._ct))
+        return self
+
+    def __repr__(self):
+        head = f"Tensor(shape={self.shape}, dtype={self.dtype}"
+        if self.dtype in _dt.BLOCK_DTYPES or self.numel == 0:
+            return head + ")"
+        n = min(self.numel, 6)
+        vals = self.reshape(-1)[:n].to_list() if self.is_contiguous() else self.contiguous().reshape(-1)[:n].to_list()
+        body = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in vals)
+        return f"{head}, [{body}{', ...' if self.numel > n else ''}])"
