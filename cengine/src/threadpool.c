@@ -23,6 +23,7 @@ static struct {
     atomic_int pending;         /* workers still running the current job */
     atomic_int sleepers;        /* workers blocked on cv */
     atomic_int stop;
+    unsigned long start_gen;    /* gen when the workers were created: their first "seen" value */
     ce_task_fn fn;
     void *ctx;
     int active;                 /* threads taking part in the current job */
@@ -40,7 +41,8 @@ static inline void cpu_relax(void) {
 
 static void *worker_main(void *arg) {
     int ith = (int)(intptr_t)arg;
-    unsigned long seen = atomic_load(&pool.gen);
+    /* Not a fresh load of gen: a job dispatched before this thread first ran must not be missed. */
+    unsigned long seen = pool.start_gen;
     for (;;) {
         /* spin, then sleep, until a new job (or stop) arrives */
         double t0 = ce_now();
@@ -79,6 +81,7 @@ static void pool_stop(void) {
 static ce_status pool_start(int n) {
     pool.n = 1;
     if (n <= 1) return CE_OK;
+    pool.start_gen = atomic_load(&pool.gen);
     pool.workers = calloc((size_t)n - 1, sizeof(pthread_t));
     if (!pool.workers) return ce_fail(CE_ERR_NOMEM, "out of memory for %d threads", n);
     for (int i = 1; i < n; i++) {
