@@ -1,3 +1,15 @@
-"""cengine-toolkit: run and dissect Llama-family models on a CPU, on our own C engine."""
+"""cengine-toolkit: run and dissect Llama-family models on a CPU, on our own C engine.
+
+    import toolkit
+    m = toolkit.load("smollm2-135m-instruct")
+    print(m.generate("The capital of France is", max_new_tokens=16))
+"""
 
 __version__ = "0.1.0"
+
+
+def load(model="smollm2-135m-instruct", threads=None, **defaults):
+    """Loads a model by name, .gguf path or HF directory; see toolkit.api.load."""
+    from .api import load as _load
+
+    return _load(model, threads=threads, **defaults)

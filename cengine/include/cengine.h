@@ -181,6 +181,17 @@ ce_status ce_topk(ce_tensor *values, ce_tensor *indices, const ce_tensor *x, int
 /* dst = src elementwise with dtype conversion; same numel, any strides on F32/F16/BF16/I32 rows. */
 ce_status ce_copy(ce_tensor *dst, const ce_tensor *src);
 
+/* ---- sampling (one row of logits; deterministic: the caller supplies the random draw) ---- */
+/* logits[ids[i]] is divided by penalty where positive, multiplied where negative (CTRL / HF
+ * convention); each distinct id once. logits F32 [V], ids I32 [n] (n may be 0). In place. */
+ce_status ce_repetition_penalty(ce_tensor *logits, const ce_tensor *ids, float penalty);
+/* Picks one token from logits F32 [V]: temperature <= 0 is greedy (argmax); otherwise softmax of
+ * logits / temperature restricted by top_k (0 = off), min_p (0 = off; drop p < min_p * p_max) and
+ * top_p (1 = off; smallest prefix of the descending distribution with mass >= top_p), then the
+ * token at cumulative mass r * total (r uniform in [0, 1)). Ties keep the lower id first. */
+ce_status ce_sample(const ce_tensor *logits, float temperature, int64_t top_k, float top_p, float min_p,
+                    double r, int32_t *out_id);
+
 /* ---- benchmarks ---- */
 /* Streams a buffer of nbytes, reps times, over all pool threads; returns seconds (<0 on error). */
 double ce_bench_read_bandwidth(int64_t nbytes, int reps);

@@ -198,3 +198,21 @@ def copy_(dst, src):
     """dst[...] = src (same numel; converts dtype); returns dst."""
     check(lib.ce_copy(_t(dst, "dst"), _t(src, "src")))
     return dst
+
+
+def repetition_penalty_(logits, ids, penalty):
+    """In place on logits [V]: each distinct previous id's logit is divided by penalty if positive,
+    multiplied if negative (the CTRL / Hugging Face rule). Returns logits."""
+    ids = _ids(ids)
+    check(lib.ce_repetition_penalty(_t(logits, "logits"), ids._ct, penalty))
+    return logits
+
+
+
+
+def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, r=0.0):
+    """One token id from logits [V]; r is the caller's uniform draw in [0, 1), so a seeded
+    random.Random gives the same tokens on any thread count. temperature <= 0 is greedy."""
+    out = ffi.new("int32_t *")
+    check(lib.ce_sample(_t(logits, "logits"), temperature, top_k, top_p, min_p, r, out))
+    return out[0]

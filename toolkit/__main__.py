@@ -1,0 +1,77 @@
+"""Command line: `python -m toolkit generate "PROMPT"`, `python -m toolkit convert IN.gguf OUT_DIR`.
+
+`generate` streams the model's text to stdout and prints prefill/decode speed to stderr.
+"""
+import argparse
+import sys
+
+from toolkit import errors
+
+
+def _generate(args):
+    import toolkit
+
+    with toolkit.load(args.model, threads=args.threads) as m:
+        if args.chat:
+            prompt = m.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
+        else:
+            prompt = args.prompt
+        stats = {}
+        kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                      top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                      seed=args.seed, stop=args.stop or [])
+        ids = []
+        for piece in m.plugin.stream_text(prompt, ids_out=ids, stats=stats, **kwargs):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        pt, ps = stats.get("prefill_tokens", 0), stats.get("prefill_seconds", 0.0)
+        dt, ds = stats.get("decode_tokens", 0), stats.get("decode_seconds", 0.0)
+        print(f"[prefill] {pt} tokens in {ps * 1e3:.1f} ms = {pt / ps if ps else 0:.1f} tok/s | "
+              f"[decode] {dt} tokens in {ds * 1e3:.1f} ms = {dt / ds if ds else 0:.1f} tok/s | "
+              f"{len(ids)} new tokens, threads {m.plugin.config.threads or 'all'}", file=sys.stderr)
+
+
+def _convert(args):
+    from toolkit.models.llama.convert import convert_gguf_to_hf
+    from toolkit.common.hub import resolve_model
+
+    files = convert_gguf_to_hf(str(resolve_model(args.src)), args.out_dir, dtype=args.dtype)
+    print(f"wrote {args.out_dir}: {', '.join(files)}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m toolkit", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="generate text with a model (default: SmolLM2-135M-Instruct)")
+    g.add_argument("prompt")
+    g.add_argument("--model", default="smollm2-135m-instruct", help="model name, .gguf file or HF directory")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--min-p", type=float, default=0.0)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--threads", type=int, default=None)
+    g.set_defaults(fn=_generate)
+    c = sub.add_parser("convert", help="convert a GGUF file to a Hugging Face model directory")
+    c.add_argument("src", help=".gguf file (or the default model's name)")
+    c.add_argument("out_dir")
+    c.add_argument("--dtype", default="F32", choices=["F32", "BF16"])
+    c.set_defaults(fn=_convert)
+    args = p.parse_args(argv)
+    try:
+        args.fn(args)
+    except errors.ToolkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

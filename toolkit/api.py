@@ -1,0 +1,92 @@
+"""`toolkit.load(...)` and the handle it returns: the small public API most users need.
+
+    m = toolkit.load("smollm2-135m-instruct")     # or a .gguf file, or an HF model directory
+    m.generate("The capital of France is", max_new_tokens=20)
+
+Everything here delegates to the model plugin; nothing here does math.
+"""
+from toolkit import errors
+
+from .models.llama.plugin import Llama_Plugin
+
+
+class Model:
+    """A loaded model: tokenizer, logits, generation. Close it (or use `with`) to unmap the weights."""
+
+    def __init__(self, plugin: Llama_Plugin):
+        self.plugin = plugin
+
+    # ---- facts ----
+    @property
+    def config(self):
+        return self.plugin.config
+
+    @property
+    def model(self):
+        """The LlamaModel module (layers, weights, hooks)."""
+        return self.plugin.model
+
+    @property
+    def tokenizer(self):
+        self.plugin.model  # raises if closed
+        return self.plugin.tokenizer
+
+    @property
+    def path(self):
+        return self.plugin.model_path
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, **kwargs):
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+
+    # ---- compute ----
+    def _ids(self, prompt_or_ids):
+        return self.plugin._prompt_ids(prompt_or_ids)
+
+    def logits(self, ids):
+        """Logits at every position: Tensor [n_tokens, vocab] for a text or a list of token ids."""
+        ids = self._ids(ids)
+        if not ids:
+            raise errors.InvalidArgumentError("logits() needs at least one token")
+        return self.model.forward(ids, logits="all")
+
+    def generate(self, prompt_or_ids, max_new_tokens=64, **kwargs) -> str:
+        """The newly generated text (the prompt is not repeated)."""
+        return self.plugin.generate_text(prompt_or_ids, max_new_tokens=max_new_tokens, **kwargs)
+
+    def generate_ids(self, prompt_or_ids, max_new_tokens=64, **kwargs) -> list:
+        """The newly generated token ids. With stop strings, ids run up to the token that completed one."""
+        ids = []
+        for _ in self.plugin.stream_text(prompt_or_ids, ids_out=ids, max_new_tokens=max_new_tokens, **kwargs):
+            pass
+        return ids
+
+    def stream(self, prompt_or_ids, max_new_tokens=64, **kwargs):
+        """An iterator of text pieces as they are generated (never splits a UTF-8 character)."""
+        return self.plugin.stream_text(prompt_or_ids, max_new_tokens=max_new_tokens, **kwargs)
+
+    # ---- lifetime ----
+    def close(self):
+        self.plugin.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        if self.plugin._model is None:
+            return "<toolkit.Model (closed)>"
+        c = self.config
+        return (f"<toolkit.Model {self.path}: {c.num_hidden_layers} layers, d_model {c.hidden_size}, "
+                f"vocab {c.vocab_size}, {self.model.num_parameters() / 1e6:.1f}M params>")
+
+
+def load(model="smollm2-135m-instruct", threads=None, **defaults) -> Model:
+    """Loads a model by name ("smollm2-135m-instruct"), .gguf path or HF directory.
+
+    threads sets the engine's worker count; other keywords are default generation settings.
+    """
+    plugin = Llama_Plugin()
+    plugin.initialize(model=str(model), threads=threads, **defaults)
+    return Model(plugin)

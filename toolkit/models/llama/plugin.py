@@ -1,0 +1,214 @@
+"""Llama_Plugin: the plugin-guide interface over LlamaModel, for GGUF files and HF directories."""
+import logging
+import os
+from typing import Any, List
+
+from toolkit import errors
+
+from ...common.interfaces.improved_base_plugin_interface import (PluginMetadata, PluginType,
+                                                                 TextModelPluginInterface)
+from ...core.engine import backend
+from ...core.engine.backend import Tensor
+from .config import LlamaConfig
+from .model import LlamaModel
+
+logger = logging.getLogger(__name__)
+
+# initialize(**kwargs) keys that are default sampling settings rather than config fields
+SAMPLING_KEYS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed",
+                 "stop", "stop_at_eos")
+
+
+class Llama_Plugin(TextModelPluginInterface):
+    """Plugin for Llama-family models (SmolLM2, Llama 2/3, TinyLlama, ...)."""
+
+    def __init__(self):
+        metadata = PluginMetadata(
+            name="Llama",
+            version="1.0.0",
+            author="cengine-toolkit",
+            description="Llama-family decoder models on the C engine (GGUF or HF safetensors weights)",
+            plugin_type=PluginType.MODEL_COMPONENT,
+            dependencies=[],
+            compatibility={"python_version": ">=3.11", "min_memory_gb": 0.5},
+            model_architecture="Transformer",
+            model_size="135M",
+            required_memory_gb=0.5,
+            supported_modalities=["text"],
+        )
+        super().__init__(metadata)
+        self._config = LlamaConfig()
+        self._model = None
+        self._weights = None
+        self.tokenizer = None
+        self.batch_manager = None
+        self.model_path = None
+        self.sampling_defaults = {}
+
+    # ---- lifecycle ----
+    def initialize(self, **kwargs) -> bool:
+        """Loads the model named by `model` (a name or a path); `threads` sets the engine's threads;
+        sampling keys (max_new_tokens, temperature, top_p, seed, ...) become generation defaults.
+
+        Returns True; failures raise (a typed ToolkitError naming the problem)."""
+        unknown = set(kwargs) - LlamaConfig.field_names() - set(SAMPLING_KEYS)
+        if unknown:
+            raise errors.ArgumentTypeError(f"initialize() got unknown settings: {', '.join(sorted(unknown))}")
+        for k in SAMPLING_KEYS:
+            if k in kwargs:
+                self.sampling_defaults[k] = kwargs.pop(k)
+        from ...common.generation import SamplingParams
+
+        SamplingParams.from_kwargs(self.sampling_defaults)  # validate now, not at the first request
+        for k, v in kwargs.items():
+            setattr(self._config, k, v)
+        if self._config.threads is not None:
+            backend.set_threads(self._config.threads)
+        logger.info("Initializing Llama plugin with %s", self._config.model)
+        self.load_model()
+        from ...common.managers.batch_manager import BatchManager
+
+        self.batch_manager = BatchManager(self._model, defaults=self.sampling_defaults)
+        self.is_initialized = True
+        return True
+
+    def load_model(self, config=None):
+        """Loads weights and tokenizer from config.model (default model name, .gguf file or HF dir)."""
+        from ...common.hub import resolve_model
+        from .weights import load_gguf, load_hf_dir
+
+        if config is not None:
+            if not isinstance(config, LlamaConfig):
+                raise errors.ArgumentTypeError(f"config must be a LlamaConfig, got {type(config).__name__}")
+            self._config = config
+        self.cleanup()
+        path = str(resolve_model(self._config.model))
+        if os.path.isdir(path):
+            from ...common.tokenizers.load import load_tokenizer
+
+            cfg, state, _, weights = load_hf_dir(path)
+            tokenizer = load_tokenizer(path)
+        else:
+            from ...common.tokenizers.gguf_vocab import from_gguf
+
+            cfg, state, md, weights = load_gguf(path)
+            tokenizer = from_gguf(md)
+        try:
+            cfg.model, cfg.threads = self._config.model, self._config.threads
+            model = LlamaModel(cfg)
+            model.load_state_dict(state, strict=True)
+            if tokenizer.vocab_size > cfg.vocab_size:
+                raise errors.FormatError(
+                    f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}")
+        except BaseException:
+            state = None
+            weights.close()
+            raise
+        object.__setattr__(model, "tokenizer", tokenizer)
+        self._config, self._model, self._weights, self.tokenizer, self.model_path = cfg, model, weights, tokenizer, path
+        return self._model
+
+    def cleanup(self) -> bool:
+        """Drops the model and unmaps its weights (tensors still held elsewhere keep their memory)."""
+        self._model = None
+        self.batch_manager = None
+        if self._weights is not None:
+            self._weights.close()
+            self._weights = None
+        self.is_initialized = False
+        return True
+
+    @property
+    def model(self):
+        if self._model is None:
+            raise errors.ToolkitError("the plugin has no model loaded: call initialize() or load_model() first")
+        return self._model
+
+    @property
+    def config(self):
+        return self._config
+
+    # ---- text <-> ids ----
+    def tokenize(self, text: str, **kwargs) -> List[float]:
+        """Token ids of `text` (as floats, the guide's convention); no special tokens are added
+        unless add_special_tokens=True. Raises TokenizerError on bad input."""
+        self.model
+        return [float(i) for i in self.tokenizer.encode(text, **kwargs)]
+
+    def detokenize(self, token_ids: List[int], **kwargs) -> str:
+        """Text of token ids (ints, or whole-number floats); raises TokenizerError on bad ids."""
+        self.model
+        if isinstance(token_ids, Tensor):
+            token_ids = token_ids.to_list()
+        ids = []
+        for t in token_ids:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or int(t) != t:
+                raise errors.TokenizerError(f"token ids must be whole numbers, got {t!r}")
+            ids.append(int(t))
+        return self.tokenizer.decode(ids, **kwargs)
+
+    # ---- generation ----
+    def _params(self, max_new_tokens=None, **kwargs):
+        from ...common.generation import SamplingParams
+
+        if max_new_tokens is not None:
+            kwargs["max_new_tokens"] = max_new_tokens
+        return SamplingParams.from_kwargs(self.sampling_defaults, **kwargs)
+
+    def _prompt_ids(self, prompt):
+        if isinstance(prompt, str):
+            if not prompt:
+                raise errors.InvalidArgumentError("the prompt is empty")
+            return self.tokenizer.encode(prompt)
+        from .model import _as_id_list
+
+        return _as_id_list(prompt)
+
+    def stream_text(self, prompt, ids_out=None, stats=None, **kwargs):
+        """Text pieces as generated; ids_out (a list) collects the ids, stats (a dict) the timings."""
+        from ...common.generation import stream_text
+
+        return stream_text(self.model, self.tokenizer, self._prompt_ids(prompt), self._params(**kwargs), ids_out,
+                           stats)
+
+    def generate_text(self, prompt: str, max_new_tokens: int = None, **kwargs) -> str:
+        """The newly generated text for `prompt` (a string or token ids)."""
+        return "".join(self.stream_text(prompt, max_new_tokens=max_new_tokens, **kwargs))
+
+    def infer(self, data: Any) -> Any:
+        if isinstance(data, str):
+            return self.generate_text(data)
+        raise errors.ArgumentTypeError(f"infer() takes a prompt string, got {type(data).__name__}")
+
+    def infer_batch(self, requests: List[Any], **kwargs) -> List[Any]:
+        """Generates for every prompt together through the BatchManager; returns the new texts in
+        request order. Stop strings cut each text at the first match."""
+        if self.batch_manager is None:
+            raise errors.ToolkitError("infer_batch() needs initialize() first")
+        if not isinstance(requests, (list, tuple)):
+            raise errors.ArgumentTypeError("infer_batch() takes a list of prompt strings")
+        params = self._params(**kwargs)
+        rids = []
+        for prompt in requests:
+            if not isinstance(prompt, str):
+                raise errors.ArgumentTypeError(f"infer_batch() prompts must be strings, got {type(prompt).__name__}")
+            rid = object()  # unique even across concurrent batches
+            self.batch_manager.add_request(rid, self._prompt_ids(prompt), **{
+                k: getattr(params, k) for k in SAMPLING_KEYS if k != "stop"})
+            rids.append(rid)
+        done = {}
+        while len(done) < len(rids):
+            out = self.batch_manager.step()
+            if out is None:
+                raise errors.ToolkitError("the batch manager went idle before every request finished")
+            done[self.batch_manager.last_request_id] = out
+        texts = []
+        for rid in rids:
+            text = self.tokenizer.decode(done[rid].to_list())
+            cuts = [i for i in (text.find(s) for s in params.stop) if i >= 0]
+            texts.append(text[:min(cuts)] if cuts else text)
+        return texts
+
+
+def create_llama_plugin() -> Llama_Plugin:
+    return Llama_Plugin()

@@ -1,0 +1,150 @@
+"""Loading Llama weights, zero-copy, from a GGUF file or a Hugging Face safetensors directory.
+
+Weight tensors borrow the file's read-only mmap in the dtype the file stores (Q4_1 stays Q4_1);
+nothing is copied or dequantised at load time. The name tables below are the one place that maps
+each format's tensor names to the module's parameter names.
+
+GGUF stores Llama Q/K rows permuted so that RoPE rotates adjacent pairs; we keep that layout and run
+RoPE in "adjacent" mode (config.rope_mode), which gives identical attention scores.
+"""
+import json
+import logging
+import os
+import re
+
+from toolkit import errors
+
+from ...common.loaders.gguf import GGUFFile
+from ...common.loaders.safetensors_io import open_safetensors_dir
+from ...core.engine.backend import Tensor
+from .config import LlamaConfig
+
+logger = logging.getLogger(__name__)
+
+# GGUF tensor name -> parameter name ({i} = layer index)
+GGUF_NAMES = {
+    "token_embd.weight": "embed_tokens.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "lm_head.weight",
+    "blk.{i}.attn_norm.weight": "layers.{i}.input_layernorm.weight",
+    "blk.{i}.attn_q.weight": "layers.{i}.self_attn.q_proj.weight",
+    "blk.{i}.attn_k.weight": "layers.{i}.self_attn.k_proj.weight",
+    "blk.{i}.attn_v.weight": "layers.{i}.self_attn.v_proj.weight",
+    "blk.{i}.attn_output.weight": "layers.{i}.self_attn.o_proj.weight",
+    "blk.{i}.ffn_norm.weight": "layers.{i}.post_attention_layernorm.weight",
+    "blk.{i}.ffn_gate.weight": "layers.{i}.mlp.gate_proj.weight",
+    "blk.{i}.ffn_up.weight": "layers.{i}.mlp.up_proj.weight",
+    "blk.{i}.ffn_down.weight": "layers.{i}.mlp.down_proj.weight",
+}
+# GGUF tensors that carry no weights we use (precomputed RoPE tables of old converters)
+GGUF_IGNORED = re.compile(r"^(rope_freqs\.weight|blk\.\d+\.attn_rot_embd)$")
+
+# HF parameter name -> our parameter name: HF nests the decoder under "model."
+HF_PREFIX = "model."
+HF_DTYPES = {"F32": "F32", "F16": "F16", "BF16": "BF16"}
+GGUF_DTYPES = {"F32": "F32", "F16": "F16", "BF16": "BF16", "Q8_0": "Q8_0", "Q4_0": "Q4_0", "Q4_1": "Q4_1"}
+
+
+def _compile(table):
+    out = []
+    for src, dst in table.items():
+        pat = re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)") + "$")
+        out.append((pat, dst))
+    return out
+
+
+_GGUF_PATTERNS = _compile(GGUF_NAMES)
+
+
+def gguf_to_param(name):
+    for pat, dst in _GGUF_PATTERNS:
+        m = pat.match(name)
+        if m:
+            return dst.replace("{i}", m.group(1)) if m.groups() else dst
+    return None
+
+
+def param_to_gguf(param):
+    for src, dst in GGUF_NAMES.items():
+        pat = re.compile("^" + re.escape(dst).replace(r"\{i\}", r"(\d+)") + "$")
+        m = pat.match(param)
+        if m:
+            return src.replace("{i}", m.group(1)) if m.groups() else src
+    return None
+
+
+class WeightSource:
+    """Keeps the mapped weight file(s) open while tensors borrow their memory."""
+
+    def __init__(self, path, handle, kind):
+        self.path, self.handle, self.kind = path, handle, kind
+
+    def close(self):
+        if self.handle is None:
+            return
+        try:
+            self.handle.close()
+        except BufferError:
+            # Tensors that borrow the mapping are still referenced somewhere (e.g. by the user);
+            # the OS mapping is released when the last of them is garbage collected.
+            logger.debug("weights of %s are still referenced; the mapping stays until they are freed", self.path)
+        self.handle = None
+
+
+def load_gguf(path):
+    """(config, {param name: Tensor}, metadata, WeightSource) from a GGUF file."""
+    g = GGUFFile(path)
+    try:
+        md = g.metadata
+        config = LlamaConfig.from_gguf(md, has_output_weight="output.weight" in g.tensors)
+        state = {}
+        for name, info in g.tensors.items():
+            if GGUF_IGNORED.match(name):
+                continue
+            param = gguf_to_param(name)
+            if param is None:
+                raise errors.UnsupportedError(f"{path}: tensor {name!r} has no place in a Llama model")
+            g.check_supported(name)
+            dtype = GGUF_DTYPES[info.type_name]
+            shape = tuple(reversed(info.shape))  # GGUF lists ne[0] (innermost) first
+            state[param] = Tensor.wrap(g.tensor_bytes(name), shape, dtype)
+        return config, state, md, WeightSource(path, g, "gguf")
+    except BaseException:
+        state = None
+        WeightSource(path, g, "gguf").close()
+        raise
+
+
+def load_hf_dir(directory):
+    """(config, {param name: Tensor}, config.json dict, WeightSource) from an HF model directory."""
+    cfg_path = os.path.join(directory, "config.json")
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            hf_cfg = json.load(f)
+    except FileNotFoundError as exc:
+        raise errors.ModelNotFoundError(f"{directory} has no config.json") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise errors.FormatError(f"{cfg_path} is not valid JSON: {exc}") from exc
+    if not isinstance(hf_cfg, dict):
+        raise errors.FormatError(f"{cfg_path} must hold a JSON object")
+    config = LlamaConfig.from_hf(hf_cfg)
+    files = open_safetensors_dir(directory)
+    try:
+        state = {}
+        for name in files:
+            _, info = files[name]
+            if name.endswith("rotary_emb.inv_freq"):
+                continue
+            param = name[len(HF_PREFIX):] if name.startswith(HF_PREFIX) else name
+            dtype = HF_DTYPES.get(info.dtype)
+            if dtype is None:
+                raise errors.UnsupportedError(f"{directory}: tensor {name!r} has dtype {info.dtype}; "
+                                              f"supported: {', '.join(HF_DTYPES)}")
+            state[param] = Tensor.wrap(files.tensor_bytes(name), tuple(info.shape), dtype)
+        if config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        return config, state, hf_cfg, WeightSource(directory, files, "safetensors")
+    except BaseException:
+        state = None
+        WeightSource(directory, files, "safetensors").close()
+        raise
