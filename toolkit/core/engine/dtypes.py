@@ -1,4 +1,6 @@
 """Dtype names <-> engine codes, and the facts Python needs about each dtype."""
+import sys
+
 from toolkit import errors
 from ._lib import lib
 
@@ -10,7 +12,8 @@ NAMES = {v: k for k, v in CODES.items()}
 BLOCK_DTYPES = frozenset({"Q8_0", "Q4_0", "Q4_1"})
 FLOAT_DTYPES = frozenset({"F32", "F16", "BF16"})
 # struct / memoryview format per element, for the buffer protocol (BF16 shows as raw uint16)
-FORMATS = {"F32": "f", "F16": "e", "BF16": "H", "I32": "i"}
+# (memoryview.cast learned "e" only in Python 3.12; before that F16 shows as raw uint16 too)
+FORMATS = {"F32": "f", "F16": "e" if sys.version_info >= (3, 12) else "H", "BF16": "H", "I32": "i"}
 TYPESTR = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "I32": "<i4"}
 
 

@@ -198,7 +198,10 @@ class Tensor:
         """A zero-copy, writable memoryview of a contiguous tensor (raw bytes for block dtypes)."""
         if not self.is_contiguous():
             raise errors.ShapeError("memoryview() needs a contiguous tensor; call .contiguous() first")
-        raw = memoryview(ffi.buffer(self._ct.data, self.nbytes))
+        # The memoryview must keep this tensor (and so its memory) alive: a pointer whose gc
+        # "destructor" closes over self does that for as long as the buffer exists.
+        keep = ffi.gc(ffi.cast("char *", self._ct.data), lambda _p, _owner=self: None)
+        raw = memoryview(ffi.buffer(keep, self.nbytes))
         fmt = _dt.FORMATS.get(self.dtype)
         if fmt is None:
             return raw

@@ -1,0 +1,111 @@
+"""Loading: GGUF, converted HF directories, and bad files that must raise typed errors."""
+import json
+import os
+import shutil
+
+import pytest
+
+import toolkit
+from toolkit import errors
+
+from golden_checks import LOGIT_TOL, check_last_logits, check_top10
+
+
+def test_load_by_name_uses_the_cache(model, smollm2_gguf_path):
+    m = toolkit.load("SmolLM2-135M-Instruct")
+    try:
+        assert m.path == smollm2_gguf_path
+        assert m.config.num_hidden_layers == 30 and m.config.rope_mode == "adjacent"
+        # zero-copy: the weights point into the file mapping, not into copies
+        assert m.model.layers[0].self_attn.q_proj.weight.dtype == "Q4_1"
+        assert m.model.embed_tokens.weight.dtype == "Q8_0"
+    finally:
+        m.close()
+    with pytest.raises(errors.ToolkitError):
+        m.generate("hi")
+
+
+def test_missing_model_raises():
+    with pytest.raises(errors.ModelNotFoundError):
+        toolkit.load("/nonexistent/model.gguf")
+    with pytest.raises(errors.ModelNotFoundError):
+        toolkit.load("no-such-model-name")
+
+
+def test_truncated_gguf_raises(tmp_path, smollm2_gguf_path):
+    bad = tmp_path / "trunc.gguf"
+    with open(smollm2_gguf_path, "rb") as f:
+        bad.write_bytes(f.read(5_000_000))
+    with pytest.raises(errors.FormatError):
+        toolkit.load(str(bad))
+
+
+def test_garbage_gguf_raises(tmp_path):
+    bad = tmp_path / "garbage.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(4000))
+    with pytest.raises(errors.FormatError):
+        toolkit.load(str(bad))
+
+
+@pytest.fixture(scope="module")
+def converted_dir(tmp_path_factory, smollm2_gguf_path):
+    from toolkit.__main__ import main
+
+    out = tmp_path_factory.mktemp("hf") / "smollm2-f32"
+    assert main(["convert", smollm2_gguf_path, str(out)]) == 0
+    yield out
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def test_convert_writes_an_hf_directory(converted_dir):
+    names = set(os.listdir(converted_dir))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "generation_config.json"} <= names
+    cfg = json.loads((converted_dir / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["num_key_value_heads"] == 3 and cfg["tie_word_embeddings"]
+    tcfg = json.loads((converted_dir / "tokenizer_config.json").read_text())
+    assert "chat_template" in tcfg and tcfg["eos_token"] == "<|im_end|>"
+    # the safetensors package itself reads our file
+    from safetensors import deserialize
+
+    head = dict(deserialize((converted_dir / "model.safetensors").read_bytes()))
+    q = head["model.layers.0.self_attn.q_proj.weight"]
+    assert q["dtype"] == "F32" and q["shape"] == [576, 576]
+
+
+def test_converted_directory_matches_golden(converted_dir, golden_logits, golden_tokenization):
+    with toolkit.load(str(converted_dir)) as m:
+        assert m.config.rope_mode == "half"
+        for case in golden_tokenization["chat_templates"]:
+            assert m.tokenizer.encode(m.apply_chat_template(case["messages"])) == case["ids"]
+        for prompt in golden_logits["prompts"]:
+            logits = m.logits(prompt["input_ids"])
+            assert check_top10(logits, prompt) <= LOGIT_TOL
+            assert check_last_logits(logits, prompt) <= LOGIT_TOL
+            gold = prompt["greedy"]["ids"]
+            assert m.generate_ids(prompt["input_ids"], max_new_tokens=len(gold), stop_at_eos=False) == gold
+
+
+def test_hf_directory_errors(tmp_path, converted_dir):
+    d = tmp_path / "broken"
+    d.mkdir()
+    with pytest.raises(errors.ModelNotFoundError):
+        toolkit.load(str(d))
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(errors.ToolkitError):
+        toolkit.load(str(d))
+    shutil.copy(converted_dir / "config.json", d / "config.json")
+    shutil.copy(converted_dir / "tokenizer.json", d / "tokenizer.json")
+    shutil.copy(converted_dir / "tokenizer_config.json", d / "tokenizer_config.json")
+    # weights of the wrong size: the header promises more bytes than the file has
+    src = (converted_dir / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(src[: len(src) // 3])
+    with pytest.raises(errors.FormatError):
+        toolkit.load(str(d))
+    # a config that disagrees with the weights (mismatched shapes)
+    cfg = json.loads((converted_dir / "config.json").read_text())
+    cfg["hidden_size"] = 512
+    (d / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(converted_dir / "model.safetensors", d / "model.safetensors")
+    with pytest.raises(errors.ToolkitError):
+        toolkit.load(str(d))
