@@ -134,7 +134,7 @@ def generate_ids(model, prompt_ids, params: SamplingParams, cache=None, stats=No
     stats.update(prefill_tokens=len(prompt_ids), prefill_seconds=time.perf_counter() - t0,
                  decode_tokens=0, decode_seconds=0.0)
     while True:
-        tok = sampler.next(logits.reshape(-1))
+        tok = sampler.next(logits)  # [1, vocab]: the sampler reads it as one row
         if tok is None:
             return
         yield tok

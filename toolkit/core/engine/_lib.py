@@ -21,7 +21,12 @@ ffi = _cengine.ffi
 lib = _cengine.lib
 
 
-def _check_build():
+_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def check_build(root=_SOURCE_ROOT):
+    """Raises BuildError unless the compiled engine matches this package (and, when `root` is a
+    source checkout, the C sources under it)."""
     version = ffi.string(lib.ce_version()).decode()
     if version != toolkit.__version__ or lib.ce_abi_version() != _ABI:
         raise errors.BuildError(
@@ -29,7 +34,6 @@ def _check_build():
             f"{toolkit.__version__} (ABI {_ABI}); {_REBUILD}")
     if os.environ.get("TOOLKIT_ALLOW_STALE_BUILD") == "1":
         return
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     hasher = os.path.join(root, "cengine", "source_hash.py")
     if not os.path.exists(hasher):  # an installed wheel: no sources to compare against
         return
@@ -45,7 +49,7 @@ def _check_build():
             + " (set TOOLKIT_ALLOW_STALE_BUILD=1 to run the old build anyway)")
 
 
-_check_build()
+check_build()
 
 _STATUS_ERRORS = {
     lib.CE_ERR_ARG: errors.InvalidArgumentError,

@@ -216,3 +216,11 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, r=0.0):
     out = ffi.new("int32_t *")
     check(lib.ce_sample(_t(logits, "logits"), temperature, top_k, top_p, min_p, r, out))
     return out[0]
+
+
+def copy_rows_(dst, row0, src):
+    """dst[row0 : row0 + len(src)] = src (rows = everything after dim 0; converts dtype); returns dst.
+
+    Appending keys/values to a KV cache this way makes no view objects."""
+    check(lib.ce_copy_rows(_t(dst, "dst"), row0, _t(src, "src")))
+    return dst

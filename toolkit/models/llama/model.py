@@ -217,8 +217,8 @@ class LlamaModel(Module):
                 self._fire(pre + "attn.hook_rot_k", s.k3)
             for cache, start, t, q3, k3, v3, z3, p in per_seq:
                 kc, vc = cache.k[i], cache.v[i]
-                kc[start:start + t].copy_(k3)                           # append to the cache
-                vc[start:start + t].copy_(v3)
+                F.copy_rows_(kc, start, k3)                              # append to the cache
+                F.copy_rows_(vc, start, v3)
                 if want_pattern and (pre + "attn.hook_pattern") in hooks:
                     _, probs = F.scaled_dot_product_attention(q3, kc, vc, p, start + t, scale, out=z3,
                                                               return_probs=True)
@@ -255,7 +255,7 @@ class LlamaModel(Module):
 
         if logits == "last":
             if len(seqs) == 1:
-                rows = x[n - 1:n]
+                rows = x if n == 1 else x[n - 1:n]
             else:
                 rows = Tensor((len(seqs), c.hidden_size))
                 for b, (a, t, _) in enumerate(spans):

@@ -8,7 +8,6 @@ GGUF stores Llama Q/K rows permuted so that RoPE rotates adjacent pairs; we keep
 RoPE in "adjacent" mode (config.rope_mode), which gives identical attention scores.
 """
 import json
-import logging
 import os
 import re
 
@@ -19,7 +18,6 @@ from ...common.loaders.safetensors_io import open_safetensors_dir
 from ...core.engine.backend import Tensor
 from .config import LlamaConfig
 
-logger = logging.getLogger(__name__)
 
 # GGUF tensor name -> parameter name ({i} = layer index)
 GGUF_NAMES = {
@@ -80,15 +78,11 @@ class WeightSource:
         self.path, self.handle, self.kind = path, handle, kind
 
     def close(self):
-        if self.handle is None:
-            return
-        try:
+        """Unmaps the file(s). Tensors still referenced elsewhere keep the mapping alive (the
+        loader warns with a ResourceWarning) rather than being left dangling."""
+        if self.handle is not None:
             self.handle.close()
-        except BufferError:
-            # Tensors that borrow the mapping are still referenced somewhere (e.g. by the user);
-            # the OS mapping is released when the last of them is garbage collected.
-            logger.debug("weights of %s are still referenced; the mapping stays until they are freed", self.path)
-        self.handle = None
+            self.handle = None
 
 
 def load_gguf(path):
