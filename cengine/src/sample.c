@@ -61,6 +61,8 @@ ce_status ce_sample(const ce_tensor *logits, float temperature, int64_t top_k, f
     int64_t best = 0;
     for (int64_t i = 1; i < V; i++)
         if (l[i] > l[best]) best = i;
+    if (!isfinite(l[best]))
+        return ce_fail(CE_ERR_ARG, "sample: the largest logit is %g; logits must be finite numbers", l[best]);
     if (temperature <= 0.0f || top_k == 1) {
         *out_id = (int32_t)best;
         return CE_OK;
