@@ -1,11 +1,23 @@
 /* attention.c - causal grouped-query attention of T queries against a KV cache.
  *
- * Work is split over (query, head) pairs, dealt round-robin to threads (later queries see more
- * keys, so interleaving balances a prefill). Each pair is computed start to finish by one thread in
- * a fixed order, so the output does not depend on the thread count. Per pair:
- *   s_j = scale * q.k_j  (j = 0..pos[t]),  p_j = exp(s_j - max s) / sum,  out = sum_j p_j v_j
- * with F32 accumulation (8 lanes under SIMD). Each thread mallocs its scratch (scores [n_kv] and
- * an accumulator [D]) once per call; nothing large lives on the stack.
+ * Per query t the n = pos[t] + 1 visible keys are cut into fixed chunks of KC keys. A work unit is
+ * (query t, kv head hk, chunk): it serves all G = Hq / Hkv query heads that share kv head hk, so each
+ * K and V row is read once per group. Within a unit:
+ *   s_gj = scale * q_g.k_j,  m_g = max_j s_gj,  e_gj = exp(s_gj - m_g),  z_g = sum_j e_gj,
+ *   a_g = sum_j e_gj v_j
+ * When n <= KC (one chunk) the unit writes out = a / z and probs = e / z directly. Otherwise each
+ * chunk leaves (a, m, z) in a partial buffer and a combine pass merges the chunks in chunk order:
+ *   M = max m_c, w_c = exp(m_c - M), out = (sum_c w_c a_c) / (sum_c w_c z_c).
+ * The chunking depends only on pos (never on the thread count) and every unit and every combined
+ * row is computed by exactly one thread in a fixed order, so results are bit-identical for any
+ * thread count; the chunks let both threads share a single long decode query.
+ *
+ * Units are dealt round-robin to threads (later queries of a prefill have more chunks, so this
+ * balances). SIMD kernels (D % 8 == 0) block registers over heads of the group: q.k for up to 3 heads x
+ * 4 keys (12 8-lane accumulators, reduced by an hadd tree), e.V for up to 3 heads x 32 dims over a
+ * 32-key block of V; every loaded k or v vector feeds up to 3 FMAs. F16 caches are widened with F16C into a small per-thread buffer. Other D and
+ * ce_simd_on == 0 take per-row dot / axpy kernels (the scalar twin). All accumulation is F32.
+ * Scratch is malloc'ed once per thread per call; nothing large lives on the stack.
  * q, k, v, out and probs may have strided outer dims; their last dim must be contiguous.
  */
 #include <math.h>
@@ -15,16 +27,24 @@
 
 void ce_vexp(float *y, const float *x, int64_t n); /* elementwise.c */
 
+#define KC 256 /* keys per chunk (fixed: part of the result's definition) */
+#define VB 32  /* keys per block of V kept in L1 by the SIMD e.V kernel */
+
 typedef struct {
     ce_tensor *out, *probs;
     const ce_tensor *q, *k, *v;
     const int32_t *pos;
-    int64_t T, Hq, Hkv, D, n_kv;
+    int64_t T, Hq, Hkv, D, n_kv, G;
     float scale;
+    int64_t *part_off; /* [T]: first partial entry of query t, or -1 when it has one chunk */
+    float *part;       /* entries of D + 2 floats: a[D], m, z; (t, h, c) at part_off[t] + h * nch + c */
+    int simd;          /* the SIMD kernels apply (ce_simd_on and D % 8 == 0) */
     atomic_int nomem;
 } attn_ctx;
 
 #define AT(t, i, j) ((char *)(t)->data + (i) * (t)->stride[0] + (j) * (t)->stride[1])
+
+static inline int64_t n_chunks(int64_t n) { return (n + KC - 1) / KC; }
 
 /* ---- dot and axpy on one row of k or v (F32 or F16) ---- */
 static float dot_scalar(const float *q, const void *k, int dtype, int64_t n) {
@@ -95,43 +115,318 @@ static void axpy_avx2(float *acc, float p, const void *v, int dtype, int64_t n) 
 }
 #endif
 
-static void attn_task(void *p, int ith, int nth) {
-    attn_ctx *c = p;
-    int64_t pairs = c->T * c->Hq, D = c->D, group = c->Hq / c->Hkv;
-    if (ith >= pairs) return;
-    float *s = malloc((size_t)(c->n_kv + D) * sizeof(float)); /* scores [n_kv], accumulator [D] */
-    if (!s) { atomic_store(&c->nomem, 1); return; }
-    float *acc = s + c->n_kv;
-    float (*dot)(const float *, const void *, int, int64_t) = dot_scalar;
-    void (*axpy)(float *, float, const void *, int, int64_t) = axpy_scalar;
+
 #if CE_HAVE_AVX2
-    if (ce_simd_on) { dot = dot_avx2; axpy = axpy_avx2; }
-#endif
-    int kt = c->k->dtype, vt = c->v->dtype;
-    for (int64_t pr = ith; pr < pairs; pr += nth) {
-        int64_t t = pr / c->Hq, h = pr % c->Hq, hk = h / group, n = (int64_t)c->pos[t] + 1;
-        const float *q = (const float *)AT(c->q, t, h);
-        float m = -INFINITY;
-        for (int64_t j = 0; j < n; j++) {
-            s[j] = c->scale * dot(q, AT(c->k, j, hk), kt, D);
-            if (s[j] > m) m = s[j];
+/* keeps a loaded vector in a register so the compiler does not refold the load into each FMA */
+#define IN_REG(x) __asm__("" : "+x"(x))
+
+/* [sum a0, sum a1, sum a2, sum a3] */
+static inline __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+}
+
+/* F32 view of a cache row (F32 or F16 of D elements): the row itself, or widened into dst */
+static inline const float *row_f32(const char *r, int dtype, float *dst, int64_t D) {
+    if (dtype == CE_F32) return (const float *)r;
+    const uint16_t *h = (const uint16_t *)r;
+    for (int64_t d = 0; d < D; d += 8)
+        _mm256_storeu_ps(dst + d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + d))));
+    return dst;
+}
+
+/* S[r * KC + i] = scale * q_r . k_i for NR (<= 3) query rows and 4 keys: 12 accumulators, each
+ * loaded k vector feeds NR FMAs */
+static inline __attribute__((always_inline)) void qk_tile(float *S, const float *q0, const float *q1,
+                                                          const float *q2, const float *k0, const float *k1,
+                                                          const float *k2, const float *k3, int64_t D,
+                                                          __m128 vs, const int NR) {
+    __m256 z = _mm256_setzero_ps();
+    __m256 a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z, a20 = z, a21 = z, a22 = z,
+           a23 = z;
+    for (int64_t d = 0; d < D; d += 8) {
+        __m256 x0 = _mm256_loadu_ps(q0 + d), x1 = z, x2 = z, k;
+        if (NR > 1) x1 = _mm256_loadu_ps(q1 + d);
+        if (NR > 2) x2 = _mm256_loadu_ps(q2 + d);
+        IN_REG(x0);
+        if (NR > 1) IN_REG(x1);
+        if (NR > 2) IN_REG(x2);
+#define QK_KEY(i)                                                      \
+        k = _mm256_loadu_ps(k##i + d);                                 \
+        IN_REG(k);                                                     \
+        a0##i = _mm256_fmadd_ps(x0, k, a0##i);                         \
+        if (NR > 1) a1##i = _mm256_fmadd_ps(x1, k, a1##i);             \
+        if (NR > 2) a2##i = _mm256_fmadd_ps(x2, k, a2##i);
+        QK_KEY(0) QK_KEY(1) QK_KEY(2) QK_KEY(3)
+#undef QK_KEY
+    }
+    _mm_storeu_ps(S, _mm_mul_ps(vs, reduce4(a00, a01, a02, a03)));
+    if (NR > 1) _mm_storeu_ps(S + KC, _mm_mul_ps(vs, reduce4(a10, a11, a12, a13)));
+    if (NR > 2) _mm_storeu_ps(S + 2 * KC, _mm_mul_ps(vs, reduce4(a20, a21, a22, a23)));
+}
+
+static void qk_tile_n(float *S, const float *const *q, const float *const *k, int64_t D, __m128 vs, int nr) {
+    if (nr == 3) qk_tile(S, q[0], q[1], q[2], k[0], k[1], k[2], k[3], D, vs, 3);
+    else if (nr == 2) qk_tile(S, q[0], q[1], q[1], k[0], k[1], k[2], k[3], D, vs, 2);
+    else qk_tile(S, q[0], q[0], q[0], k[0], k[1], k[2], k[3], D, vs, 1);
+}
+
+/* S[g * KC + j] = scale * q_g . k_(j0 + j) for the G heads of group hk, j < L */
+static void scores_avx2(const attn_ctx *c, int64_t t, int64_t hk, int64_t j0, int64_t L, float *S,
+                        float *buf) {
+    int64_t G = c->G, D = c->D, ks = c->k->stride[0];
+    int kt = c->k->dtype;
+    const char *kbase = AT(c->k, j0, hk);
+    const __m128 vs = _mm_set1_ps(c->scale);
+    const float *qr[3], *kr[4];
+    for (int64_t g = 0; g < G; g += 3) {
+        int nr = G - g < 3 ? (int)(G - g) : 3;
+        for (int r = 0; r < nr; r++) qr[r] = (const float *)AT(c->q, t, hk * G + g + r);
+        const char *krow = kbase;
+        int64_t j = 0;
+        for (; j + 4 <= L; j += 4, krow += 4 * ks) {
+            for (int i = 0; i < 4; i++) kr[i] = row_f32(krow + i * ks, kt, buf + i * D, D);
+            qk_tile_n(S + g * KC + j, qr, kr, D, vs, nr);
         }
-        for (int64_t j = 0; j < n; j++) s[j] -= m;
-        ce_vexp(s, s, n);
-        float sum = 0.0f;
-        for (int64_t j = 0; j < n; j++) sum += s[j];
-        float inv = 1.0f / sum;
-        for (int64_t d = 0; d < D; d++) acc[d] = 0.0f;
-        for (int64_t j = 0; j < n; j++) axpy(acc, s[j], AT(c->v, j, hk), vt, D);
-        float *o = (float *)AT(c->out, t, h);
-        for (int64_t d = 0; d < D; d++) o[d] = acc[d] * inv;
-        if (c->probs) {
-            float *pp = (float *)AT(c->probs, h, t);
-            for (int64_t j = 0; j < n; j++) pp[j] = s[j] * inv;
-            for (int64_t j = n; j < c->n_kv; j++) pp[j] = 0.0f;
+        for (; j < L; j++, krow += ks) {
+            const float *k = row_f32(krow, kt, buf, D);
+            for (int r = 0; r < nr; r++) {
+                const float *q = qr[r];
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+                int64_t d = 0;
+                for (; d + 16 <= D; d += 16) {
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), a0);
+                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8), _mm256_loadu_ps(k + d + 8), a1);
+                }
+                if (d < D) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), a0);
+                S[(g + r) * KC + j] = c->scale * hsum(_mm256_add_ps(a0, a1));
+            }
         }
     }
-    free(s);
+}
+
+/* acc[r * D + d0 + ..] += sum_j P[r * KC + j] * V_j[d0 + ..] for NR (<= 3) heads and 32 dims (NW = 4)
+ * or 8 dims (NW = 1): up to 12 accumulators in registers, each loaded v vector feeds NR FMAs */
+static inline __attribute__((always_inline)) void pv_tile(float *acc, int64_t D, const float *P,
+                                                          const float *const *vr, int64_t nb, int64_t d0,
+                                                          const int NR, const int NW) {
+    float *o0 = acc + d0, *o1 = acc + D + d0, *o2 = acc + 2 * D + d0;
+    __m256 z = _mm256_setzero_ps();
+    __m256 a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z, a20 = z, a21 = z, a22 = z,
+           a23 = z;
+#define PV_ACC(MAC) MAC(0, 0) MAC(0, 1) MAC(0, 2) MAC(0, 3) MAC(1, 0) MAC(1, 1) MAC(1, 2) MAC(1, 3) \
+                    MAC(2, 0) MAC(2, 1) MAC(2, 2) MAC(2, 3)
+#define PV_LOAD(r, w) if (NR > r && NW > w) a##r##w = _mm256_loadu_ps(o##r + 8 * w);
+#define PV_STORE(r, w) if (NR > r && NW > w) _mm256_storeu_ps(o##r + 8 * w, a##r##w);
+    PV_ACC(PV_LOAD)
+    for (int64_t j = 0; j < nb; j++) {
+        __m256 p0 = _mm256_broadcast_ss(P + j), p1 = z, p2 = z, x;
+        if (NR > 1) p1 = _mm256_broadcast_ss(P + KC + j);
+        if (NR > 2) p2 = _mm256_broadcast_ss(P + 2 * KC + j);
+        const float *v = vr[j] + d0;
+#define PV_W(w)                                                        \
+        if (NW > w) {                                                  \
+            x = _mm256_loadu_ps(v + 8 * w);                            \
+            IN_REG(x);                                                 \
+            a0##w = _mm256_fmadd_ps(p0, x, a0##w);                     \
+            if (NR > 1) a1##w = _mm256_fmadd_ps(p1, x, a1##w);         \
+            if (NR > 2) a2##w = _mm256_fmadd_ps(p2, x, a2##w);         \
+        }
+        PV_W(0) PV_W(1) PV_W(2) PV_W(3)
+#undef PV_W
+    }
+    PV_ACC(PV_STORE)
+#undef PV_LOAD
+#undef PV_STORE
+#undef PV_ACC
+}
+
+static void pv_tile_n(float *acc, int64_t D, const float *P, const float *const *vr, int64_t nb,
+                      int64_t d0, int nr, int nw) {
+    switch (nr * 4 + nw) {
+    case 1 * 4 + 4: pv_tile(acc, D, P, vr, nb, d0, 1, 4); break;
+    case 2 * 4 + 4: pv_tile(acc, D, P, vr, nb, d0, 2, 4); break;
+    case 3 * 4 + 4: pv_tile(acc, D, P, vr, nb, d0, 3, 4); break;
+    case 1 * 4 + 1: pv_tile(acc, D, P, vr, nb, d0, 1, 1); break;
+    case 2 * 4 + 1: pv_tile(acc, D, P, vr, nb, d0, 2, 1); break;
+    default: pv_tile(acc, D, P, vr, nb, d0, 3, 1); break;
+    }
+}
+
+/* acc[g * D + d] = sum_j E[g * KC + j] * v_(j0 + j)[d], j < L */
+static void pv_avx2(const attn_ctx *c, int64_t hk, int64_t j0, int64_t L, const float *E, float *acc,
+                    float *buf) {
+    int64_t G = c->G, D = c->D, vs = c->v->stride[0];
+    int vt = c->v->dtype;
+    const char *vbase = AT(c->v, j0, hk);
+    for (int64_t i = 0; i < G * D; i++) acc[i] = 0.0f;
+    const float *vr[VB];
+    for (int64_t jb = 0; jb < L; jb += VB) {
+        int64_t nb = L - jb < VB ? L - jb : VB;
+        for (int64_t i = 0; i < nb; i++) vr[i] = row_f32(vbase + (jb + i) * vs, vt, buf + i * D, D);
+        for (int64_t g = 0; g < G; g += 3) {
+            int nr = G - g < 3 ? (int)(G - g) : 3;
+            int64_t d0 = 0;
+            for (; d0 + 32 <= D; d0 += 32) pv_tile_n(acc + g * D, D, E + g * KC + jb, vr, nb, d0, nr, 4);
+            for (; d0 < D; d0 += 8) pv_tile_n(acc + g * D, D, E + g * KC + jb, vr, nb, d0, nr, 1);
+        }
+    }
+}
+
+/* e = exp(s - max s) in place; returns the sum, *m the max */
+static float softmax_row_avx2(float *s, int64_t L, float *m_out) {
+    __m256 mv = _mm256_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 8 <= L; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(s + i));
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float m = _mm_cvtss_f32(m4);
+    for (; i < L; i++) if (s[i] > m) m = s[i];
+    __m256 vm = _mm256_set1_ps(m);
+    for (i = 0; i + 8 <= L; i += 8) _mm256_storeu_ps(s + i, _mm256_sub_ps(_mm256_loadu_ps(s + i), vm));
+    for (; i < L; i++) s[i] -= m;
+    ce_vexp(s, s, L);
+    __m256 zv = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= L; i += 8) zv = _mm256_add_ps(zv, _mm256_loadu_ps(s + i));
+    float z = hsum(zv);
+    for (; i < L; i++) z += s[i];
+    *m_out = m;
+    return z;
+}
+#endif
+
+static float softmax_row_scalar(float *s, int64_t L, float *m_out) {
+    float m = -INFINITY;
+    for (int64_t j = 0; j < L; j++) if (s[j] > m) m = s[j];
+    for (int64_t j = 0; j < L; j++) s[j] -= m;
+    ce_vexp(s, s, L);
+    float z = 0.0f;
+    for (int64_t j = 0; j < L; j++) z += s[j];
+    *m_out = m;
+    return z;
+}
+
+/* one unit: query t, kv head hk, keys j0 .. j0 + L - 1 (chunk ch of nch). Scratch: S [G * KC],
+ * acc [G * D] followed by (m, z) per head [2 * G], buf [VB * D]. */
+static void attn_unit(attn_ctx *c, int64_t t, int64_t hk, int64_t ch, float *S, float *acc, float *buf) {
+    int64_t G = c->G, D = c->D, n = (int64_t)c->pos[t] + 1, nch = n_chunks(n);
+    int64_t j0 = ch * KC, L = n - j0 < KC ? n - j0 : KC;
+    float m[1], z;
+#if CE_HAVE_AVX2
+    if (c->simd) scores_avx2(c, t, hk, j0, L, S, buf);
+    else
+#endif
+    {
+        float (*dot)(const float *, const void *, int, int64_t) = dot_scalar;
+#if CE_HAVE_AVX2
+        if (ce_simd_on) dot = dot_avx2;
+#endif
+        for (int64_t g = 0; g < G; g++) {
+            const float *q = (const float *)AT(c->q, t, hk * G + g);
+            for (int64_t j = 0; j < L; j++) S[g * KC + j] = c->scale * dot(q, AT(c->k, j0 + j, hk), c->k->dtype, D);
+        }
+    }
+    for (int64_t g = 0; g < G; g++) {
+        float *s = S + g * KC;
+#if CE_HAVE_AVX2
+        if (ce_simd_on) z = softmax_row_avx2(s, L, m);
+        else
+#endif
+            z = softmax_row_scalar(s, L, m);
+        /* m and z go just past acc */
+        acc[G * D + 2 * g] = m[0];
+        acc[G * D + 2 * g + 1] = z;
+    }
+#if CE_HAVE_AVX2
+    if (c->simd) pv_avx2(c, hk, j0, L, S, acc, buf);
+    else
+#endif
+    {
+        void (*axpy)(float *, float, const void *, int, int64_t) = axpy_scalar;
+#if CE_HAVE_AVX2
+        if (ce_simd_on) axpy = axpy_avx2;
+#endif
+        for (int64_t i = 0; i < G * D; i++) acc[i] = 0.0f;
+        for (int64_t j = 0; j < L; j++) {
+            const void *vj = AT(c->v, j0 + j, hk);
+            for (int64_t g = 0; g < G; g++) axpy(acc + g * D, S[g * KC + j], vj, c->v->dtype, D);
+        }
+    }
+    for (int64_t g = 0; g < G; g++) {
+        int64_t h = hk * G + g;
+        const float *s = S + g * KC, *a = acc + g * D;
+        float mg = acc[G * D + 2 * g], zg = acc[G * D + 2 * g + 1];
+        float *pp = c->probs ? (float *)AT(c->probs, h, t) : NULL;
+        if (nch == 1) {
+            float inv = 1.0f / zg, *o = (float *)AT(c->out, t, h);
+            for (int64_t d = 0; d < D; d++) o[d] = a[d] * inv;
+            if (pp) {
+                for (int64_t j = 0; j < L; j++) pp[j] = s[j] * inv;
+                for (int64_t j = L; j < c->n_kv; j++) pp[j] = 0.0f;
+            }
+        } else {
+            float *e = c->part + (c->part_off[t] + h * nch + ch) * (D + 2);
+            memcpy(e, a, (size_t)D * sizeof(float));
+            e[D] = mg;
+            e[D + 1] = zg;
+            if (pp) memcpy(pp + j0, s, (size_t)L * sizeof(float)); /* scaled by the combine */
+        }
+    }
+}
+
+static void attn_task(void *p, int ith, int nth) {
+    attn_ctx *c = p;
+    int64_t G = c->G, D = c->D, u = 0;
+    float *scr = NULL;
+    for (int64_t t = 0; t < c->T; t++) {
+        int64_t nch = n_chunks((int64_t)c->pos[t] + 1);
+        for (int64_t hk = 0; hk < c->Hkv; hk++)
+            for (int64_t ch = 0; ch < nch; ch++, u++) {
+                if (u % nth != ith) continue;
+                if (!scr) {
+                    scr = malloc((size_t)(G * KC + G * D + 2 * G + VB * D) * sizeof(float));
+                    if (!scr) { atomic_store(&c->nomem, 1); return; }
+                }
+                attn_unit(c, t, hk, ch, scr, scr + G * KC, scr + G * KC + G * D + 2 * G);
+            }
+    }
+    free(scr);
+}
+
+/* merges the chunks of every multi-chunk (t, h) row, in chunk order */
+static void combine_task(void *p, int ith, int nth) {
+    attn_ctx *c = p;
+    int64_t D = c->D, u = 0;
+    for (int64_t t = 0; t < c->T; t++) {
+        if (c->part_off[t] < 0) continue;
+        int64_t n = (int64_t)c->pos[t] + 1, nch = n_chunks(n);
+        for (int64_t h = 0; h < c->Hq; h++, u++) {
+            if (u % nth != ith) continue;
+            const float *e = c->part + (c->part_off[t] + h * nch) * (D + 2);
+            float M = -INFINITY, Z = 0.0f;
+            for (int64_t ch = 0; ch < nch; ch++) if (e[ch * (D + 2) + D] > M) M = e[ch * (D + 2) + D];
+            float *o = (float *)AT(c->out, t, h);
+            for (int64_t ch = 0; ch < nch; ch++) {
+                const float *ec = e + ch * (D + 2);
+                float w = expf(ec[D] - M);
+                Z += w * ec[D + 1];
+                if (ch == 0) for (int64_t d = 0; d < D; d++) o[d] = w * ec[d];
+                else for (int64_t d = 0; d < D; d++) o[d] += w * ec[d];
+            }
+            float inv = 1.0f / Z;
+            for (int64_t d = 0; d < D; d++) o[d] *= inv;
+            if (c->probs) {
+                float *pp = (float *)AT(c->probs, h, t);
+                for (int64_t ch = 0; ch < nch; ch++) {
+                    float f = expf(e[ch * (D + 2) + D] - M) * inv;
+                    int64_t j1 = (ch + 1) * KC < n ? (ch + 1) * KC : n;
+                    for (int64_t j = ch * KC; j < j1; j++) pp[j] *= f;
+                }
+                for (int64_t j = n; j < c->n_kv; j++) pp[j] = 0.0f;
+            }
+        }
+    }
 }
 
 static ce_status check3(const ce_tensor *t, const char *name, int dtype) {
@@ -192,11 +487,44 @@ ce_status ce_attention(ce_tensor *out, const ce_tensor *q, const ce_tensor *k, c
                            (long long)probs->shape[1], (long long)probs->shape[2]);
     }
     if (T == 0) return CE_OK;
-    attn_ctx c = {out, probs, q, k, v, pp, T, Hq, Hkv, D, n_kv, scale, 0};
-    /* a pair costs about 2 * D * n_kv flops; keep tiny calls on the calling thread */
-    int64_t work = T * Hq * D * n_kv, nt = work / 65536 + 1, pairs = T * Hq;
-    ce_parallel_n(attn_task, &c, (int)(nt < pairs ? (nt < 256 ? nt : 256) : pairs));
+    /* chunk bookkeeping: units, work, and the partial buffer for queries with several chunks */
+    int64_t units = 0, work = 0, prows = 0;
+    for (int64_t t = 0; t < T; t++) {
+        int64_t nch = n_chunks((int64_t)pp[t] + 1);
+        units += Hkv * nch;
+        work += (int64_t)pp[t] + 1;
+        if (nch > 1) prows += Hq * nch;
+    }
+    attn_ctx c = {out, probs, q, k, v, pp, T, Hq, Hkv, D, n_kv, Hq / Hkv, scale, NULL, NULL, 0, 0};
+#if CE_HAVE_AVX2
+    c.simd = ce_simd_on && D % 8 == 0;
+#endif
+    void *mem = NULL;
+    if (prows) {
+        mem = malloc((size_t)T * sizeof(int64_t) + (size_t)prows * (size_t)(D + 2) * sizeof(float));
+        if (!mem) return ce_fail(CE_ERR_NOMEM, "attention: out of memory for %lld partial rows", (long long)prows);
+        c.part_off = mem;
+        c.part = (float *)(c.part_off + T);
+        int64_t off = 0;
+        for (int64_t t = 0; t < T; t++) {
+            int64_t nch = n_chunks((int64_t)pp[t] + 1);
+            c.part_off[t] = nch > 1 ? off : -1;
+            if (nch > 1) off += Hq * nch;
+        }
+    }
+    /* a unit costs about 4 * D * keys flops per head; keep small calls on the calling thread */
+    work *= Hq * D;
+    int64_t nt = work / 131072 + 1;
+    if (nt > units) nt = units;
+    ce_parallel_n(attn_task, &c, (int)(nt < 256 ? nt : 256));
+    if (prows && !atomic_load(&c.nomem)) {
+        int64_t rows = prows / 2, cw = prows * (D + 2) + (probs ? rows * n_kv : 0); /* rows >= prows / nch */
+        int64_t ct = cw / 65536 + 1;
+        if (ct > rows) ct = rows;
+        ce_parallel_n(combine_task, &c, (int)(ct < 256 ? ct : 256));
+    }
+    free(mem);
     if (atomic_load(&c.nomem))
-        return ce_fail(CE_ERR_NOMEM, "attention: out of memory for %lld scores", (long long)n_kv);
+        return ce_fail(CE_ERR_NOMEM, "attention: out of memory for attention scratch");
     return CE_OK;
 }
