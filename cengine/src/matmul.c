@@ -1,4 +1,485 @@
-/* matmul.c - placeholder until implemented: every entry point reports CE_ERR_INTERNAL. */
+/* matmul.c - out[..., N] = x[..., K] @ w[N, K]^T (+ bias): every Linear layer of the model.
+ *
+ * Two SIMD paths, picked by the number of rows M of x (never by the thread count):
+ *  - GEMV (M < GEMM_MIN_M, the decode step): memory bound, so weights are read once, straight
+ *    from their stored format. F32/F16/BF16 are widened in registers and FMA'd against x; for
+ *    Q8_0/Q4_0/Q4_1 a block's integers are converted to F32, dotted with x (exact products), and
+ *    the sum is scaled by d once per block (plus m * sum(x) for Q4_1). Activations are never
+ *    quantized: the result matches an F32 matmul on the dequantized weights to a few ulps.
+ *  - GEMM (prefill): each thread dequantizes a panel of NC weight rows x KC columns into F32,
+ *    transposed into 16-column groups, and a 6x16 register-tiled FMA microkernel runs every
+ *    6-row slice of x over it, so the dequantization is paid once per panel, not once per row.
+ * Threads split the output columns (weight rows) into fixed chunks; each output element is
+ * computed by one thread in an order that depends only on M, N, K, so results are bit-identical
+ * for any thread count. With ce_simd_on == 0 a plain scalar loop (dequantize a row, then a
+ * sequential dot product) runs instead: the reference the tests compare against.
+ */
+#include <stdlib.h>
 #include "internal.h"
+#include "simd_load.h"
 
-ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, const ce_tensor *bias) { return ce_fail(CE_ERR_INTERNAL, "%s is not implemented yet", __func__); }
+enum {
+    MR = 6,          /* GEMM microkernel rows of x */
+    NR = 16,         /* GEMM microkernel columns (two ymm accumulators per row) */
+    KC = 256,        /* GEMM depth block: a 16-column group of the panel is 16 KiB, L1 sized */
+    NC = 96,         /* GEMM panel columns per thread step: NC x KC floats = 96 KiB, L2 sized */
+    GEMM_MIN_M = 8,  /* fewer rows: GEMV, one pass over the weights per 2 rows (packing a panel costs
+                        about as much as 8 rows of GEMV) */
+    SMALL_WORK = 1 << 15, /* M*N*K below this runs on one thread: not worth waking the pool */
+    PREFETCH = 384   /* GEMV on block dtypes: bytes ahead of the current block to prefetch */
+};
+
+typedef struct {
+    int dtype;                 /* of w */
+    const char *w;             /* row n of w starts at w + n * wstride */
+    int64_t wstride;
+    int64_t bsize, bbytes;     /* elements and bytes per block of w's dtype (1 and 4 for F32) */
+    int64_t M, N, K;
+    const float *const *xr;    /* [M] rows of x */
+    float *const *outr;        /* [M] rows of out */
+    const float *bias;         /* [N] or NULL */
+    const float *sx;           /* GEMV on Q4_1: [M][K / 4] lane sums of x over each block */
+    float *scratch;            /* GEMM / scalar: per-thread work areas */
+    int64_t scratch_floats;    /* floats per thread */
+    int split_rows;            /* GEMM with few columns: threads split M instead of N */
+} mm_ctx;
+
+/* Local and inline: the public ce_dtype_* functions are PLT calls that would break the kernels. */
+static inline int is_block(int dtype) { return dtype == CE_Q8_0 || dtype == CE_Q4_0 || dtype == CE_Q4_1; }
+
+static inline const char *w_at(const mm_ctx *c, int64_t n, int64_t k0) {
+    return c->w + n * c->wstride + k0 / c->bsize * c->bbytes;
+}
+
+static inline float add_bias(const mm_ctx *c, float v, int64_t n) { return c->bias ? v + c->bias[n] : v; }
+
+/* ---- scalar reference: dequantize row n, then a sequential dot product per row of x ---- */
+
+static void scalar_task(void *p, int ith, int nth) {
+    const mm_ctx *c = p;
+    float *wrow = c->scratch + (int64_t)ith * c->scratch_floats;
+    int64_t lo, hi;
+    ce_split(c->N, ith, nth, NR, &lo, &hi);
+    for (int64_t n = lo; n < hi; n++) {
+        ce_dequantize_row(c->dtype, w_at(c, n, 0), wrow, c->K);
+        for (int64_t m = 0; m < c->M; m++) {
+            const float *x = c->xr[m];
+            float s = 0.0f;
+            for (int64_t k = 0; k < c->K; k++) s += x[k] * wrow[k];
+            c->outr[m][n] = add_bias(c, s, n);
+        }
+    }
+}
+
+#if CE_HAVE_AVX2
+#define AI static inline __attribute__((always_inline))
+
+/* ---- GEMV: P weight rows x R rows of x (P * R <= 2), weights read in their stored format ---- */
+
+/* res[p * R + r] = w[p] . x[r]. Each output has its own four accumulators, so its value does not
+ * depend on which tile shape computed it. */
+AI void dot_tile(int dtype, int P, int R, const void *const *w, const float *const *x, int64_t K,
+                 float *res) {
+    __m256 acc[2][4];
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < 4; i++) acc[t][i] = _mm256_setzero_ps();
+    int64_t nb = K / 32, k = nb * 32;
+    for (int64_t b = 0; b < nb; b++) {
+        for (int p = 0; p < P; p++) {
+            __m256 v[4];
+            ld32(dtype, w[p], b, v);
+            for (int r = 0; r < R; r++)
+                for (int i = 0; i < 4; i++)
+                    acc[p * R + r][i] = _mm256_fmadd_ps(v[i], _mm256_loadu_ps(x[r] + 32 * b + 8 * i),
+                                                        acc[p * R + r][i]);
+        }
+    }
+    if (!is_block(dtype))
+        for (; k + 8 <= K; k += 8)
+            for (int p = 0; p < P; p++) {
+                __m256 v = ld8(dtype, w[p], k);
+                for (int r = 0; r < R; r++)
+                    acc[p * R + r][0] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x[r] + k), acc[p * R + r][0]);
+            }
+    for (int t = 0; t < P * R; t++)
+        res[t] = hsum8(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3])));
+    for (; k < K; k++) /* the last K % 8 elements of F32/F16/BF16 rows */
+        for (int p = 0; p < P; p++) {
+            float wv = dtype == CE_F32 ? ((const float *)w[p])[k]
+                     : dtype == CE_F16 ? ce_f16_to_f32(((const uint16_t *)w[p])[k])
+                                       : ce_bf16_to_f32(((const uint16_t *)w[p])[k]);
+            for (int r = 0; r < R; r++) res[p * R + r] += wv * x[r][k];
+        }
+}
+
+/* Block dtypes: per block, s = q . x in F32 (exact products of small integers), then
+ * acc += d * s, with even and odd blocks in separate accumulators (latency), and for Q4_1
+ * acc_m += m * sx[b], sx[b] being the lane sums of x over the block (precomputed per row). Four
+ * FMAs per block and row fewer than scaling every weight; error stays at a few F32 ulps of
+ * sum |w x| (the m term is at most |m| sum |x|). */
+AI void q_step(int dtype, int P, int R, const void *const *w, const float *const *x, const float *const *sx,
+              int64_t b, __m256 acc[2][3], int par) {
+    for (int p = 0; p < P; p++) {
+        __m256 v[4], d, m = _mm256_setzero_ps();
+        /* Odd-sized blocks defeat the hardware prefetcher: Q8_0 streams at half speed without this */
+        _mm_prefetch((const char *)w[p] + b * (dtype == CE_Q8_0 ? 34 : dtype == CE_Q4_0 ? 18 : 20) + PREFETCH,
+                     _MM_HINT_T0);
+        ld32_ints(dtype, w[p], b, v, &d, &m);
+        for (int r = 0; r < R; r++) {
+            const float *xb = x[r] + 32 * b;
+            __m256 s = _mm256_mul_ps(v[0], _mm256_loadu_ps(xb));
+            s = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(xb + 8), s);
+            s = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(xb + 16), s);
+            s = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(xb + 24), s);
+            int t = p * R + r;
+            acc[t][par] = _mm256_fmadd_ps(d, s, acc[t][par]);
+            if (dtype == CE_Q4_1) acc[t][2] = _mm256_fmadd_ps(m, _mm256_loadu_ps(sx[r] + 8 * b), acc[t][2]);
+        }
+    }
+}
+
+AI void dot_tile_q(int dtype, int P, int R, const void *const *w, const float *const *x,
+                   const float *const *sx, int64_t nb, float *res) {
+    __m256 acc[2][3];
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < 3; i++) acc[t][i] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        q_step(dtype, P, R, w, x, sx, b, acc, 0);
+        q_step(dtype, P, R, w, x, sx, b + 1, acc, 1);
+    }
+    if (b < nb) q_step(dtype, P, R, w, x, sx, b, acc, 0);
+    for (int t = 0; t < P * R; t++)
+        res[t] = hsum8(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), acc[t][2]));
+}
+
+/* Outputs [lo, hi) of every row of x: pairs of x rows share each weight row; a single x row takes
+ * weight rows in pairs. */
+AI void gemv_tile(int dtype, int P, int R, const mm_ctx *c, const void *const *w, int64_t m, float *res) {
+    if (is_block(dtype)) {
+        const float *sx[2] = {c->sx + m * (c->K / 4), c->sx + (m + 1) * (c->K / 4)};
+        dot_tile_q(dtype, P, R, w, c->xr + m, sx, c->K / 32, res);
+    } else {
+        dot_tile(dtype, P, R, w, c->xr + m, c->K, res);
+    }
+}
+
+AI void gemv_range(int dtype, const mm_ctx *c, int64_t lo, int64_t hi) {
+    for (int64_t m = 0; m < c->M; m += 2) {
+        float res[2];
+        if (c->M - m >= 2) {
+            for (int64_t n = lo; n < hi; n++) {
+                const void *w[1] = {w_at(c, n, 0)};
+                gemv_tile(dtype, 1, 2, c, w, m, res);
+                c->outr[m][n] = add_bias(c, res[0], n);
+                c->outr[m + 1][n] = add_bias(c, res[1], n);
+            }
+            continue;
+        }
+        int64_t n = lo;
+        for (; n + 2 <= hi; n += 2) {
+            const void *w[2] = {w_at(c, n, 0), w_at(c, n + 1, 0)};
+            gemv_tile(dtype, 2, 1, c, w, m, res);
+            c->outr[m][n] = add_bias(c, res[0], n);
+            c->outr[m][n + 1] = add_bias(c, res[1], n + 1);
+        }
+        if (n < hi) {
+            const void *w[1] = {w_at(c, n, 0)};
+            gemv_tile(dtype, 1, 1, c, w, m, res);
+            c->outr[m][n] = add_bias(c, res[0], n);
+        }
+    }
+}
+
+typedef void (*gemv_fn)(const mm_ctx *c, int64_t lo, int64_t hi);
+#define GEMV_FN(T, DT) \
+    static void gemv_##T(const mm_ctx *c, int64_t lo, int64_t hi) { gemv_range(DT, c, lo, hi); }
+GEMV_FN(f32, CE_F32)
+GEMV_FN(f16, CE_F16)
+GEMV_FN(bf16, CE_BF16)
+GEMV_FN(q8_0, CE_Q8_0)
+GEMV_FN(q4_0, CE_Q4_0)
+GEMV_FN(q4_1, CE_Q4_1)
+static const gemv_fn gemvs[] = {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0, gemv_q4_1};
+
+static void gemv_task(void *p, int ith, int nth) {
+    const mm_ctx *c = p;
+    int64_t lo, hi;
+    ce_split(c->N, ith, nth, NR, &lo, &hi);
+    if (lo < hi) gemvs[c->dtype](c, lo, hi);
+}
+
+/* ---- GEMM ---- */
+
+AI void transpose8(__m256 r[8]) {
+    __m256 t[8], s[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int h = 0; h < 2; h++) {
+        __m256 *u = t + 4 * h;
+        s[4 * h + 0] = _mm256_shuffle_ps(u[0], u[2], 0x44);
+        s[4 * h + 1] = _mm256_shuffle_ps(u[0], u[2], 0xEE);
+        s[4 * h + 2] = _mm256_shuffle_ps(u[1], u[3], 0x44);
+        s[4 * h + 3] = _mm256_shuffle_ps(u[1], u[3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x31);
+    }
+}
+
+static const float zero_row[KC];
+
+/* Panel columns [n0, n0 + nc) x depth [k0, k0 + kc) as F32 groups of 16 columns:
+ * bp[g * kc * 16 + k * 16 + j] = w[n0 + 16g + j][k0 + k], zero past the last column. */
+static void pack_panel(const mm_ctx *c, int64_t n0, int64_t nc, int64_t k0, int64_t kc, float *bp,
+                       float *tmp) {
+    for (int64_t g = 0; g * NR < nc; g++, bp += kc * NR) {
+        const float *src[NR];
+        for (int j = 0; j < NR; j++) {
+            int64_t n = n0 + g * NR + j;
+            if (g * NR + j >= nc) {
+                src[j] = zero_row;
+            } else if (c->dtype == CE_F32) {
+                src[j] = (const float *)w_at(c, n, k0);
+            } else {
+                ce_dequantize_row(c->dtype, w_at(c, n, k0), tmp + j * KC, kc);
+                src[j] = tmp + j * KC;
+            }
+        }
+        int64_t k = 0;
+        for (; k + 8 <= kc; k += 8)
+            for (int h = 0; h < 2; h++) {
+                __m256 r[8];
+                for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src[8 * h + i] + k);
+                transpose8(r);
+                for (int i = 0; i < 8; i++) _mm256_storeu_ps(bp + (k + i) * NR + 8 * h, r[i]);
+            }
+        for (; k < kc; k++)
+            for (int j = 0; j < NR; j++) bp[k * NR + j] = src[j][k];
+    }
+}
+
+/* Row r of a microkernel tile: o[0..ncols) (+)= c0:c1. Kept out of line so the accumulators of
+ * micro() stay in registers (an indexed epilogue loop makes gcc spill them every iteration). */
+static void store_tile_row(float *o, __m256 c0, __m256 c1, int ncols, int acc) {
+    if (ncols == NR) {
+        if (acc) {
+            c0 = _mm256_add_ps(_mm256_loadu_ps(o), c0);
+            c1 = _mm256_add_ps(_mm256_loadu_ps(o + 8), c1);
+        }
+        _mm256_storeu_ps(o, c0);
+        _mm256_storeu_ps(o + 8, c1);
+        return;
+    }
+    float t[NR];
+    _mm256_storeu_ps(t, c0);
+    _mm256_storeu_ps(t + 8, c1);
+    for (int j = 0; j < ncols; j++) o[j] = acc ? o[j] + t[j] : t[j];
+}
+
+/* C[r][0..ncols) (+)= sum_k a[r][k] * b[k][0..16) for r < mr; accumulate when `acc`. */
+AI void micro(int mr, int64_t kc, const float *const *a, const float *b, float *const *cp, int ncols,
+              int acc) {
+    __m256 c0[MR], c1[MR];
+    const float *ap[MR];
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++) {
+        c0[r] = c1[r] = _mm256_setzero_ps();
+        ap[r] = a[r];
+    }
+    for (int64_t k = 0; k < kc; k++, b += NR) {
+        __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+#pragma GCC unroll 6
+        for (int r = 0; r < mr; r++) {
+            __m256 av = _mm256_broadcast_ss(ap[r] + k);
+            c0[r] = _mm256_fmadd_ps(av, b0, c0[r]);
+            c1[r] = _mm256_fmadd_ps(av, b1, c1[r]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++) store_tile_row(cp[r], c0[r], c1[r], ncols, acc);
+}
+
+typedef void (*micro_fn)(int64_t kc, const float *const *a, const float *b, float *const *cp, int ncols,
+                         int acc);
+#define MICRO_FN(R) \
+    static void micro_##R(int64_t kc, const float *const *a, const float *b, float *const *cp, int ncols, \
+                          int acc) { micro(R, kc, a, b, cp, ncols, acc); }
+MICRO_FN(1)
+MICRO_FN(2)
+MICRO_FN(3)
+MICRO_FN(4)
+MICRO_FN(5)
+MICRO_FN(6)
+static const micro_fn micros[MR + 1] = {NULL, micro_1, micro_2, micro_3, micro_4, micro_5, micro_6};
+
+static void gemm_task(void *p, int ith, int nth) {
+    const mm_ctx *c = p;
+    float *bp = c->scratch + (int64_t)ith * c->scratch_floats; /* [NC * KC], 64-byte aligned */
+    float *tmp = bp + NC * KC;                                  /* [NR * KC] dequantized rows */
+    int64_t n_lo = 0, n_hi = c->N, m_lo = 0, m_hi = c->M;
+    if (c->split_rows)
+        ce_split(c->M, ith, nth, MR, &m_lo, &m_hi);
+    else
+        ce_split(c->N, ith, nth, NR, &n_lo, &n_hi);
+    if (n_lo >= n_hi || m_lo >= m_hi) return;
+    for (int64_t n0 = n_lo; n0 < n_hi; n0 += NC) {
+        int64_t nc = n_hi - n0 < NC ? n_hi - n0 : NC;
+        for (int64_t k0 = 0; k0 < c->K; k0 += KC) {
+            int64_t kc = c->K - k0 < KC ? c->K - k0 : KC;
+            pack_panel(c, n0, nc, k0, kc, bp, tmp);
+            for (int64_t m = m_lo; m < m_hi; m += MR) {
+                int mr = m_hi - m < MR ? (int)(m_hi - m) : MR;
+                const float *a[MR];
+                for (int r = 0; r < mr; r++) a[r] = c->xr[m + r] + k0;
+                for (int64_t g = 0; g * NR < nc; g++) {
+                    float *cp[MR];
+                    for (int r = 0; r < mr; r++) cp[r] = c->outr[m + r] + n0 + g * NR;
+                    int ncols = nc - g * NR < NR ? (int)(nc - g * NR) : NR;
+                    micros[mr](kc, a, bp + g * kc * NR, cp, ncols, k0 > 0);
+                }
+            }
+        }
+    }
+    if (c->bias)
+        for (int64_t m = m_lo; m < m_hi; m++)
+            for (int64_t n = n_lo; n < n_hi; n++) c->outr[m][n] += c->bias[n];
+}
+#endif /* CE_HAVE_AVX2 */
+
+/* ---- entry point: checks, then dispatch ---- */
+
+/* [lo, hi): the bytes t spans; 0 when it is empty. */
+static int byte_span(const ce_tensor *t, uintptr_t *lo, uintptr_t *hi) {
+    int64_t a = 0, b = 0, rb = 0;
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] == 0) return 0;
+    for (int i = 0; i < t->ndim - 1; i++) {
+        int64_t s = (t->shape[i] - 1) * t->stride[i];
+        if (s < 0) a += s; else b += s;
+    }
+    ce_row_bytes(t->dtype, ce_cols(t), &rb);
+    *lo = (uintptr_t)t->data + a;
+    *hi = (uintptr_t)t->data + b + rb;
+    return 1;
+}
+
+static int overlaps(const ce_tensor *p, const ce_tensor *q) {
+    uintptr_t a0, a1, b0, b1;
+    if (!q || !byte_span(p, &a0, &a1) || !byte_span(q, &b0, &b1)) return 0;
+    return a0 < b1 && b0 < a1;
+}
+
+ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, const ce_tensor *bias) {
+    ce_status st;
+    if ((st = ce_check(out, "matmul", "out", CE_F32)) || (st = ce_check(x, "matmul", "x", CE_F32)) ||
+        (st = ce_check(w, "matmul", "w", -1)))
+        return st;
+    if (w->dtype == CE_I32)
+        return ce_fail(CE_ERR_DTYPE, "matmul: w must be F32, F16, BF16, Q8_0, Q4_0 or Q4_1, got I32");
+    if (w->ndim != 2)
+        return ce_fail(CE_ERR_SHAPE, "matmul: w must be 2-D [N, K], got %d dims", w->ndim);
+    int64_t N = w->shape[0], K = w->shape[1], M = ce_rows(x);
+    if (ce_cols(x) != K)
+        return ce_fail(CE_ERR_SHAPE, "matmul: x has K = %lld columns but w is [N=%lld, K=%lld]",
+                       (long long)ce_cols(x), (long long)N, (long long)K);
+    if (ce_dtype_is_block(w->dtype) && K % CE_BLOCK)
+        return ce_fail(CE_ERR_LAYOUT, "matmul: %s weights need K to be a multiple of 32, got %lld",
+                       ce_dtype_name(w->dtype), (long long)K);
+    if (ce_cols(out) != N)
+        return ce_fail(CE_ERR_SHAPE, "matmul: out has %lld columns but w has N = %lld rows",
+                       (long long)ce_cols(out), (long long)N);
+    if (ce_rows(out) != M)
+        return ce_fail(CE_ERR_SHAPE, "matmul: out has %lld rows but x has %lld", (long long)ce_rows(out),
+                       (long long)M);
+    if (bias) {
+        if ((st = ce_check(bias, "matmul", "bias", CE_F32))) return st;
+        if (ce_tensor_numel(bias) != N || ce_cols(bias) != N)
+            return ce_fail(CE_ERR_SHAPE, "matmul: bias must have shape [%lld], got %lld elements",
+                           (long long)N, (long long)ce_tensor_numel(bias));
+    }
+    int64_t rb;
+    ce_row_bytes(w->dtype, K, &rb);
+    if (N > 1 && w->stride[0] < rb)
+        return ce_fail(CE_ERR_LAYOUT, "matmul: w rows must not overlap (row stride %lld < %lld bytes)",
+                       (long long)w->stride[0], (long long)rb);
+    if (overlaps(out, x) || overlaps(out, w) || overlaps(out, bias))
+        return ce_fail(CE_ERR_ARG, "matmul: out must not overlap x, w or bias");
+    if (M == 0 || N == 0) return CE_OK;
+
+    /* Row pointers of x and out: strided outer dims cost nothing in the kernels. */
+    const float *xr_small[8];
+    float *or_small[8];
+    const float **xr = xr_small;
+    float **orow = or_small;
+    if (M > 8) {
+        xr = malloc((size_t)M * sizeof *xr);
+        orow = malloc((size_t)M * sizeof *orow);
+        if (!xr || !orow) {
+            free(xr);
+            free(orow);
+            return ce_fail(CE_ERR_NOMEM, "matmul: out of memory for %lld row pointers", (long long)M);
+        }
+    }
+    for (int64_t m = 0; m < M; m++) {
+        xr[m] = (const float *)ce_row_ptr(x, m);
+        orow[m] = (float *)ce_row_ptr(out, m);
+    }
+    const float *bv = bias ? (const float *)bias->data : NULL;
+    st = CE_OK;
+    if (K == 0) { /* an empty sum: out = bias (or 0) */
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++) orow[m][n] = bv ? bv[n] : 0.0f;
+        goto done;
+    }
+
+    mm_ctx c = {.dtype = w->dtype, .w = w->data, .wstride = w->stride[0],
+                .bsize = ce_dtype_block_size(w->dtype), .bbytes = ce_dtype_block_bytes(w->dtype), .M = M, .N = N, .K = K,
+                .xr = xr, .outr = orow, .bias = bv};
+    int nth = ce_get_threads();
+    if ((double)M * (double)N * (double)K < SMALL_WORK) nth = 1;
+    ce_task_fn fn = scalar_task;
+    c.scratch_floats = (K + 15) / 16 * 16;
+#if CE_HAVE_AVX2
+    if (ce_simd_on && M < GEMM_MIN_M) {
+        fn = gemv_task;
+        c.scratch_floats = 0;
+        if (w->dtype == CE_Q4_1) { /* sx: lane sums of x over each block */
+            float *sx = aligned_alloc(64, (size_t)((M * K / 4 * 4 + 63) / 64 * 64));
+            if (!sx) {
+                st = ce_fail(CE_ERR_NOMEM, "matmul: out of memory");
+                goto done;
+            }
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t i = 0; i < K / 4; i++) {
+                    const float *p = xr[m] + i / 8 * 32 + i % 8;
+                    sx[m * (K / 4) + i] = (p[0] + p[8]) + (p[16] + p[24]);
+                }
+            c.sx = sx;
+        }
+    } else if (ce_simd_on) {
+        fn = gemm_task;
+        c.scratch_floats = NC * KC + NR * KC;
+        c.split_rows = N < (int64_t)NR * 2 * nth && M >= (int64_t)MR * 2 * nth;
+    }
+#endif
+    if (c.scratch_floats) {
+        c.scratch = aligned_alloc(64, (size_t)nth * (size_t)c.scratch_floats * sizeof(float));
+        if (!c.scratch) {
+            st = ce_fail(CE_ERR_NOMEM, "matmul: out of memory for %d work areas", nth);
+            goto done;
+        }
+    }
+    ce_parallel_n(fn, &c, nth);
+    free(c.scratch);
+    free((void *)c.sx);
+done:
+    if (xr != xr_small) {
+        free(xr);
+        free(orow);
+    }
+    return st;
+}

@@ -1,0 +1,146 @@
+/* simd_load.h - AVX2 loaders that turn 32 stored weights into four __m256 of F32, shared by the
+ * dequantizer (quant.c) and the on-the-fly GEMV (matmul.c) so both read the formats one way.
+ *
+ * Each loader returns elements [32b, 32b + 32) of a row as v[0..3] (8 lanes each, in order).
+ * Q4 dequantization uses fma(q, d, -8d) = (q - 8) * d rounded once, which is exactly the scalar
+ * formula; Q4_1 uses fma(q, d, m), one rounding fewer than the scalar d * q + m. */
+#ifndef CE_SIMD_LOAD_H
+#define CE_SIMD_LOAD_H
+
+#include "internal.h"
+
+/* f16 bits -> f32 for all 65536 patterns (quant.c fills it at load time). A block scale then costs
+ * one integer load and one broadcast load, and no vector ALU work (vcvtph2ps + shuffles cost
+ * ~3 cycles per block on Zen 3); the entries in use cluster in a few KiB. ggml does the same. */
+extern float ce_f16_table[65536];
+
+#if CE_HAVE_AVX2
+#define CE_INLINE static inline __attribute__((always_inline))
+
+CE_INLINE void ld32_f32(const void *row, int64_t b, __m256 v[4]) {
+    const float *p = (const float *)row + b * 32;
+    for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(p + 8 * i);
+}
+
+CE_INLINE __m256 ld8_f16(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+CE_INLINE void ld32_f16(const void *row, int64_t b, __m256 v[4]) {
+    const uint16_t *p = (const uint16_t *)row + b * 32;
+    for (int i = 0; i < 4; i++) v[i] = ld8_f16(p + 8 * i);
+}
+
+CE_INLINE __m256 ld8_bf16(const uint16_t *p) {
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+
+CE_INLINE void ld32_bf16(const void *row, int64_t b, __m256 v[4]) {
+    const uint16_t *p = (const uint16_t *)row + b * 32;
+    for (int i = 0; i < 4; i++) v[i] = ld8_bf16(p + 8 * i);
+}
+
+CE_INLINE __m256 bcast_f16(const uint16_t *h) { return _mm256_broadcast_ss(&ce_f16_table[*h]); }
+
+CE_INLINE void ld32_q8_0(const void *row, int64_t b, __m256 v[4]) {
+    const ce_block_q8_0 *blk = (const ce_block_q8_0 *)row + b;
+    __m256 d = bcast_f16(&blk->d);
+    for (int i = 0; i < 4; i++) {
+        __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk->qs + 8 * i)));
+        v[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
+    }
+}
+
+/* The four nibble vectors of a Q4 block: bytes 0..7 and 8..15, low nibbles then high nibbles. */
+CE_INLINE void q4_nibbles(const uint8_t *qs, __m256 v[4]) {
+    __m256i t0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    __m256i t1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));
+    __m256i m15 = _mm256_set1_epi32(15);
+    v[0] = _mm256_cvtepi32_ps(_mm256_and_si256(t0, m15));
+    v[1] = _mm256_cvtepi32_ps(_mm256_and_si256(t1, m15));
+    v[2] = _mm256_cvtepi32_ps(_mm256_srli_epi32(t0, 4));
+    v[3] = _mm256_cvtepi32_ps(_mm256_srli_epi32(t1, 4));
+}
+
+CE_INLINE void ld32_q4_0(const void *row, int64_t b, __m256 v[4]) {
+    const ce_block_q4_0 *blk = (const ce_block_q4_0 *)row + b;
+    __m256 d = bcast_f16(&blk->d);
+    __m256 off = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
+    q4_nibbles(blk->qs, v);
+    for (int i = 0; i < 4; i++) v[i] = _mm256_fmadd_ps(v[i], d, off);
+}
+
+CE_INLINE void ld32_q4_1(const void *row, int64_t b, __m256 v[4]) {
+    const ce_block_q4_1 *blk = (const ce_block_q4_1 *)row + b;
+    __m256 d = bcast_f16(&blk->d), m = bcast_f16(&blk->m);
+    q4_nibbles(blk->qs, v);
+    for (int i = 0; i < 4; i++) v[i] = _mm256_fmadd_ps(v[i], d, m);
+}
+
+/* The integers of a block as floats, unscaled (Q8_0: q, Q4_0: q - 8, Q4_1: q), with the block's
+ * scale d and (Q4_1) offset m broadcast: w = d * v (+ m). The GEMV then scales a block's sum once
+ * instead of every weight. */
+CE_INLINE void ld32_ints(int dtype, const void *row, int64_t b, __m256 v[4], __m256 *d, __m256 *m) {
+    if (dtype == CE_Q8_0) {
+        const ce_block_q8_0 *blk = (const ce_block_q8_0 *)row + b;
+        *d = bcast_f16(&blk->d);
+        for (int i = 0; i < 4; i++)
+            v[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk->qs + 8 * i))));
+        return;
+    }
+    const uint8_t *qs;
+    if (dtype == CE_Q4_0) {
+        const ce_block_q4_0 *blk = (const ce_block_q4_0 *)row + b;
+        *d = bcast_f16(&blk->d);
+        qs = blk->qs;
+    } else {
+        const ce_block_q4_1 *blk = (const ce_block_q4_1 *)row + b;
+        *d = bcast_f16(&blk->d);
+        *m = bcast_f16(&blk->m);
+        qs = blk->qs;
+    }
+    __m256i t0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    __m256i t1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));
+    __m256i m15 = _mm256_set1_epi32(15), q[4];
+    q[0] = _mm256_and_si256(t0, m15);
+    q[1] = _mm256_and_si256(t1, m15);
+    q[2] = _mm256_srli_epi32(t0, 4);
+    q[3] = _mm256_srli_epi32(t1, 4);
+    for (int i = 0; i < 4; i++) {
+        if (dtype == CE_Q4_0) q[i] = _mm256_sub_epi32(q[i], _mm256_set1_epi32(8)); /* exact products */
+        v[i] = _mm256_cvtepi32_ps(q[i]);
+    }
+}
+
+/* Dispatch on a dtype that is a compile-time constant after inlining. */
+CE_INLINE void ld32(int dtype, const void *row, int64_t b, __m256 v[4]) {
+    switch (dtype) {
+    case CE_F32: ld32_f32(row, b, v); break;
+    case CE_F16: ld32_f16(row, b, v); break;
+    case CE_BF16: ld32_bf16(row, b, v); break;
+    case CE_Q8_0: ld32_q8_0(row, b, v); break;
+    case CE_Q4_0: ld32_q4_0(row, b, v); break;
+    default: ld32_q4_1(row, b, v); break;
+    }
+}
+
+/* 8 elements starting at element k of a non-block row (the tail of F32/F16/BF16 rows). */
+CE_INLINE __m256 ld8(int dtype, const void *row, int64_t k) {
+    switch (dtype) {
+    case CE_F32: return _mm256_loadu_ps((const float *)row + k);
+    case CE_F16: return ld8_f16((const uint16_t *)row + k);
+    default: return ld8_bf16((const uint16_t *)row + k);
+    }
+}
+
+/* Horizontal sum in a fixed order: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)). */
+CE_INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+#endif

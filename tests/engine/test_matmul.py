@@ -1,0 +1,224 @@
+"""ce_matmul (cengine/src/matmul.c) against a pure-Python reference on dequantized weights.
+
+out[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]) is computed in float64 from the weights as the
+engine stores them (decoded here with struct, independently of the engine), and the engine must
+agree to ~1e-6 of sum_k |x w| for every weight dtype: activations are never quantized. Also: SIMD
+against the scalar twin, 1 vs 2 threads bit for bit (GEMV and GEMM paths), strided rows, bias, and
+bad arguments that must raise typed errors rather than crash. Big shapes check sampled outputs
+only, so the file stays fast.
+"""
+import math
+import random
+import struct
+
+import pytest
+
+from toolkit import errors
+from toolkit.core.engine import backend as B
+from toolkit.core.engine import functional as F
+from toolkit.core.engine._lib import ffi, lib
+from toolkit.core.engine.backend import Tensor
+
+WDTYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"]
+BLOCK = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
+
+
+@pytest.fixture(autouse=True)
+def _restore_engine_settings():
+    threads, simd = B.get_threads(), B.get_simd()
+    yield
+    B.set_threads(threads)
+    B.set_simd(simd)
+
+
+def f32(x):
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def rand_list(n, seed, lo=-1.0, hi=1.0):
+    """n float32 values; long lists repeat a random run of a prime length (cheap to build)."""
+    r = random.Random(seed)
+    base = [f32(r.uniform(lo, hi)) for _ in range(min(n, 4099))]
+    return (base * (n // len(base) + 1))[:n] if base else []
+
+
+def decode_weights(w):
+    """w's rows as float lists, decoded from its raw bytes with the format definitions."""
+    n, k = w.shape
+    data = ffi.buffer(w.ptr.data, w.nbytes)[:]
+    if w.dtype == "F32":
+        flat = list(struct.unpack(f"<{n * k}f", data))
+    elif w.dtype == "F16":
+        flat = list(struct.unpack(f"<{n * k}e", data))
+    elif w.dtype == "BF16":
+        flat = [struct.unpack("<f", struct.pack("<I", h << 16))[0] for h in struct.unpack(f"<{n * k}H", data)]
+    else:
+        flat, bb = [], BLOCK[w.dtype]
+        for o in range(0, len(data), bb):
+            blk = data[o:o + bb]
+            d = struct.unpack("<e", blk[:2])[0]
+            if w.dtype == "Q8_0":
+                flat += [d * q for q in struct.unpack("<32b", blk[2:])]
+            elif w.dtype == "Q4_0":
+                flat += [d * ((b & 15) - 8) for b in blk[2:]] + [d * ((b >> 4) - 8) for b in blk[2:]]
+            else:
+                m = struct.unpack("<e", blk[2:4])[0]
+                flat += [d * (b & 15) + m for b in blk[4:]] + [d * (b >> 4) + m for b in blk[4:]]
+    return [flat[i * k:(i + 1) * k] for i in range(n)]
+
+
+def check_against_reference(out, x_rows, w_rows, bias=None, pairs=None, rel=2e-6):
+    """out (M x N list) against float64 dot products, relative to sum |x w| of each output."""
+    m_count, n_count = len(x_rows), len(w_rows)
+    if pairs is None:
+        pairs = [(m, n) for m in range(m_count) for n in range(n_count)]
+    for m, n in pairs:
+        terms = [a * b for a, b in zip(x_rows[m], w_rows[n])]
+        want = math.fsum(terms) + (bias[n] if bias else 0.0)
+        scale = math.fsum(abs(t) for t in terms) + (abs(bias[n]) if bias else 0.0)
+        got = out[m * n_count + n]
+        assert abs(got - want) <= rel * scale + 1e-30, (m, n, got, want, scale)
+
+
+def sample_pairs(m_count, n_count, seed, count=48):
+    r = random.Random(seed)
+    pairs = {(0, 0), (m_count - 1, n_count - 1), (m_count - 1, 0), (0, n_count - 1)}
+    while len(pairs) < min(count, m_count * n_count):
+        pairs.add((r.randrange(m_count), r.randrange(n_count)))
+    return sorted(pairs)
+
+
+def make(m, n, k, dtype, seed):
+    x = rand_list(m * k, seed)
+    wt = Tensor.from_list(rand_list(n * k, seed + 1), (n, k), dtype)
+    return x, Tensor.from_list(x, (m, k)), wt
+
+
+# shapes: (M, N, K). Block dtypes need K % 32 == 0.
+BLOCK_SHAPES = [(1, 17, 32), (2, 3, 64), (3, 33, 96), (5, 16, 576), (17, 40, 1536), (64, 33, 96),
+                (1, 1536, 576), (4, 576, 1536)]
+FLOAT_SHAPES = [(1, 1, 1), (1, 3, 17), (2, 17, 3), (3, 33, 33), (5, 1, 576), (17, 3, 1536), (64, 17, 33),
+                (1, 576, 3), (2, 1536, 17), (64, 33, 576)]
+
+
+def shapes_for(dtype):
+    return BLOCK_SHAPES if dtype in BLOCK else FLOAT_SHAPES
+
+
+@pytest.mark.parametrize("dtype", WDTYPES)
+def test_matmul_matches_reference(dtype):
+    for i, (m, n, k) in enumerate(shapes_for(dtype)):
+        x, xt, wt = make(m, n, k, dtype, 100 * i)
+        x_rows = [x[r * k:(r + 1) * k] for r in range(m)]
+        w_rows = decode_weights(wt)
+        pairs = None if m * n * k <= 40000 else sample_pairs(m, n, i)
+        for simd in (False, True):
+            B.set_simd(simd)
+            check_against_reference(F.matmul(xt, wt).to_list(), x_rows, w_rows, pairs=pairs)
+
+
+@pytest.mark.parametrize("dtype", ["F32", "BF16", "Q4_1"])
+def test_bias_and_strided_rows(dtype):
+    m, n, k = 6, 35, 64
+    x, xt, wt = make(m, n, k, dtype, 7)
+    bias = rand_list(n, 8, -5, 5)
+    bt = Tensor.from_list(bias, (n,))
+    # x as every other row of a taller tensor (outer stride of two rows), in two outer dims
+    tall = Tensor.from_list([v for r in range(m) for v in x[r * k:(r + 1) * k] + [9.0] * k], (2 * m, k))
+    xs = tall._view((2, m // 2, k), (tall.strides[0] * m, tall.strides[0] * 2, 4), 0)
+    big_out = Tensor((m, n + 5))
+    out = big_out._view((2, m // 2, n), ((n + 5) * 4 * (m // 2), (n + 5) * 4, 4), 0)
+    x_rows = [x[r * k:(r + 1) * k] for r in range(m)]
+    w_rows = decode_weights(wt)
+    for simd in (False, True):
+        B.set_simd(simd)
+        for mm in (1, 2, m):  # GEMV and GEMM paths
+            got = F.matmul(xs if mm == m else Tensor.from_list(x[:mm * k], (mm, k)), wt, bt).to_list()
+            check_against_reference(got, x_rows[:mm], w_rows, bias)
+        F.matmul(xs, wt, bt, out=out)
+        flat = big_out.to_list()
+        got = [flat[r * (n + 5) + j] for r in range(m) for j in range(n)]
+        check_against_reference(got, x_rows, w_rows, bias)
+        assert all(flat[r * (n + 5) + j] == 0.0 for r in range(m) for j in range(n, n + 5))
+
+
+@pytest.mark.parametrize("dtype", WDTYPES)
+def test_simd_agrees_with_scalar_and_threads_are_bit_identical(dtype):
+    shapes = [(1, 77, 576), (2, 45, 96), (3, 20, 64), (4, 50, 192), (13, 70, 320), (64, 100, 576)]
+    if dtype not in BLOCK:
+        shapes += [(1, 33, 17), (7, 19, 45)]
+    for i, (m, n, k) in enumerate(shapes):
+        _, xt, wt = make(m, n, k, dtype, 50 + i)
+        res = {}
+        for simd in (False, True):
+            for threads in (1, 2, 3):
+                B.set_simd(simd)
+                B.set_threads(threads)
+                res[simd, threads] = F.matmul(xt, wt).to_list()
+            assert res[simd, 1] == res[simd, 2] == res[simd, 3], (dtype, m, n, k, simd)
+        xa = [abs(v) for v in xt.to_list()]
+        row_l1 = [math.fsum(xa[r * k:(r + 1) * k]) for r in range(m)]  # >= sum |x w|, as |w| <= 1
+        for j, (a, b) in enumerate(zip(res[False, 1], res[True, 1])):
+            assert abs(a - b) <= 2e-6 * row_l1[j // n], (j, a, b)
+
+
+def test_threads_bit_identical_on_model_shapes():
+    """Decode (M=1) and prefill shapes of the default model, large enough to use both threads."""
+    for dtype in ("Q4_1", "BF16"):
+        for m, n, k in [(1, 1536, 576), (1, 576, 1536), (37, 576, 576), (9, 1536, 576)]:
+            _, xt, wt = make(m, n, k, dtype, m + n)
+            B.set_threads(1)
+            one = F.matmul(xt, wt).to_list()
+            B.set_threads(2)
+            assert F.matmul(xt, wt).to_list() == one
+
+
+def test_empty_and_degenerate_shapes():
+    w = Tensor.from_list(rand_list(3 * 32, 1), (3, 32), "Q8_0")
+    out = F.matmul(Tensor((0, 32)), w)
+    assert out.shape == (0, 3)
+    bias = Tensor.from_list([1.0, 2.0, 3.0], (3,))
+    got = F.matmul(Tensor((2, 0)), Tensor((3, 0)), bias).to_list()
+    assert got == [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]
+    assert F.matmul(Tensor.from_list([2.0], (1, 1)), Tensor.from_list([3.0], (1, 1))).to_list() == [6.0]
+
+
+def test_bad_arguments_raise_and_never_crash():
+    x = Tensor.from_list(rand_list(2 * 64, 1), (2, 64))
+    w = Tensor.from_list(rand_list(5 * 64, 2), (5, 64), "Q4_0")
+    with pytest.raises(errors.ShapeError, match="K"):
+        F.matmul(Tensor((2, 32)), w)                              # K mismatch
+    with pytest.raises(errors.ShapeError):
+        F.matmul(x, w, out=Tensor((2, 4)))                        # N mismatch
+    with pytest.raises(errors.ShapeError):
+        F.matmul(x, w, out=Tensor((3, 5)))                        # rows mismatch
+    with pytest.raises(errors.ShapeError):
+        F.matmul(x, w, bias=Tensor((4,)))                         # bias shape
+    with pytest.raises(errors.DTypeError):
+        F.matmul(x, w, bias=Tensor((5,), "F16"))                  # bias dtype
+    with pytest.raises(errors.DTypeError):
+        F.matmul(Tensor((2, 64), "F16"), w)                       # x must be F32
+    with pytest.raises(errors.DTypeError):
+        F.matmul(x, w, out=Tensor((2, 5), "I32"))                 # out must be F32
+    with pytest.raises(errors.DTypeError):
+        F.matmul(x, Tensor((5, 64), "I32"))                       # no integer weights
+    with pytest.raises(errors.ShapeError):
+        F.matmul(x, Tensor((1, 5, 64)), out=Tensor((2, 5)))       # w must be 2-D
+    with pytest.raises(errors.ToolkitError):
+        F.matmul(x, Tensor.from_list(rand_list(64 * 64, 3), (64, 64)), out=x)  # out overlaps x
+    # raw engine calls: NULL tensors, and a block tensor whose K is not a multiple of 32
+    o = Tensor((2, 5))
+    assert lib.ce_matmul(ffi.NULL, x.ptr, w.ptr, ffi.NULL) == lib.CE_ERR_ARG
+    assert lib.ce_matmul(o.ptr, ffi.NULL, w.ptr, ffi.NULL) == lib.CE_ERR_ARG
+    assert lib.ce_matmul(o.ptr, x.ptr, ffi.NULL, ffi.NULL) == lib.CE_ERR_ARG
+    fake = ffi.new("ce_tensor *")
+    fake.data, fake.dtype, fake.ndim = w.ptr.data, lib.CE_Q4_0, 2
+    fake.shape[0], fake.shape[1], fake.shape[2], fake.shape[3] = 5, 48, 1, 1
+    fake.stride[0] = 18 * 2
+    x48 = Tensor((2, 48))
+    assert lib.ce_matmul(o.ptr, x48.ptr, fake, ffi.NULL) == lib.CE_ERR_LAYOUT
+    assert b"multiple of 32" in ffi.string(lib.ce_last_error())
+    fake.dtype = 42
+    assert lib.ce_matmul(o.ptr, x48.ptr, fake, ffi.NULL) == lib.CE_ERR_DTYPE
+    # the engine still works after all that
+    check_against_reference(F.matmul(x, w).to_list(), [x.to_list()[:64], x.to_list()[64:]], decode_weights(w))

@@ -1,0 +1,27 @@
+"""`python -m toolkit.bench {kernels,generate} [options]`: dispatches to one benchmark module.
+
+Each benchmark is imported only when asked for, so one that needs optional packages (llama.cpp for
+`generate`) does not slow down or break the others.
+"""
+import importlib
+import sys
+
+_BENCHES = {
+    "kernels": "toolkit.bench.kernels",    # matmul / GEMV kernels vs memory bandwidth
+    "generate": "toolkit.bench.generate",  # end-to-end prefill and decode speed
+}
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in _BENCHES:
+        names = ", ".join(_BENCHES)
+        print(f"usage: python -m toolkit.bench {{{names.replace(', ', ',')}}} [options]  (--help after a name)",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(_BENCHES[argv[0]])
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""`python -m toolkit.bench kernels`: matmul kernels against this machine's memory bandwidth.
+
+Measured in one run, for every weight dtype (F32, F16, BF16, Q8_0, Q4_0, Q4_1) and for 1 and N
+threads:
+  - read bandwidth: the engine streaming a 512 MiB buffer (ce_bench_read_bandwidth): the ceiling;
+  - decode GEMV: one decode step's worth of the default model's matrices (576x576, 1536x576 and
+    576x1536 per layer, 30 layers, more if needed to be 2x the L3), cycled so every matrix comes
+    from DRAM, as effective GB/s of weights read and as a share of the measured bandwidth;
+  - lm-head GEMV: one 49152x576 matrix alone;
+  - GEMM: x[512, 576] @ w[1536, 576]^T (a prefill chunk), in GFLOP/s.
+Memory bandwidth drifts on this machine, so every measurement is repeated in interleaved rounds
+(all dtypes and thread counts once per round, bandwidth too) and medians are reported.
+
+Weights are random F32 quantized by the engine itself (ce_convert), one layer per shape, then copied
+to the other layers: contents do not change the speed of these kernels.
+"""
+import argparse
+import random
+import statistics
+import time
+from array import array
+
+from toolkit.core.engine import backend as B
+from toolkit.core.engine import functional as F
+from toolkit.core.engine.backend import Tensor
+# ce_bench_read_bandwidth and raw byte copies have no backend wrapper: this tool measures the
+# engine itself, so it may reach the binding directly.
+from toolkit.core.engine._lib import check, ffi, lib
+
+DTYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"]
+D_MODEL, D_FF, N_LAYERS, VOCAB = 576, 1536, 30, 49152
+GEMM_M = 512
+BW_BYTES = 512 << 20
+MIN_SET_BYTES = 64 << 20  # a decode set at least 2x the 32 MiB L3
+
+
+def _f32_tensor(n, seed):
+    """An F32 tensor of n values: a random run of a prime length, tiled by doubling copies."""
+    r = random.Random(seed)
+    pool = array("f", [r.uniform(-1.0, 1.0) for _ in range(min(n, 65521))])
+    t = Tensor((n,), "F32")
+    dst = ffi.cast("char *", t.ptr.data)
+    ffi.memmove(dst, ffi.from_buffer(pool), len(pool) * 4)
+    done = len(pool) * 4
+    while done < n * 4:
+        step = min(done, n * 4 - done)
+        ffi.memmove(dst + done, dst, step)
+        done += step
+    return t
+
+
+def _weights(dtype, n, k, src, copies):
+    """`copies` [n, k] tensors of dtype: the first quantized from src by the engine, the rest copied."""
+    first = Tensor((n, k), dtype)
+    check(lib.ce_convert(first.ptr.dtype, first.ptr.data, lib.CE_F32, src.ptr.data, n * k))
+    out = [first]
+    for _ in range(copies - 1):
+        t = Tensor((n, k), dtype)
+        ffi.memmove(t.ptr.data, first.ptr.data, first.nbytes)
+        out.append(t)
+    return out
+
+
+class _Case:
+    """The weights of one dtype: a decode set of layers, an lm head and a GEMM matrix."""
+
+    def __init__(self, dtype, srcs):
+        per32 = Tensor((1, 32), dtype).nbytes  # bytes per 32 weights
+        per_layer = sum(per32 * n * k // 32 for n, k in [(D_MODEL, D_MODEL), (D_FF, D_MODEL), (D_MODEL, D_FF)])
+        self.layers = max(N_LAYERS, -(-MIN_SET_BYTES // per_layer))
+        sq = _weights(dtype, D_MODEL, D_MODEL, srcs["sq"], self.layers)
+        up = _weights(dtype, D_FF, D_MODEL, srcs["ff"], self.layers)
+        down = _weights(dtype, D_MODEL, D_FF, srcs["ff"], self.layers)
+        self.decode = list(zip(sq, up, down))
+        self.decode_bytes = sum(w.nbytes for layer in self.decode for w in layer)
+        self.head = _weights(dtype, VOCAB, D_MODEL, srcs["head"], 1)[0]
+        self.gemm_w = up[0]
+
+
+def _time(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m toolkit.bench kernels", description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=B.default_threads(),
+                   help="the largest thread count to measure (the table shows 1 and this)")
+    p.add_argument("--quick", action="store_true", help="3 rounds instead of 7")
+    p.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated subset of " + ",".join(DTYPES))
+    args = p.parse_args(argv)
+    rounds = 3 if args.quick else 7
+    dtypes = [d.strip().upper() for d in args.dtypes.split(",") if d.strip()]
+    threads = sorted({1, max(1, args.threads)})
+    t_start = time.perf_counter()
+
+    srcs = {"sq": _f32_tensor(D_MODEL * D_MODEL, 1), "ff": _f32_tensor(D_FF * D_MODEL, 2),
+            "head": _f32_tensor(VOCAB * D_MODEL, 3)}
+    cases = {dt: _Case(dt, srcs) for dt in dtypes}
+    del srcs
+    x_model = Tensor.from_list([random.Random(4).uniform(-1, 1) for _ in range(D_MODEL)], (1, D_MODEL))
+    x_ff = Tensor.from_list([random.Random(5).uniform(-1, 1) for _ in range(D_FF)], (1, D_FF))
+    o_model, o_ff, o_head = Tensor((1, D_MODEL)), Tensor((1, D_FF)), Tensor((1, VOCAB))
+    x_gemm = Tensor.from_list([random.Random(6).uniform(-1, 1) for _ in range(D_MODEL)] * GEMM_M, (GEMM_M, D_MODEL))
+    o_gemm = Tensor((GEMM_M, D_FF))
+    setup_s = time.perf_counter() - t_start
+
+    def decode_pass(case):
+        for sq, up, down in case.decode:
+            F.matmul(x_model, sq, out=o_model)
+            F.matmul(x_model, up, out=o_ff)
+            F.matmul(x_ff, down, out=o_model)
+
+    bw = {th: [] for th in threads}
+    res = {(dt, th): {"decode": [], "head": [], "gemm": []} for dt in dtypes for th in threads}
+    for rnd in range(rounds + 1):  # round 0 warms up (page faults, pool start) and is dropped
+        for th in threads:
+            B.set_threads(th)
+            s = lib.ce_bench_read_bandwidth(BW_BYTES, 2)
+            if s <= 0:
+                check(lib.CE_ERR_INTERNAL)
+            if rnd:
+                bw[th].append(BW_BYTES / s / 1e9)
+            for dt in dtypes:
+                c, r = cases[dt], res[dt, th]
+                t_dec = _time(lambda: decode_pass(c))
+                t_head = _time(lambda: F.matmul(x_model, c.head, out=o_head))
+                t_gemm = _time(lambda: F.matmul(x_gemm, c.gemm_w, out=o_gemm))
+                if rnd:
+                    r["decode"].append(c.decode_bytes / t_dec / 1e9)
+                    r["head"].append(c.head.nbytes / t_head / 1e9)
+                    r["gemm"].append(2.0 * GEMM_M * D_FF * D_MODEL / t_gemm / 1e9)
+
+    med = statistics.median
+    print(f"cengine kernels | {B.build_info()} | {rounds} interleaved rounds, medians "
+          f"(setup {setup_s:.1f} s, total {time.perf_counter() - t_start:.1f} s)")
+    print("read bandwidth (512 MiB): " + ", ".join(
+        f"{th} thread{'s' if th > 1 else ''} {med(bw[th]):.1f} GB/s (min {min(bw[th]):.1f}, max {max(bw[th]):.1f})"
+        for th in threads))
+    print(f"decode set: {N_LAYERS}+ layers x (576x576, 1536x576, 576x1536), cycled from DRAM; "
+          f"lm head: 49152x576; GEMM: [{GEMM_M},576] @ [1536,576]^T")
+    head = (f"{'dtype':<6}{'thr':>4} {'set MB':>7} {'decode GB/s':>12} {'% bw':>6} {'lm-head GB/s':>13} {'% bw':>6}"
+            f" {'GEMM GFLOP/s':>13}")
+    print(head)
+    print("-" * len(head))
+    for dt in dtypes:
+        for th in threads:
+            r, b = res[dt, th], med(bw[th])
+            d, h = med(r["decode"]), med(r["head"])
+            print(f"{dt:<6}{th:>4} {cases[dt].decode_bytes / 1e6:>7.0f} {d:>12.1f} {100 * d / b:>5.0f}% "
+                  f"{h:>13.1f} {100 * h / b:>5.0f}% {med(r['gemm']):>13.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
