@@ -25,7 +25,6 @@ from toolkit.core.engine import functional as F
 from toolkit.core.engine.backend import Tensor
 # ce_bench_read_bandwidth and raw byte copies have no backend wrapper: this tool measures the
 # engine itself, so it may reach the binding directly.
-from toolkit.core.engine._lib import check, ffi, lib
 
 DTYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"]
 D_MODEL, D_FF, N_LAYERS, VOCAB = 576, 1536, 30, 49152
@@ -39,25 +38,22 @@ def _f32_tensor(n, seed):
     r = random.Random(seed)
     pool = array("f", [r.uniform(-1.0, 1.0) for _ in range(min(n, 65521))])
     t = Tensor((n,), "F32")
-    dst = ffi.cast("char *", t.ptr.data)
-    ffi.memmove(dst, ffi.from_buffer(pool), len(pool) * 4)
-    done = len(pool) * 4
-    while done < n * 4:
-        step = min(done, n * 4 - done)
-        ffi.memmove(dst + done, dst, step)
+    dst = t.memoryview()
+    dst[:len(pool)] = pool
+    done = len(pool)
+    while done < n:
+        step = min(done, n - done)
+        dst[done:done + step] = dst[:step]
         done += step
     return t
 
 
 def _weights(dtype, n, k, src, copies):
     """`copies` [n, k] tensors of dtype: the first quantized from src by the engine, the rest copied."""
-    first = Tensor((n, k), dtype)
-    check(lib.ce_convert(first.ptr.dtype, first.ptr.data, lib.CE_F32, src.ptr.data, n * k))
+    first = src.reshape(n, k).to(dtype) if dtype != "F32" else src.reshape(n, k).clone()
     out = [first]
     for _ in range(copies - 1):
-        t = Tensor((n, k), dtype)
-        ffi.memmove(t.ptr.data, first.ptr.data, first.nbytes)
-        out.append(t)
+        out.append(first.clone())
     return out
 
 
@@ -117,9 +113,7 @@ def main(argv=None):
     for rnd in range(rounds + 1):  # round 0 warms up (page faults, pool start) and is dropped
         for th in threads:
             B.set_threads(th)
-            s = lib.ce_bench_read_bandwidth(BW_BYTES, 2)
-            if s <= 0:
-                check(lib.CE_ERR_INTERNAL)
+            s = B.bench_read_bandwidth(BW_BYTES, 2)
             if rnd:
                 bw[th].append(BW_BYTES / s / 1e9)
             for dt in dtypes:

@@ -20,7 +20,7 @@ __all__ = [
     "scaled_dot_product_attention", "matmul", "linear", "embedding", "rms_norm", "rope_", "softmax",
     "silu", "gelu", "silu_mul", "add", "mul", "scale", "argmax", "topk", "copy_", "copy_rows_", "sample",
     "repetition_penalty_",
-    "set_threads", "get_threads", "set_simd", "get_simd", "build_info", "engine_version",
+    "set_threads", "get_threads", "set_simd", "get_simd", "build_info", "engine_version", "bench_read_bandwidth",
 ]
 
 
@@ -54,3 +54,12 @@ def build_info():
 
 def engine_version():
     return ffi.string(lib.ce_version()).decode()
+
+
+def bench_read_bandwidth(nbytes=512 << 20, reps=2):
+    """Best seconds for one streaming read of an nbytes buffer over all pool threads (a benchmark
+    baseline: nbytes / seconds is the machine's read bandwidth)."""
+    s = lib.ce_bench_read_bandwidth(nbytes, reps)
+    if s <= 0:
+        raise errors.EngineError(ffi.string(lib.ce_last_error()).decode() or "bandwidth benchmark failed")
+    return s

@@ -7,6 +7,7 @@ registered a hook point costs one truthiness test. Hooks may return a replacemen
 flows on through the computation.
 """
 import logging
+import threading
 
 from toolkit import errors
 
@@ -116,6 +117,7 @@ class LlamaModel(Module):
         # name -> list of fn(tensor, name) -> None | Tensor; see toolkit hooks. Empty: zero cost.
         object.__setattr__(self, "hooks", {})
         object.__setattr__(self, "tokenizer", None)
+        object.__setattr__(self, "_lock", threading.RLock())
 
     # ---- weights ----
     @property
@@ -125,6 +127,20 @@ class LlamaModel(Module):
     def new_cache(self, capacity=None):
         c = self.config
         return KVCache(c, capacity or min(c.max_position_embeddings, 4096))
+
+    def _scratch(self, n, reuse):
+        """Activation buffers for n rows. Decode passes reuse theirs (allocating ~10 buffers per
+        token is measurable); with hooks registered every pass gets fresh ones, so tensors a hook
+        kept are never overwritten by a later pass."""
+        if not reuse or n > 64:
+            return _Scratch(self.config, n)
+        cache = self.__dict__.setdefault("_scratch_by_rows", {})
+        s = cache.get(n)
+        if s is None:
+            if len(cache) >= 8:
+                cache.clear()
+            s = cache[n] = _Scratch(self.config, n)
+        return s
 
     # ---- hooks ----
     def _fire(self, name, t):
@@ -153,8 +169,13 @@ class LlamaModel(Module):
         """One forward pass over several sequences: seqs is a list of (new token ids, KVCache).
 
         Returns logits for the last token of each sequence [B, vocab] ("last"), for every new token
-        [sum T, vocab] ("all"), or the final normalised hidden states (None).
+        [sum T, vocab] ("all"), or the final normalised hidden states (None). Passes on one model
+        run one at a time (they share activation buffers).
         """
+        with self._lock:
+            return self._forward_batch(seqs, logits)
+
+    def _forward_batch(self, seqs, logits):
         c = self.config
         if not seqs:
             raise errors.InvalidArgumentError("forward_batch needs at least one sequence")
@@ -174,8 +195,8 @@ class LlamaModel(Module):
         n = len(all_ids)
         ids_t = Tensor((n,), "I32").load(all_ids)
         pos_t = Tensor((n,), "I32").load(positions)
-        s = _Scratch(c, n)
         hooks = self.hooks
+        s = self._scratch(n, reuse=not hooks)
         H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         scale = D ** -0.5
         # per-sequence views of the scratch rows, made once and reused by every layer
