@@ -10,6 +10,7 @@ from toolkit import errors
 
 def _generate(args):
     import toolkit
+    from toolkit.core.engine import backend
 
     with toolkit.load(args.model, threads=args.threads) as m:
         if args.chat:
@@ -29,7 +30,7 @@ def _generate(args):
         dt, ds = stats.get("decode_tokens", 0), stats.get("decode_seconds", 0.0)
         print(f"[prefill] {pt} tokens in {ps * 1e3:.1f} ms = {pt / ps if ps else 0:.1f} tok/s | "
               f"[decode] {dt} tokens in {ds * 1e3:.1f} ms = {dt / ds if ds else 0:.1f} tok/s | "
-              f"{len(ids)} new tokens, threads {m.plugin.config.threads or 'all'}", file=sys.stderr)
+              f"{len(ids)} new tokens, {backend.get_threads()} threads", file=sys.stderr)
 
 
 def _convert(args):
