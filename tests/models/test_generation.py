@@ -159,3 +159,29 @@ def test_guide_generate_returns_tensor(model):
     out = model.model.generate(t, max_new_tokens=6)
     assert out.shape == (1, 6) and out.dtype == "I32"
     assert out.to_list() == model.generate_ids(PROMPT, max_new_tokens=6)
+
+
+def test_model_logits_are_bit_identical_across_thread_counts(model):
+    ids = model.tokenizer.encode("Threads must not change a single bit of the logits, 1 2 3.")
+    old = backend.get_threads()
+    try:
+        backend.set_threads(1)
+        one = model.logits(ids).to_list()
+        backend.set_threads(2)
+        two = model.logits(ids).to_list()
+        backend.set_threads(3)  # more threads than cores, uneven splits
+        three = model.logits(ids).to_list()
+    finally:
+        backend.set_threads(old)
+    assert one == two == three
+
+
+def test_scalar_reference_kernels_agree_with_simd(model):
+    ids = model.tokenizer.encode("The scalar twins are the reference.")
+    simd = model.logits(ids).to_list()
+    backend.set_simd(False)
+    try:
+        scalar = model.logits(ids).to_list()
+    finally:
+        backend.set_simd(True)
+    assert max(abs(a - b) for a, b in zip(simd, scalar)) < 2e-3
