@@ -109,3 +109,24 @@ def test_hf_directory_errors(tmp_path, converted_dir):
     shutil.copy(converted_dir / "model.safetensors", d / "model.safetensors")
     with pytest.raises(errors.ToolkitError):
         toolkit.load(str(d))
+
+
+def test_bf16_conversion_loads_and_stays_close(tmp_path, smollm2_gguf_path, model, golden_logits):
+    from toolkit.models.llama.convert import convert_gguf_to_hf
+
+    out = tmp_path / "bf16"
+    convert_gguf_to_hf(smollm2_gguf_path, str(out), dtype="BF16")
+    prompt = golden_logits["prompts"][0]
+    with toolkit.load(str(out)) as m:
+        assert m.model.layers[3].mlp.up_proj.weight.dtype == "BF16"
+        last = m.logits(prompt["input_ids"]).tolist()[-1]
+    gold = prompt["last_position_logits"]
+    assert max(range(len(last)), key=last.__getitem__) == prompt["last_position_argmax"]
+    assert max(abs(a - b) for a, b in zip(last, gold)) < 0.5  # bf16 keeps ~3 significant digits
+
+
+def test_convert_rejects_a_bad_dtype(tmp_path, smollm2_gguf_path):
+    from toolkit.models.llama.convert import convert_gguf_to_hf
+
+    with pytest.raises(errors.InvalidArgumentError):
+        convert_gguf_to_hf(smollm2_gguf_path, str(tmp_path / "x"), dtype="Q4_1")

@@ -85,6 +85,15 @@ class WeightSource:
             self.handle = None
 
 
+def _vectors_to_f32(state):
+    """RMSNorm weights (1-D) are computed with in F32; half-precision files store them as F16/BF16.
+    Converting these few KB is the one copy loading makes; matrices stay in their stored dtype."""
+    for name, t in state.items():
+        if t.ndim == 1 and t.dtype != "F32":
+            state[name] = t.to("F32")
+    return state
+
+
 def load_gguf(path):
     """(config, {param name: Tensor}, metadata, WeightSource) from a GGUF file."""
     g = GGUFFile(path)
@@ -102,7 +111,7 @@ def load_gguf(path):
             dtype = GGUF_DTYPES[info.type_name]
             shape = tuple(reversed(info.shape))  # GGUF lists ne[0] (innermost) first
             state[param] = Tensor.wrap(g.tensor_bytes(name), shape, dtype)
-        return config, state, md, WeightSource(path, g, "gguf")
+        return config, _vectors_to_f32(state), md, WeightSource(path, g, "gguf")
     except BaseException:
         state = None
         WeightSource(path, g, "gguf").close()
@@ -137,7 +146,7 @@ def load_hf_dir(directory):
             state[param] = Tensor.wrap(files.tensor_bytes(name), tuple(info.shape), dtype)
         if config.tie_word_embeddings:
             state.pop("lm_head.weight", None)
-        return config, state, hf_cfg, WeightSource(directory, files, "safetensors")
+        return config, _vectors_to_f32(state), hf_cfg, WeightSource(directory, files, "safetensors")
     except BaseException:
         state = None
         WeightSource(directory, files, "safetensors").close()
