@@ -25,8 +25,7 @@ enum {
     NC = 96,         /* GEMM panel columns per thread step: NC x KC floats = 96 KiB, L2 sized */
     GEMM_MIN_M = 8,  /* fewer rows: GEMV, one pass over the weights per 2 rows (packing a panel costs
                         about as much as 8 rows of GEMV) */
-    SMALL_WORK = 1 << 15, /* M*N*K below this runs on one thread: not worth waking the pool */
-    PREFETCH = 384   /* GEMV on block dtypes: bytes ahead of the current block to prefetch */
+    SMALL_WORK = 1 << 15  /* M*N*K below this runs on one thread: not worth waking the pool */
 };
 
 typedef struct {
@@ -38,7 +37,9 @@ typedef struct {
     const float *const *xr;    /* [M] rows of x */
     float *const *outr;        /* [M] rows of out */
     const float *bias;         /* [N] or NULL */
-    const float *sx;           /* GEMV on Q4_1: [M][K / 4] lane sums of x over each block */
+    const float *sb;           /* GEMV on Q4_1: [M][sb_stride] sums of x over each block, zero padded */
+    int64_t sb_stride;         /* K / 32 rounded up to a multiple of 8 */
+    const float *xq;           /* GEMV on Q4_0/Q4_1: [M][K] x permuted and scaled for q4_ints */
     float *scratch;            /* GEMM / scalar: per-thread work areas */
     int64_t scratch_floats;    /* floats per thread */
     int split_rows;            /* GEMM with few columns: threads split M instead of N */
@@ -79,12 +80,15 @@ static void scalar_task(void *p, int ith, int nth) {
 /* res[p * R + r] = w[p] . x[r]. Each output has its own four accumulators, so its value does not
  * depend on which tile shape computed it. */
 AI void dot_tile(int dtype, int P, int R, const void *const *w, const float *const *x, int64_t K,
-                 float *res) {
+                 const char *pf, float *res) {
+    const int64_t eb = dtype == CE_F32 ? 4 : 2; /* bytes per element */
     __m256 acc[2][4];
     for (int t = 0; t < 2; t++)
         for (int i = 0; i < 4; i++) acc[t][i] = _mm256_setzero_ps();
     int64_t nb = K / 32, k = nb * 32;
     for (int64_t b = 0; b < nb; b++) {
+        /* the next tile's rows, at P times this tile's pace (as in dot_tile_q) */
+        for (int i = 0; i < P * eb / 2; i++) _mm_prefetch(pf + (b * P * eb / 2 + i) * 64, _MM_HINT_T0);
         for (int p = 0; p < P; p++) {
             __m256 v[4];
             ld32(dtype, w[p], b, v);
@@ -112,88 +116,148 @@ AI void dot_tile(int dtype, int P, int R, const void *const *w, const float *con
         }
 }
 
-/* Block dtypes: per block, s = q . x in F32 (exact products of small integers), then
- * acc += d * s, with even and odd blocks in separate accumulators (latency), and for Q4_1
- * acc_m += m * sx[b], sx[b] being the lane sums of x over the block (precomputed per row). Four
- * FMAs per block and row fewer than scaling every weight; error stays at a few F32 ulps of
- * sum |w x| (the m term is at most |m| sum |x|). */
-AI void q_step(int dtype, int P, int R, const void *const *w, const float *const *x, const float *const *sx,
-              int64_t b, __m256 acc[2][3], int par) {
-    for (int p = 0; p < P; p++) {
-        __m256 v[4], d, m = _mm256_setzero_ps();
-        /* Odd-sized blocks defeat the hardware prefetcher: Q8_0 streams at half speed without this */
-        _mm_prefetch((const char *)w[p] + b * (dtype == CE_Q8_0 ? 34 : dtype == CE_Q4_0 ? 18 : 20) + PREFETCH,
-                     _MM_HINT_T0);
-        ld32_ints(dtype, w[p], b, v, &d, &m);
-        for (int r = 0; r < R; r++) {
-            const float *xb = x[r] + 32 * b;
-            __m256 s = _mm256_mul_ps(v[0], _mm256_loadu_ps(xb));
-            s = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(xb + 8), s);
-            s = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(xb + 16), s);
-            s = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(xb + 24), s);
-            int t = p * R + r;
-            acc[t][par] = _mm256_fmadd_ps(d, s, acc[t][par]);
-            if (dtype == CE_Q4_1) acc[t][2] = _mm256_fmadd_ps(m, _mm256_loadu_ps(sx[r] + 8 * b), acc[t][2]);
-        }
-    }
-}
+/* Block dtypes: per block, s = q . x in F32 (exact small-integer weights; one mul and three FMAs
+ * in a fixed order), then acc = fma(d, s, acc). For Q4_1 the m term, sum_b m_b * S_b with S_b the
+ * sum of x over block b (precomputed per row of x), stays out of the vector loop: the loop only
+ * copies each block's m (as F32 bits from ce_f16_table: integer moves only) to mq, and m_dot()
+ * later dots them with S eight blocks at a time, lane j taking blocks j mod 8 in order, once per
+ * MQ_ROWS weight rows (an in-loop FMA per block and row costs ~10% more on Zen 3). One
+ * set of accumulators per output, in the same order whatever the tile shape, so an output's value
+ * never depends on which tile (or thread) computed it. Error stays at a few F32 ulps of sum |w x|
+ * (the m term is at most |m| sum |x|).
+ * Q4 nibbles are not moved to the bottom of their lane: q4_ints masks them in place (see there), so
+ * the x of Q4 rows is the permuted, power-of-two scaled copy xq built once per call.
+ * The loop is bound by instruction throughput, not latency: a tile's P weight rows share the x
+ * loads (held in registers), the P dependency chains are independent, and all rows are addressed
+ * from one moving pointer. */
 
-AI void dot_tile_q(int dtype, int P, int R, const void *const *w, const float *const *x,
-                   const float *const *sx, int64_t nb, float *res) {
-    __m256 acc[2][3];
-    for (int t = 0; t < 2; t++)
-        for (int i = 0; i < 3; i++) acc[t][i] = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        q_step(dtype, P, R, w, x, sx, b, acc, 0);
-        q_step(dtype, P, R, w, x, sx, b + 1, acc, 1);
-    }
-    if (b < nb) q_step(dtype, P, R, w, x, sx, b, acc, 0);
-    for (int t = 0; t < P * R; t++)
-        res[t] = hsum8(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), acc[t][2]));
-}
+/* q4_ints lane order: lane i of a block's four vectors holds element q4_lane_elem[i] of the block,
+ * times 2^q4_lane_shift[i]. */
+static const uint8_t q4_lane_elem[32] = {0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29,
+                                         2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31};
+static const uint8_t q4_lane_shift[32] = {0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12,
+                                          16, 16, 16, 16, 20, 20, 20, 20, 20, 20, 20, 20, 24, 24, 24, 24};
 
-/* Outputs [lo, hi) of every row of x: pairs of x rows share each weight row; a single x row takes
- * weight rows in pairs. */
-AI void gemv_tile(int dtype, int P, int R, const mm_ctx *c, const void *const *w, int64_t m, float *res) {
-    if (is_block(dtype)) {
-        const float *sx[2] = {c->sx + m * (c->K / 4), c->sx + (m + 1) * (c->K / 4)};
-        dot_tile_q(dtype, P, R, w, c->xr + m, sx, c->K / 32, res);
-    } else {
-        dot_tile(dtype, P, R, w, c->xr + m, c->K, res);
-    }
-}
+enum { MQ_ROWS = 64,   /* Q4_1: weight rows whose m are gathered before one m_dot pass */
+       PF_TILES = 2 }; /* block dtypes: prefetch the tile this many tiles ahead (measured: 2 > 1) */
 
-AI void gemv_range(int dtype, const mm_ctx *c, int64_t lo, int64_t hi) {
-    for (int64_t m = 0; m < c->M; m += 2) {
-        float res[2];
-        if (c->M - m >= 2) {
-            for (int64_t n = lo; n < hi; n++) {
-                const void *w[1] = {w_at(c, n, 0)};
-                gemv_tile(dtype, 1, 2, c, w, m, res);
-                c->outr[m][n] = add_bias(c, res[0], n);
-                c->outr[m + 1][n] = add_bias(c, res[1], n);
+AI void dot_tile_q(int dtype, int P, int R, const char *w0, int64_t ws, const float *const *x,
+                   int64_t nb, uint32_t *mq, int64_t mq_stride, float *res) {
+    const int64_t bb = dtype == CE_Q8_0 ? 34 : dtype == CE_Q4_0 ? 18 : 20;
+    const int npf = (int)((P * bb + 63) / 64);
+    const char *pf = w0 + PF_TILES * P * ws; /* a tile ahead */
+    __m256 acc[4];
+    for (int t = 0; t < P * R; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const char *blk = w0 + b * bb;
+        /* Odd-sized blocks defeat the hardware prefetcher: stream the rows of a tile ahead (adjacent
+         * in memory) at P times this tile's pace, so they are in cache when that tile starts. */
+        for (int i = 0; i < npf; i++) _mm_prefetch(pf + b * bb * P + 64 * i, _MM_HINT_T0);
+        __m256 xv[2][4];
+        for (int r = 0; r < R; r++)
+            for (int i = 0; i < 4; i++) {
+                xv[r][i] = _mm256_loadu_ps(x[r] + 32 * b + 8 * i);
+                /* keep x in registers: gcc would rather reload it for every row */
+                __asm__("" : "+x"(xv[r][i]));
             }
-            continue;
+        for (int p = 0; p < P; p++) {
+            __m256 v[4], d;
+            ld32_ints(dtype, blk + p * ws, 0, v, &d);
+            if (dtype == CE_Q4_1) /* an integer move, no vector op */
+                memcpy(mq + p * mq_stride + b, &ce_f16_table[((const ce_block_q4_1 *)(blk + p * ws))->m], 4);
+            for (int r = 0; r < R; r++) {
+                __m256 s = _mm256_mul_ps(v[0], xv[r][0]);
+                s = _mm256_fmadd_ps(v[1], xv[r][1], s);
+                s = _mm256_fmadd_ps(v[2], xv[r][2], s);
+                s = _mm256_fmadd_ps(v[3], xv[r][3], s);
+                acc[p * R + r] = _mm256_fmadd_ps(d, s, acc[p * R + r]);
+            }
         }
-        int64_t n = lo;
+    }
+    if (dtype == CE_Q4_1) /* S is zero past nb: so must m be (never an inf or nan from stale bits) */
+        for (int p = 0; p < P; p++)
+            for (int64_t b = nb; b < mq_stride; b++) mq[p * mq_stride + b] = 0;
+    for (int t = 0; t < P * R; t++) res[t] = hsum8(acc[t]);
+}
+
+/* sum_b m_b * S_b over a row's gathered m (F32 bits, zero padded to a multiple of 8). */
+static float m_dot(const uint32_t *mq, const float *sb, int64_t n8) {
+    __m256 am = _mm256_setzero_ps();
+    for (int64_t g = 0; g < n8; g += 8)
+        am = _mm256_fmadd_ps(_mm256_loadu_ps((const float *)(mq + g)), _mm256_loadu_ps(sb + g), am);
+    return hsum8(am);
+}
+
+enum { GEMV_P = 4 }; /* weight rows per tile of block dtypes when x has one row left */
+
+/* res[p * R + r] = w[n + p] . x[m + r] for P weight rows and R rows of x (for Q4_1 without the m
+ * term: the m of row n + p go to mq + p * sb_stride). */
+AI void gemv_tile(int dtype, int P, int R, const mm_ctx *c, int64_t n, int64_t m, uint32_t *mq, float *res) {
+    const char *w0 = w_at(c, n, 0);
+    if (is_block(dtype)) {
+        const float *x[2] = {c->xr[m], c->xr[m + R - 1]};
+        if (dtype != CE_Q8_0) x[0] = c->xq + m * c->K, x[1] = c->xq + (m + R - 1) * c->K;
+        dot_tile_q(dtype, P, R, w0, c->wstride, x, c->K / 32, mq, c->sb_stride, res);
+    } else {
+        const void *w[2] = {w0, w0 + (P - 1) * c->wstride};
+        dot_tile(dtype, P, R, w, c->xr + m, c->K, w0 + P * c->wstride, res);
+    }
+}
+
+/* Outputs [lo, hi) of rows m, m + 1 (R = 2) or m alone (R = 1) of x. Q4_1: mq has room for the m
+ * of hi - lo weight rows. */
+AI void gemv_rows(int dtype, int R, const mm_ctx *c, int64_t lo, int64_t hi, int64_t m, uint32_t *mq) {
+    float res[GEMV_P * 2];
+    int64_t n = lo;
+#define MQ(n) (dtype == CE_Q4_1 ? mq + ((n) - lo) * c->sb_stride : NULL)
+    if (R == 2) {
+        for (; n < hi; n++) {
+            gemv_tile(dtype, 1, 2, c, n, m, MQ(n), res);
+            c->outr[m][n] = res[0];
+            c->outr[m + 1][n] = res[1];
+        }
+    } else {
+        if (is_block(dtype))
+            for (; n + GEMV_P <= hi; n += GEMV_P) {
+                gemv_tile(dtype, GEMV_P, 1, c, n, m, MQ(n), res);
+                for (int p = 0; p < GEMV_P; p++) c->outr[m][n + p] = res[p];
+            }
         for (; n + 2 <= hi; n += 2) {
-            const void *w[2] = {w_at(c, n, 0), w_at(c, n + 1, 0)};
-            gemv_tile(dtype, 2, 1, c, w, m, res);
-            c->outr[m][n] = add_bias(c, res[0], n);
-            c->outr[m][n + 1] = add_bias(c, res[1], n + 1);
+            gemv_tile(dtype, 2, 1, c, n, m, MQ(n), res);
+            c->outr[m][n] = res[0];
+            c->outr[m][n + 1] = res[1];
         }
         if (n < hi) {
-            const void *w[1] = {w_at(c, n, 0)};
-            gemv_tile(dtype, 1, 1, c, w, m, res);
-            c->outr[m][n] = add_bias(c, res[0], n);
+            gemv_tile(dtype, 1, 1, c, n, m, MQ(n), res);
+            c->outr[m][n] = res[0];
         }
+    }
+    for (int r = 0; r < R; r++)
+        for (n = lo; n < hi; n++) {
+            float v = c->outr[m + r][n];
+            if (dtype == CE_Q4_1) v += m_dot(MQ(n), c->sb + (m + r) * c->sb_stride, c->sb_stride);
+            c->outr[m + r][n] = add_bias(c, v, n);
+        }
+#undef MQ
+}
+
+/* Pairs of x rows share each weight row; a single x row takes weight rows in tiles. Q4_1 goes
+ * MQ_ROWS weight rows at a time, the size of its m buffer. */
+AI void gemv_range(int dtype, const mm_ctx *c, uint32_t *mq, int64_t lo, int64_t hi) {
+    for (int64_t m = 0; m < c->M; m += 2) {
+        int R = c->M - m >= 2 ? 2 : 1;
+        if (dtype != CE_Q4_1) {
+            gemv_rows(dtype, R, c, lo, hi, m, mq);
+            continue;
+        }
+        for (int64_t n0 = lo; n0 < hi; n0 += MQ_ROWS)
+            gemv_rows(dtype, R, c, n0, hi - n0 < MQ_ROWS ? hi : n0 + MQ_ROWS, m, mq);
     }
 }
 
-typedef void (*gemv_fn)(const mm_ctx *c, int64_t lo, int64_t hi);
+typedef void (*gemv_fn)(const mm_ctx *c, uint32_t *mq, int64_t lo, int64_t hi);
 #define GEMV_FN(T, DT) \
-    static void gemv_##T(const mm_ctx *c, int64_t lo, int64_t hi) { gemv_range(DT, c, lo, hi); }
+    static void gemv_##T(const mm_ctx *c, uint32_t *mq, int64_t lo, int64_t hi) { gemv_range(DT, c, mq, lo, hi); }
 GEMV_FN(f32, CE_F32)
 GEMV_FN(f16, CE_F16)
 GEMV_FN(bf16, CE_BF16)
@@ -206,7 +270,9 @@ static void gemv_task(void *p, int ith, int nth) {
     const mm_ctx *c = p;
     int64_t lo, hi;
     ce_split(c->N, ith, nth, NR, &lo, &hi);
-    if (lo < hi) gemvs[c->dtype](c, lo, hi);
+    /* Q4_1: this thread's m buffer, MQ_ROWS x sb_stride F32 bits */
+    uint32_t *mq = c->dtype == CE_Q4_1 ? (uint32_t *)(c->scratch + (int64_t)ith * c->scratch_floats) : NULL;
+    if (lo < hi) gemvs[c->dtype](c, mq, lo, hi);
 }
 
 /* ---- GEMM ---- */
@@ -447,18 +513,40 @@ ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, cons
     if (ce_simd_on && M < GEMM_MIN_M) {
         fn = gemv_task;
         c.scratch_floats = 0;
-        if (w->dtype == CE_Q4_1) { /* sx: lane sums of x over each block */
-            float *sx = aligned_alloc(64, (size_t)((M * K / 4 * 4 + 63) / 64 * 64));
-            if (!sx) {
+        if (w->dtype == CE_Q4_1) /* per thread: MQ_ROWS rows of gathered m, 64-byte multiples */
+            c.scratch_floats = (MQ_ROWS * ((K / 32 + 7) / 8 * 8) + 15) / 16 * 16;
+        if (w->dtype == CE_Q4_1) { /* sb: sums of x over each block */
+            int64_t nb = K / 32, st8 = (nb + 7) / 8 * 8;
+            float *sb = aligned_alloc(64, (size_t)((M * st8 * 4 + 63) / 64 * 64));
+            if (!sb) {
                 st = ce_fail(CE_ERR_NOMEM, "matmul: out of memory");
                 goto done;
             }
-            for (int64_t m = 0; m < M; m++)
-                for (int64_t i = 0; i < K / 4; i++) {
-                    const float *p = xr[m] + i / 8 * 32 + i % 8;
-                    sx[m * (K / 4) + i] = (p[0] + p[8]) + (p[16] + p[24]);
+            for (int64_t m = 0; m < M; m++) {
+                for (int64_t b = 0; b < nb; b++) {
+                    const float *p = xr[m] + 32 * b;
+                    float l[8];
+                    for (int i = 0; i < 8; i++) l[i] = (p[i] + p[i + 8]) + (p[i + 16] + p[i + 24]);
+                    sb[m * st8 + b] = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
                 }
-            c.sx = sx;
+                for (int64_t b = nb; b < st8; b++) sb[m * st8 + b] = 0.0f;
+            }
+            c.sb = sb;
+            c.sb_stride = st8;
+        }
+        if (w->dtype == CE_Q4_0 || w->dtype == CE_Q4_1) { /* xq: x in the lane order of q4_ints */
+            float *xq = aligned_alloc(64, (size_t)((M * K * 4 + 63) / 64 * 64));
+            if (!xq) {
+                st = ce_fail(CE_ERR_NOMEM, "matmul: out of memory");
+                goto done;
+            }
+            /* exact scalings (x * 2^-24 is exact unless below 2^-102: then still within 1e-30) */
+            static const float ldexp_neg[7] = {1.0f, 0x1p-4f, 0x1p-8f, 0x1p-12f, 0x1p-16f, 0x1p-20f, 0x1p-24f};
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t b = 0; b < K / 32; b++)
+                    for (int i = 0; i < 32; i++)
+                        xq[m * K + 32 * b + i] = xr[m][32 * b + q4_lane_elem[i]] * ldexp_neg[q4_lane_shift[i] / 4];
+            c.xq = xq;
         }
     } else if (ce_simd_on) {
         fn = gemm_task;
@@ -475,7 +563,8 @@ ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, cons
     }
     ce_parallel_n(fn, &c, nth);
     free(c.scratch);
-    free((void *)c.sx);
+    free((void *)c.sb);
+    free((void *)c.xq);
 done:
     if (xr != xr_small) {
         free(xr);
