@@ -85,7 +85,9 @@ class Model:
 def load(model="smollm2-135m-instruct", threads=None, **defaults) -> Model:
     """Loads a model by name ("smollm2-135m-instruct"), .gguf path or HF directory.
 
-    threads sets the engine's worker count; other keywords are default generation settings.
+    threads sets the engine's worker count; kv_cache_dtype="F16" halves KV-cache memory and
+    traffic (F32, the default, reproduces fp32 references exactly); other keywords are default
+    generation settings (max_new_tokens, temperature, top_k, top_p, min_p, seed, ...).
     """
     plugin = Llama_Plugin()
     plugin.initialize(model=str(model), threads=threads, **defaults)

@@ -181,8 +181,8 @@ ce_status ce_topk(ce_tensor *values, ce_tensor *indices, const ce_tensor *x, int
 /* dst = src elementwise with dtype conversion; same numel, any strides on F32/F16/BF16/I32 rows. */
 ce_status ce_copy(ce_tensor *dst, const ce_tensor *src);
 
-/* dst[row0 + i] = src[i] for every i < src->shape[0], converting dtype (F32/F16/BF16). The rows
- * (all dims after the first) must hold the same number of elements and be contiguous. Appends new
+/* dst[row0 + i] = src[i] for every i < src->shape[0], converting dtype (F32/F16/BF16). Both have
+ * the same dims after the first; any strides, except that the last dim is contiguous. Appends new
  * keys/values to a KV cache without making a view per layer. */
 ce_status ce_copy_rows(ce_tensor *dst, int64_t row0, const ce_tensor *src);
 

@@ -43,3 +43,22 @@ def test_copy_rows_rejects_other_dtypes_and_types():
         F.copy_rows_(Tensor((2, 32), "Q8_0"), 0, Tensor((1, 32)))
     with pytest.raises(errors.ArgumentTypeError):
         F.copy_rows_([1, 2], 0, Tensor((1, 3)))
+
+
+def test_copy_rows_into_a_permuted_head_major_cache():
+    store = Tensor((2, 4, 3))                     # [heads, positions, dim]
+    cache = store.permute(1, 0, 2)                # [positions, heads, dim] view
+    assert cache.shape == (4, 2, 3) and not cache.is_contiguous()
+    F.copy_rows_(cache, 1, Tensor.from_list([[[1, 2, 3], [4, 5, 6]]]))
+    assert store.tolist()[0][1] == [1, 2, 3] and store.tolist()[1][1] == [4, 5, 6]
+    assert store.tolist()[0][0] == [0, 0, 0]
+
+
+def test_permute_and_transpose_are_views():
+    t = Tensor.from_list([[1, 2, 3], [4, 5, 6]])
+    tt = t.transpose(0, 1)
+    assert tt.shape == (3, 2) and tt.contiguous().tolist() == [[1, 4], [2, 5], [3, 6]]
+    with pytest.raises(errors.ShapeError):
+        t.permute(0, 0)
+    with pytest.raises(errors.ShapeError):
+        Tensor((2, 32), "Q4_0").permute(1, 0)

@@ -185,3 +185,22 @@ def test_scalar_reference_kernels_agree_with_simd(model):
     finally:
         backend.set_simd(True)
     assert max(abs(a - b) for a, b in zip(simd, scalar)) < 2e-3
+
+
+def test_f16_kv_cache_stays_close(smollm2_gguf_path, model, golden_logits):
+    import toolkit
+
+    prompt = golden_logits["prompts"][1]  # the long one: attention over 185 cached positions
+    with toolkit.load(smollm2_gguf_path, kv_cache_dtype="F16") as m16:
+        cache = m16.model.new_cache(8)
+        assert cache.k[0].dtype == "F16"
+        ids = prompt["input_ids"]
+        lm = m16.model
+        cache = lm.new_cache(len(ids))
+        lm.forward_batch([(ids[:-1], cache)], logits="last")
+        last = lm.forward_batch([(ids[-1:], cache)], logits="last").to_list()  # reads the F16 cache
+    gold = prompt["last_position_logits"]
+    assert max(range(len(last)), key=last.__getitem__) == prompt["last_position_argmax"]
+    assert max(abs(a - b) for a, b in zip(last, gold)) < 0.05
+    with pytest.raises(errors.ToolkitError):
+        toolkit.load(smollm2_gguf_path, kv_cache_dtype="Q4_1")

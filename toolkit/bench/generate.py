@@ -67,6 +67,8 @@ def main(argv=None):
     p.add_argument("--decode", type=int, default=128)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--kv-dtype", default="F32", choices=["F32", "F16"],
+                   help="our KV cache storage (llama.cpp's default is F16)")
     p.add_argument("--no-peer", action="store_true", help="skip llama.cpp even if it is installed")
     args = p.parse_args(argv)
 
@@ -75,7 +77,7 @@ def main(argv=None):
     from toolkit.core.engine import backend
 
     path = str(resolve_model(args.model))
-    m = toolkit.load(path, threads=args.threads)
+    m = toolkit.load(path, threads=args.threads, kv_cache_dtype=args.kv_dtype)
     threads = backend.get_threads()
     ids = _prompt_ids(m.tokenizer, args.prefill)
     peer = None
@@ -84,7 +86,8 @@ def main(argv=None):
             peer = _LlamaCpp(path, threads, args.prefill + args.decode + 8)
         except ImportError:
             print("llama-cpp-python is not installed (pip install '.[bench]'); showing our figures only")
-    print(f"model {path}\nthreads {threads}, prefill {len(ids)} tokens, decode {args.decode} tokens (batch 1, greedy)")
+    print(f"model {path}\nthreads {threads}, prefill {len(ids)} tokens, decode {args.decode} tokens (batch 1, greedy), "
+          f"our KV cache {args.kv_dtype}")
     print(f"engine: {backend.build_info()}")
     _ours(m, ids[:32], 4)  # warm up: page in the weights, start the pool
     if peer:

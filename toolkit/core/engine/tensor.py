@@ -275,6 +275,22 @@ class Tensor:
         length = max(0, stop - start)
         return self._view((length,) + self.shape[1:], self.strides, start * stride0 if length else 0)
 
+    def permute(self, *dims):
+        """A view with its dims reordered (like torch.permute); the data is not moved."""
+        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+            dims = tuple(dims[0])
+        if sorted(dims) != list(range(self.ndim)):
+            raise errors.ShapeError(f"permute() needs a reordering of 0..{self.ndim - 1}, got {dims}")
+        if self.dtype in _dt.BLOCK_DTYPES and dims[-1] != self.ndim - 1:
+            raise errors.ShapeError(f"{self.dtype} tensors must keep their last dim in place")
+        strides = self.strides
+        return self._view(tuple(self.shape[d] for d in dims), tuple(strides[d] for d in dims), 0)
+
+    def transpose(self, a, b):
+        dims = list(range(self.ndim))
+        dims[a], dims[b] = dims[b], dims[a]
+        return self.permute(dims)
+
     def contiguous(self):
         if self.is_contiguous():
             return self

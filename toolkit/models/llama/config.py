@@ -27,6 +27,9 @@ class LlamaConfig:
     # Plugin settings (the guide's initialize(**kwargs) writes these): where to load from, threads.
     model: str = "smollm2-135m-instruct"
     threads: Optional[int] = None
+    # KV cache storage: F32 reproduces fp32 references exactly; F16 halves the cache's memory and the
+    # bytes attention reads per token (what llama.cpp does by default), at ~1e-3 relative error.
+    kv_cache_dtype: str = "F32"
 
     def __post_init__(self):
         self.validate()
@@ -43,6 +46,8 @@ class LlamaConfig:
                 f"num_key_value_heads ({self.num_key_value_heads})")
         if self.head_dim % 2:
             raise errors.FormatError(f"config: head_dim must be even for RoPE, got {self.head_dim}")
+        if self.kv_cache_dtype not in ("F32", "F16"):
+            raise errors.FormatError(f"config: kv_cache_dtype must be 'F32' or 'F16', got {self.kv_cache_dtype!r}")
         if self.rope_mode not in ("half", "adjacent"):
             raise errors.FormatError(f"config: rope_mode must be 'half' or 'adjacent', got {self.rope_mode!r}")
         if not self.rms_norm_eps > 0 or not self.rope_theta > 0:

@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 class KVCache:
-    """The keys and values of one sequence for every layer: k[i], v[i] are F32 [capacity, Hkv, D].
+    """The keys and values of one sequence for every layer: k[i], v[i] are [capacity, Hkv, D] in
+    config.kv_cache_dtype (F32 by default, or F16).
 
     `length` tokens are filled. A cache belongs to one sequence; batching gives each sequence its
     own. Truncate it to rewind a sequence (e.g. to branch a prompt).
@@ -31,9 +32,13 @@ class KVCache:
         if capacity > config.max_position_embeddings:
             raise errors.ContextLengthError(
                 f"KV cache of {capacity} tokens exceeds the context length {config.max_position_embeddings}")
-        shape = (capacity, config.num_key_value_heads, config.head_dim)
-        self.k = [Tensor(shape) for _ in range(config.num_hidden_layers)]
-        self.v = [Tensor(shape) for _ in range(config.num_hidden_layers)]
+        # Stored head-major [Hkv, capacity, D] so attention streams each head's keys contiguously
+        # (position-major rows made decode attention latency-bound); k[i]/v[i] are the
+        # [capacity, Hkv, D] views that the ops take.
+        shape = (config.num_key_value_heads, capacity, config.head_dim)
+        dtype = config.kv_cache_dtype
+        self.k = [Tensor(shape, dtype).permute(1, 0, 2) for _ in range(config.num_hidden_layers)]
+        self.v = [Tensor(shape, dtype).permute(1, 0, 2) for _ in range(config.num_hidden_layers)]
         self.capacity = capacity
         self.length = 0
 

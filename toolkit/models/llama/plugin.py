@@ -95,6 +95,8 @@ class Llama_Plugin(TextModelPluginInterface):
             tokenizer = from_gguf(md)
         try:
             cfg.model, cfg.threads = self._config.model, self._config.threads
+            cfg.kv_cache_dtype = self._config.kv_cache_dtype
+            cfg.validate()
             model = LlamaModel(cfg)
             model.load_state_dict(state, strict=True)
             if tokenizer.vocab_size > cfg.vocab_size:
