@@ -5,8 +5,6 @@ cache), F16 caches, strided q, the probabilities (rows sum to 1, exact zeros abo
 SIMD vs scalar, 1 vs 2 threads bit for bit, and argument validation.
 """
 import math
-import random
-import struct
 
 import pytest
 
@@ -15,23 +13,7 @@ from toolkit.core.engine import backend as B
 from toolkit.core.engine import functional as F
 from toolkit.core.engine._lib import check, ffi, lib
 from toolkit.core.engine.backend import Tensor
-
-
-@pytest.fixture(autouse=True)
-def _restore_engine_settings():
-    threads, simd = B.get_threads(), B.get_simd()
-    yield
-    B.set_threads(threads)
-    B.set_simd(simd)
-
-
-def f32(x):
-    return struct.unpack("f", struct.pack("f", x))[0]
-
-
-def rand_list(n, seed, lo=-2.0, hi=2.0):
-    r = random.Random(seed)
-    return [f32(r.uniform(lo, hi)) for _ in range(n)]
+from floats import f32, rand_list
 
 
 def attention_ref(q, k, v, pos, T, Hq, Hkv, D, n_kv, scale):

@@ -18,21 +18,10 @@ from toolkit.core.engine import backend as B
 from toolkit.core.engine import functional as F
 from toolkit.core.engine._lib import ffi, lib
 from toolkit.core.engine.backend import Tensor
+from floats import f32
 
 WDTYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"]
 BLOCK = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
-
-
-@pytest.fixture(autouse=True)
-def _restore_engine_settings():
-    threads, simd = B.get_threads(), B.get_simd()
-    yield
-    B.set_threads(threads)
-    B.set_simd(simd)
-
-
-def f32(x):
-    return struct.unpack("<f", struct.pack("<f", x))[0]
 
 
 def rand_list(n, seed, lo=-1.0, hi=1.0):

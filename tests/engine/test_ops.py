@@ -5,8 +5,6 @@ bad arguments (wrong shapes, dtypes, None, empty tensors), which must raise a ty
 Attention has its own file (test_attention.py).
 """
 import math
-import random
-import struct
 
 import pytest
 
@@ -15,26 +13,9 @@ from toolkit.core.engine import backend as B
 from toolkit.core.engine import functional as F
 from toolkit.core.engine._lib import check, ffi, lib
 from toolkit.core.engine.backend import Tensor
+from floats import f32, rand_list
 
 NAN, INF = float("nan"), float("inf")
-
-
-@pytest.fixture(autouse=True)
-def _restore_engine_settings():
-    threads, simd = B.get_threads(), B.get_simd()
-    yield
-    B.set_threads(threads)
-    B.set_simd(simd)
-
-
-def f32(x):
-    """x rounded to float32, as a Python float."""
-    return struct.unpack("f", struct.pack("f", x))[0]
-
-
-def rand_list(n, seed, lo=-4.0, hi=4.0):
-    r = random.Random(seed)
-    return [f32(r.uniform(lo, hi)) for _ in range(n)]
 
 
 def rows_of(flat, cols):
@@ -85,7 +66,7 @@ def gelu_ref(x):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_unary_and_binary_ops_match_reference(shape):
     n = numel(shape)
-    a, b = rand_list(n, 1, -9, 9), rand_list(n, 2)
+    a, b = rand_list_ops(n, 1, -9, 9), rand_list_ops(n, 2)
     ta, tb = Tensor.from_list(a, shape), Tensor.from_list(b, shape)
     for simd in (False, True):
         B.set_simd(simd)
@@ -100,7 +81,7 @@ def test_unary_and_binary_ops_match_reference(shape):
 
 @pytest.mark.parametrize("rows,cols", [(1, 1), (3, 17), (4, 33), (2, 576)])
 def test_add_mul_broadcast_one_row(rows, cols):
-    a, b = rand_list(rows * cols, 3), rand_list(cols, 4)
+    a, b = rand_list_ops(rows * cols, 3), rand_list_ops(cols, 4)
     ta = Tensor.from_list(a, (rows, cols))
     for tb in (Tensor.from_list(b, (cols,)), Tensor.from_list(b, (1, cols))):
         want_add = [f32(x + b[i % cols]) for i, x in enumerate(a)]
@@ -112,7 +93,7 @@ def test_add_mul_broadcast_one_row(rows, cols):
 
 
 def test_elementwise_in_place_and_strided_rows():
-    a, b = rand_list(3 * 40, 5), rand_list(3 * 40, 6)
+    a, b = rand_list_ops(3 * 40, 5), rand_list_ops(3 * 40, 6)
     ta, tb = Tensor.from_list(a, (3, 40)), Tensor.from_list(b, (3, 40))
     F.add(ta, tb, out=ta)  # out aliases a
     assert ta.to_list() == [f32(x + y) for x, y in zip(a, b)]
@@ -160,7 +141,7 @@ def test_exp_polynomial_accuracy_through_softmax_pairs():
 
 def test_elementwise_threads_bit_identical_and_simd_close():
     n = 5 * 40000
-    a, b = rand_list(n, 7, -12, 12), rand_list(n, 8)
+    a, b = rand_list_ops(n, 7, -12, 12), rand_list_ops(n, 8)
     ta, tb, row = Tensor.from_list(a, (5, 40000)), Tensor.from_list(b, (5, 40000)), Tensor.from_list(b[:40000])
     ops = [lambda: F.silu(ta), lambda: F.gelu(ta), lambda: F.silu_mul(ta, tb), lambda: F.add(ta, tb),
            lambda: F.mul(ta, row), lambda: F.scale(ta, -1.5)]
@@ -194,9 +175,9 @@ def rmsnorm_ref(x, w, eps):
 
 @pytest.mark.parametrize("rows,cols", [(1, 1), (1, 3), (3, 17), (2, 33), (2, 576), (1, 1536)])
 def test_rmsnorm_matches_float64(rows, cols):
-    x = rand_list(rows * cols, 10, -5000, 5000)
+    x = rand_list_ops(rows * cols, 10, -5000, 5000)
     x[::7] = [f32(v * 1e-3) for v in x[::7]]  # mix large residual values with small ones
-    w = rand_list(cols, 11, 0.1, 3)
+    w = rand_list_ops(cols, 11, 0.1, 3)
     tx, tw = Tensor.from_list(x, (rows, cols)), Tensor.from_list(w)
     for weight in (tw, None):
         want = rmsnorm_ref(rows_of(x, cols), w if weight else None, 1e-5)
@@ -206,10 +187,10 @@ def test_rmsnorm_matches_float64(rows, cols):
 
 
 def test_rmsnorm_eps_strided_threads():
-    x = rand_list(64 * 600, 12, -3, 3)
+    x = rand_list_ops(64 * 600, 12, -3, 3)
     t = Tensor.from_list(x, (64, 600))
     v = strided_view(t, 576)
-    w = Tensor.from_list(rand_list(576, 13))
+    w = Tensor.from_list(rand_list_ops(576, 13))
     want = rmsnorm_ref([r[:576] for r in rows_of(x, 600)], w.to_list(), 1e-6)
     B.set_threads(1)
     one = F.rms_norm(v, w, eps=1e-6).to_list()
@@ -236,7 +217,7 @@ def softmax_ref(row, scale):
 @pytest.mark.parametrize("rows,cols", [(1, 1), (1, 3), (3, 17), (4, 33), (2, 576)])
 @pytest.mark.parametrize("scale", [1.0, 0.125])
 def test_softmax_matches_float64(rows, cols, scale):
-    x = rand_list(rows * cols, 20, -30, 30)
+    x = rand_list_ops(rows * cols, 20, -30, 30)
     t = Tensor.from_list(x, (rows, cols))
     want = [p for r in rows_of(x, cols) for p in softmax_ref(r, scale)]
     for simd in (False, True):
@@ -258,7 +239,7 @@ def test_softmax_masked_rows():
         assert_close(got[2], [1 / 3, 1 / 3, 0.0, 1 / 3], 1e-6, 0)
         assert all(math.isnan(v) for v in got[3])  # NaN in, NaN out
     # in place, threads
-    big = Tensor.from_list(rand_list(40 * 1000, 21, -10, 10), (40, 1000))
+    big = Tensor.from_list(rand_list_ops(40 * 1000, 21, -10, 10), (40, 1000))
     B.set_threads(1)
     one = F.softmax(big, 0.5).to_list()
     B.set_threads(2)
@@ -311,7 +292,7 @@ def rope_ref_exact(x, pos, H, D, n_rot, theta, mode):
     (1, 9, 64, 64, [130]),
 ])
 def test_rope_matches_hf_float32_exactly(mode, T, H, D, n_rot, pos):
-    x = rand_list(T * H * D, 30)
+    x = rand_list_ops(T * H * D, 30)
     for theta in (10000.0, 500000.0):
         want = rope_ref_hf_f32(x, pos, H, D, n_rot, theta, mode)
         for shape in ((T, H, D), (T, H * D)):
@@ -324,7 +305,7 @@ def test_rope_matches_hf_float32_exactly(mode, T, H, D, n_rot, pos):
 
 def test_rope_strided_heads_and_threads():
     T, H, D = 64, 4, 64
-    x = rand_list(T * (H + 2) * D, 31)
+    x = rand_list_ops(T * (H + 2) * D, 31)
     pos = list(range(100, 100 + T))
     # q is the first H heads of a fused [T, H + 2, D] buffer: a strided [T, H, D] view
     want_full = rope_ref_hf_f32(x, pos, H + 2, D, D, 10000.0, "half")
@@ -380,7 +361,7 @@ def test_argmax_ties_nan_and_shapes():
     assert F.argmax(Tensor.from_list(rows)).to_list() == [1, 0, 0, 1, 1]
     assert F.argmax(Tensor.from_list([7.0])).to_list() == [0]
     for rows_, cols in [(1, 1536), (3, 17), (2, 33)]:
-        x = [f32(round(v)) for v in rand_list(rows_ * cols, 40, -20, 20)]  # many ties
+        x = [f32(round(v)) for v in rand_list_ops(rows_ * cols, 40, -20, 20)]  # many ties
         for simd in (False, True):
             B.set_simd(simd)
             got = F.argmax(Tensor.from_list(x, (rows_, cols))).to_list()
@@ -395,14 +376,14 @@ def test_argmax_ties_nan_and_shapes():
         r4 = [1.0] * 1003; r4[1002] = NAN                        # NaN in the scalar tail
         got = [F.argmax(Tensor.from_list(r)).to_list()[0] for r in (r1, r2, r3, r4)]
         assert got == [700, 17, 0, 1002]
-    three_d = Tensor.from_list(rand_list(2 * 3 * 5, 41), (2, 3, 5))
+    three_d = Tensor.from_list(rand_list_ops(2 * 3 * 5, 41), (2, 3, 5))
     assert F.argmax(three_d).shape == (6,)
 
 
 @pytest.mark.parametrize("rows,cols,k", [(1, 1, 1), (3, 17, 5), (2, 33, 33), (1, 1536, 1), (2, 1536, 40),
                                          (1, 576, 100), (1, 1536, 1536)])
 def test_topk_matches_stable_sort(rows, cols, k):
-    x = [f32(round(v * 4) / 4) for v in rand_list(rows * cols, 50, -10, 10)]  # many ties
+    x = [f32(round(v * 4) / 4) for v in rand_list_ops(rows * cols, 50, -10, 10)]  # many ties
     if cols > 3:
         x[2], x[cols - 1] = NAN, INF
     values, indices = F.topk(Tensor.from_list(x, (rows, cols)), k)
@@ -439,7 +420,7 @@ def _quant_available():
 @pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
 def test_embedding_float_dtypes(dtype):
     V, D = 17, 33
-    w = Tensor.from_list(rand_list(V * D, 60), (V, D)).to(dtype)
+    w = Tensor.from_list(rand_list_ops(V * D, 60), (V, D)).to(dtype)
     table = rows_of(w.to_list(), D)  # what the weights hold after conversion
     ids = [0, 16, 3, 3, 9, 1]
     out = F.embedding(w, ids)
@@ -454,7 +435,7 @@ def test_embedding_float_dtypes(dtype):
 
 def test_embedding_threads_and_range_errors():
     V, D = 50, 576
-    w = Tensor.from_list(rand_list(V * D, 61), (V, D))
+    w = Tensor.from_list(rand_list_ops(V * D, 61), (V, D))
     ids = [(7 * i) % V for i in range(200)]
     B.set_threads(1)
     one = F.embedding(w, ids).to_list()
@@ -471,7 +452,7 @@ def test_embedding_threads_and_range_errors():
 @pytest.mark.parametrize("dtype", ["Q8_0", "Q4_0", "Q4_1"])
 def test_embedding_block_dtypes(dtype):
     V, D = 5, 64
-    w = Tensor.from_list(rand_list(V * D, 62), (V, D)).to(dtype)
+    w = Tensor.from_list(rand_list_ops(V * D, 62), (V, D)).to(dtype)
     table = rows_of(w.to_list(), D)  # dequantised through the converter
     ids = [4, 0, 2, 2]
     assert F.embedding(w, ids).to_list() == [v for i in ids for v in table[i]]
@@ -480,7 +461,7 @@ def test_embedding_block_dtypes(dtype):
 # ---------------------------------------------------------------------------------------------
 # copy
 def test_copy_casts_and_round_trips():
-    x = rand_list(3 * 17, 70, -100, 100) + [65504.0, 1e-8, -0.0]
+    x = rand_list_ops(3 * 17, 70, -100, 100) + [65504.0, 1e-8, -0.0]
     t = Tensor.from_list(x)
     for dtype in ("F16", "BF16"):
         h = t.to(dtype)
@@ -499,7 +480,7 @@ def test_copy_casts_and_round_trips():
 
 def test_copy_strided_and_reshaping():
     M, N = 5, 7
-    x = rand_list(M * N, 71)
+    x = rand_list_ops(M * N, 71)
     t = Tensor.from_list(x, (M, N))
     tt = t._view((N, M), (4, N * 4), 0)  # the transpose: last dim strided
     assert tt.contiguous().to_list() == [x[i * N + j] for j in range(N) for i in range(M)]
@@ -523,7 +504,7 @@ def test_copy_strided_and_reshaping():
     with pytest.raises(errors.ShapeError):
         F.copy_(Tensor((M, N + 1)), t)
     # threads: a large conversion splits across the pool
-    big = Tensor.from_list(rand_list(300000, 72))
+    big = Tensor.from_list(rand_list_ops(300000, 72))
     B.set_threads(1)
     one = big.to("F16").to_list()
     B.set_threads(2)
@@ -532,7 +513,7 @@ def test_copy_strided_and_reshaping():
 
 @pytest.mark.skipif(not _quant_available(), reason="quant.c (block dtypes) not implemented in this build")
 def test_copy_block_dtypes():
-    x = rand_list(3 * 64, 73)
+    x = rand_list_ops(3 * 64, 73)
     t = Tensor.from_list(x, (3, 64))
     for dtype in ("Q8_0", "Q4_0", "Q4_1"):
         q = Tensor((3, 64), dtype)
@@ -629,7 +610,7 @@ def test_engine_entry_points_reject_bad_arguments():
 
 
 def test_functional_ops_raise_typed_errors():
-    x, w = Tensor.from_list(rand_list(6, 80), (2, 3)), Tensor((3,))
+    x, w = Tensor.from_list(rand_list_ops(6, 80), (2, 3)), Tensor((3,))
     bad = [
         lambda: F.silu(None), lambda: F.gelu(x, out=Tensor((3, 2))), lambda: F.silu_mul(x, Tensor((2, 4))),
         lambda: F.add(x, None), lambda: F.mul(x, Tensor((2, 3), "F16")), lambda: F.scale(Tensor((2,), "I32"), 2.0),
@@ -647,3 +628,7 @@ def test_functional_ops_raise_typed_errors():
         with pytest.raises(errors.ToolkitError):
             call()
             pytest.fail(f"bad call #{i} did not raise")
+
+
+def rand_list_ops(n, seed, lo=-4.0, hi=4.0):
+    return rand_list(n, seed, lo, hi)

@@ -16,21 +16,10 @@ from toolkit import errors
 from toolkit.core.engine import backend as B
 from toolkit.core.engine._lib import check, ffi, lib
 from toolkit.core.engine.backend import Tensor
+from floats import f32
 
 DTYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "I32"]
 BLOCK = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
-
-
-@pytest.fixture(autouse=True)
-def _restore_engine_settings():
-    threads, simd = B.get_threads(), B.get_simd()
-    yield
-    B.set_threads(threads)
-    B.set_simd(simd)
-
-
-def f32(x):
-    return struct.unpack("<f", struct.pack("<f", x))[0]
 
 
 def f16_bytes(x):

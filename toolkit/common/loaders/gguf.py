@@ -15,13 +15,13 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import warnings
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
 from toolkit.common.loaders.ggml_types import ggml_type, tensor_nbytes
-from toolkit.errors import ClosedError, FormatError, ModelNotFoundError, UnsupportedError
+from toolkit.common.loaders.mapped import MappedFile
+from toolkit.errors import ClosedError, FormatError, UnsupportedError
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -182,21 +182,12 @@ class _Reader:
         return out
 
 
-class GGUFFile:
+class GGUFFile(MappedFile):
     """A parsed, validated GGUF file; tensor data stays in the read-only mapping."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
-        self._mm: mmap.mmap | None = None
-        self._view: memoryview | None = None
-        try:
-            f = open(self.path, "rb")
-        except FileNotFoundError:
-            raise ModelNotFoundError(f"{self.path}: no such file") from None
+        f, size = self._open(path, 4 + 4 + 8 + 8, "GGUF header")
         with f:
-            size = os.fstat(f.fileno()).st_size
-            if size < 4 + 4 + 8 + 8:
-                raise FormatError(f"{self.path}: {size} bytes is too short for a GGUF header")
             # The mapping keeps its own duplicate of the descriptor, so the file can close now.
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
@@ -204,8 +195,7 @@ class GGUFFile:
         except BaseException:
             mm.close()
             raise
-        self._mm = mm
-        self._view = memoryview(mm)
+        self._adopt(mm)
 
     def _parse(self, mm: mmap.mmap) -> None:
         r = _Reader(mm, self.path)
@@ -332,35 +322,6 @@ class GGUFFile:
                 f"computes with {', '.join(sorted(SUPPORTED))} only"
             )
         return info
-
-    @property
-    def closed(self) -> bool:
-        return self._mm is None
-
-    def close(self) -> None:
-        """Unmap the file, or leave the mapping to the views still alive (see the module doc)."""
-        if self._mm is None:
-            return
-        mm, self._mm = self._mm, None
-        self._view.release()
-        self._view = None
-        try:
-            mm.close()
-        except BufferError:
-            # Someone still holds a slice or a cffi pointer into the data. Unmapping now would
-            # leave it dangling; the mmap object is freed (and unmapped) with the last view.
-            warnings.warn(
-                f"{self.path}: tensor views are still alive at close(); the file stays mapped "
-                "until they are released",
-                ResourceWarning,
-                stacklevel=2,
-            )
-
-    def __enter__(self) -> GGUFFile:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self.tensors)} tensors"

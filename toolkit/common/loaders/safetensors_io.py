@@ -13,12 +13,12 @@ import json
 import mmap
 import os
 import struct
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from toolkit.common.atomic import atomic_write
+from toolkit.common.loaders.mapped import MappedFile
 from toolkit.errors import (
     ArgumentTypeError,
     ClosedError,
@@ -70,21 +70,12 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     return d
 
 
-class SafetensorsFile:
+class SafetensorsFile(MappedFile):
     """One parsed, validated safetensors file with its data left in a read-only mapping."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
-        self._mm: mmap.mmap | None = None
-        self._view: memoryview | None = None
-        try:
-            f = open(self.path, "rb")
-        except FileNotFoundError:
-            raise ModelNotFoundError(f"{self.path}: no such file") from None
+        f, size = self._open(path, 8, "safetensors file")
         with f:
-            size = os.fstat(f.fileno()).st_size
-            if size < 8:
-                raise FormatError(f"{self.path}: {size} bytes is too short for a safetensors file")
             (n,) = struct.unpack("<Q", f.read(8))
             if n > MAX_HEADER_BYTES or 8 + n > size:
                 raise FormatError(
@@ -97,8 +88,7 @@ class SafetensorsFile:
         except BaseException:
             mm.close()
             raise
-        self._mm = mm
-        self._view = memoryview(mm)
+        self._adopt(mm)
 
     def _parse(self, header: bytes, data_start: int, size: int) -> None:
         try:
@@ -162,33 +152,6 @@ class SafetensorsFile:
         if info is None:
             raise FormatError(f"{self.path}: no tensor named {name!r}")
         return self._view[info.begin : info.end]
-
-    @property
-    def closed(self) -> bool:
-        return self._mm is None
-
-    def close(self) -> None:
-        if self._mm is None:
-            return
-        mm, self._mm = self._mm, None
-        self._view.release()
-        self._view = None
-        try:
-            mm.close()
-        except BufferError:
-            # Live views or cffi pointers still use the data; it is unmapped when they go.
-            warnings.warn(
-                f"{self.path}: tensor views are still alive at close(); the file stays mapped "
-                "until they are released",
-                ResourceWarning,
-                stacklevel=2,
-            )
-
-    def __enter__(self) -> SafetensorsFile:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self.tensors)} tensors"

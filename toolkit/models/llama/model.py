@@ -202,7 +202,7 @@ class LlamaModel(Module):
         pos_t = Tensor((n,), "I32").load(positions)
         hooks = self.hooks
         s = self._scratch(n, reuse=not hooks)
-        H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        D = c.head_dim
         scale = D ** -0.5
         # per-sequence views of the scratch rows, made once and reused by every layer
         per_seq = []
