@@ -1,17 +1,11 @@
-"""Fixtures for the tests of toolkit.common (golden_tokenization comes from tests/conftest.py)."""
+"""Fixtures for the tests of toolkit.common (smollm2_gguf_path and golden_tokenization come from
+tests/conftest.py)."""
 
 from pathlib import Path
 
 import pytest
 
-import toolkit.common.hub
-
 DATA = Path(__file__).resolve().parent.parent / "data"
-
-
-@pytest.fixture(scope="session")
-def smollm2_gguf_path():
-    return toolkit.common.hub.default_model_path()
 
 
 @pytest.fixture(scope="session")

@@ -204,3 +204,28 @@ def test_f16_kv_cache_stays_close(smollm2_gguf_path, model, golden_logits):
     assert max(abs(a - b) for a, b in zip(last, gold)) < 0.05
     with pytest.raises(errors.ToolkitError):
         toolkit.load(smollm2_gguf_path, kv_cache_dtype="Q4_1")
+
+
+def test_hook_edits_flow_into_the_computation(model):
+    lm = model.model
+    ids = model.tokenizer.encode(PROMPT)
+    base = lm.forward(ids, logits="last").to_list()
+
+    def identity(t, name):
+        return None
+
+    def zero_mlp(t, name):
+        from toolkit.core.engine.backend import Tensor
+
+        return Tensor(t.shape)  # zeros: ablate layer 3's MLP output
+
+    lm.hooks["blocks.3.hook_mlp_out"] = [identity]
+    try:
+        same = lm.forward(ids, logits="last").to_list()
+        lm.hooks["blocks.3.hook_mlp_out"] = [zero_mlp]
+        ablated = lm.forward(ids, logits="last").to_list()
+    finally:
+        lm.hooks.clear()
+    assert same == base
+    assert max(abs(a - b) for a, b in zip(ablated, base)) > 0.1
+    assert lm.forward(ids, logits="last").to_list() == base  # nothing left behind
