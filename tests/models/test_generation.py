@@ -229,3 +229,17 @@ def test_hook_edits_flow_into_the_computation(model):
     assert same == base
     assert max(abs(a - b) for a, b in zip(ablated, base)) > 0.1
     assert lm.forward(ids, logits="last").to_list() == base  # nothing left behind
+
+
+def test_forward_batch_rejects_bad_batches(model):
+    lm = model.model
+    cache = lm.new_cache(4)
+    with pytest.raises(errors.InvalidArgumentError):
+        lm.forward_batch([([1], cache), ([2], cache)])
+    with pytest.raises(errors.InvalidArgumentError):
+        lm.forward_batch([])
+    with pytest.raises(errors.ContextLengthError):
+        lm.forward_batch([([1, 2, 3, 4, 5], cache)])
+    with pytest.raises(errors.ArgumentTypeError):
+        lm.forward_batch([([1], "not a cache")])
+    assert cache.length == 0

@@ -184,6 +184,8 @@ class LlamaModel(Module):
         c = self.config
         if not seqs:
             raise errors.InvalidArgumentError("forward_batch needs at least one sequence")
+        if len({id(cache) for _, cache in seqs}) != len(seqs):
+            raise errors.InvalidArgumentError("each sequence in a batch needs its own KVCache")
         all_ids, positions, spans = [], [], []
         for ids, cache in seqs:
             if not isinstance(cache, KVCache):
