@@ -25,7 +25,6 @@
 #include <stdlib.h>
 #include "internal.h"
 
-void ce_vexp(float *y, const float *x, int64_t n); /* elementwise.c */
 
 #define KC 256 /* keys per chunk (fixed: part of the result's definition) */
 #define VB 32  /* keys per block of V kept in L1 by the SIMD e.V kernel */

@@ -61,15 +61,7 @@ static void convert_run(char *dst, int dt, int64_t ds, const char *src, int st, 
 }
 
 /* pointer to element e of t in row-major order over its shape, any strides; not blocks */
-static char *elem_ptr(const ce_tensor *t, int64_t e) {
-    char *p = (char *)t->data;
-    for (int d = t->ndim - 1; d >= 0; d--) {
-        int64_t n = t->shape[d];
-        p += (e % n) * t->stride[d];
-        e /= n;
-    }
-    return p;
-}
+static char *elem_ptr(const ce_tensor *t, int64_t e) { return ce_flat_ptr(t, e, t->ndim - 1); }
 
 /* src row -> dst row of n elements, either side possibly a block dtype; tmp holds n floats. */
 static void convert_row(const ce_tensor *dst, char *d, const ce_tensor *src, const char *s, int64_t n,

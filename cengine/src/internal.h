@@ -96,17 +96,18 @@ _Static_assert(sizeof(ce_block_q4_0) == 18, "q4_0 block is 18 bytes");
 _Static_assert(sizeof(ce_block_q4_1) == 20, "q4_1 block is 20 bytes");
 
 /* ---- shared checks ---- */
-/* Pointer to row r of a 2-D view of t: all dims but the last flattened (t must allow it). */
-static inline char *ce_row_ptr(const ce_tensor *t, int64_t r) {
-    /* rows of the flattened view: walk the outer dims in order */
+/* Pointer to item i of t when dims 0..last are flattened in row-major order, any strides. */
+static inline char *ce_flat_ptr(const ce_tensor *t, int64_t i, int last) {
     char *p = (char *)t->data;
-    for (int d = t->ndim - 2; d >= 0; d--) {
+    for (int d = last; d >= 0; d--) {
         int64_t n = t->shape[d];
-        p += (r % n) * t->stride[d];
-        r /= n;
+        p += (i % n) * t->stride[d];
+        i /= n;
     }
     return p;
 }
+/* Row r of the 2-D view of t (all dims but the last flattened). */
+static inline char *ce_row_ptr(const ce_tensor *t, int64_t r) { return ce_flat_ptr(t, r, t->ndim - 2); }
 int64_t ce_rows(const ce_tensor *t);  /* product of all dims but the last */
 int64_t ce_cols(const ce_tensor *t);  /* the last dim */
 /* CE_OK when t is non-null, has dtype `dtype` (or any if < 0) and a contiguous last dim. */
@@ -114,6 +115,9 @@ ce_status ce_check(const ce_tensor *t, const char *op, const char *name, int dty
 /* CE_OK when a and b have the same numel and the same last dim. */
 ce_status ce_check_same(const ce_tensor *a, const ce_tensor *b, const char *op, const char *na,
                         const char *nb);
+
+/* y = exp(x) over n floats (AVX2 polynomial, scalar expf twin); defined in elementwise.c. */
+void ce_vexp(float *y, const float *x, int64_t n);
 
 /* Row conversions used by matmul/embedding/copy; defined in quant.c. */
 void ce_dequantize_row(int dtype, const void *src, float *dst, int64_t n);

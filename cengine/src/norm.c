@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include "internal.h"
 
-void ce_vexp(float *y, const float *x, int64_t n); /* elementwise.c */
 
 /* ---- rmsnorm ---- */
 static double sum_squares_scalar(const float *x, int64_t n) {

@@ -89,16 +89,20 @@ def stream_all(tok, ids, **kw):
     return "".join(chunks)
 
 
+def assert_matches_sentencepiece(tok, sp):
+    for text in TEXTS:
+        ids = tok.encode(text)
+        assert ids == sp.encode(text), text
+        assert tok.decode(ids) == sp.decode(ids) == roundtrip(text)
+        assert stream_all(tok, ids) == roundtrip(text)
+    assert tok.encode("Hi", add_special_tokens=True) == [1] + sp.encode("Hi")
+
+
 def test_wrapper_matches_sentencepiece(spm_tok, sp):
     assert spm_tok.vocab_size == 32000
     assert (spm_tok.bos_id, spm_tok.eos_id, spm_tok.unk_id, spm_tok.pad_id) == (1, 2, 0, None)
     assert spm_tok.special_ids == {0, 1, 2}
-    for text in TEXTS:
-        ids = spm_tok.encode(text)
-        assert ids == sp.encode(text), text
-        assert spm_tok.decode(ids) == sp.decode(ids) == roundtrip(text)
-        assert stream_all(spm_tok, ids) == roundtrip(text)
-    assert spm_tok.encode("Hi", add_special_tokens=True) == [1] + sp.encode("Hi")
+    assert_matches_sentencepiece(spm_tok, sp)
 
 
 def test_wrapper_streams_byte_fallback(spm_tok):
@@ -136,12 +140,7 @@ def test_wrapper_bad_input(spm_tok, tmp_path):
 
 def test_gguf_llama_vocab_matches_sentencepiece(gguf_tok, sp):
     assert gguf_tok.vocab_size == 32000
-    for text in TEXTS:
-        ids = gguf_tok.encode(text)
-        assert ids == sp.encode(text), text
-        assert gguf_tok.decode(ids) == sp.decode(ids) == roundtrip(text)
-        assert stream_all(gguf_tok, ids) == roundtrip(text)
-    assert gguf_tok.encode("Hi", add_special_tokens=True) == [1] + sp.encode("Hi")
+    assert_matches_sentencepiece(gguf_tok, sp)
 
 
 def test_gguf_llama_vocab_special_tokens_in_text(gguf_tok):
