@@ -14,6 +14,7 @@
  * for any thread count. With ce_simd_on == 0 a plain scalar loop (dequantize a row, then a
  * sequential dot product) runs instead: the reference the tests compare against.
  */
+#include <math.h>
 #include <stdlib.h>
 #include "internal.h"
 #include "simd_load.h"
@@ -37,9 +38,9 @@ typedef struct {
     const float *const *xr;    /* [M] rows of x */
     float *const *outr;        /* [M] rows of out */
     const float *bias;         /* [N] or NULL */
-    const float *sb;           /* GEMV on Q4_1: [M][sb_stride] sums of x over each block, zero padded */
-    int64_t sb_stride;         /* K / 32 rounded up to a multiple of 8 */
-    const float *xq;           /* GEMV on Q4_0/Q4_1: [M][K] x permuted and scaled for q4_ints */
+    const float *xq;           /* GEMV on Q4_0/Q4_1: [M][K] x permuted and scaled for q4_bits */
+    const float *sq;           /* and for Q4_1 [M][K / 32] scaled sums of x over each block */
+    float xq_unscale[GEMM_MIN_M]; /* and per row of x, the factor that undoes the scaling */
     float *scratch;            /* GEMM / scalar: per-thread work areas */
     int64_t scratch_floats;    /* floats per thread */
     int split_rows;            /* GEMM with few columns: threads split M instead of N */
@@ -116,33 +117,66 @@ AI void dot_tile(int dtype, int P, int R, const void *const *w, const float *con
         }
 }
 
-/* Block dtypes: per block, s = q . x in F32 (exact small-integer weights; one mul and three FMAs
- * in a fixed order), then acc = fma(d, s, acc). For Q4_1 the m term, sum_b m_b * S_b with S_b the
- * sum of x over block b (precomputed per row of x), stays out of the vector loop: the loop only
- * copies each block's m (as F32 bits from ce_f16_table: integer moves only) to mq, and m_dot()
- * later dots them with S eight blocks at a time, lane j taking blocks j mod 8 in order, once per
- * MQ_ROWS weight rows (an in-loop FMA per block and row costs ~10% more on Zen 3). One
- * set of accumulators per output, in the same order whatever the tile shape, so an output's value
- * never depends on which tile (or thread) computed it. Error stays at a few F32 ulps of sum |w x|
- * (the m term is at most |m| sum |x|).
- * Q4 nibbles are not moved to the bottom of their lane: q4_ints masks them in place (see there), so
- * the x of Q4 rows is the permuted, power-of-two scaled copy xq built once per call.
- * The loop is bound by instruction throughput, not latency: a tile's P weight rows share the x
- * loads (held in registers), the P dependency chains are independent, and all rows are addressed
- * from one moving pointer. */
+/* Block dtypes: per block, s = q . x in F32 (small-integer weights, Q4_0's q - 8 included; two
+ * muls, two FMAs and an add in a fixed tree), then acc = fma(d, s, acc). Q4_1 adds its m term in
+ * the same loop: acc = fma(m, S, acc) with S (the sum of x over the block, precomputed per row of
+ * x) in lane 0 only: one FMA and one broadcast per block and row. Keeping it out of the loop
+ * (copying each m to a buffer, dotting later) measured 10-30% slower when the weights stream from
+ * DRAM, the case that matters.
+ * One set of accumulators per output, in the same order whatever the tile shape, so an output's
+ * value never depends on which tile (or thread) computed it. Error stays at a few F32 ulps of
+ * sum |w x| (for Q4_1, of sum |d q x| + |m| sum |x|, as the m term is summed apart).
+ * Q4 nibbles are never moved or converted: q4_bits reads them in place as subnormal floats (see
+ * there), so the x of Q4 rows is the permuted, power-of-two scaled copy xq built once per call, and
+ * S and the result carry the same scaling.
+ * The loop is bound by instruction throughput: a tile's P weight rows share the x loads (held in
+ * registers), the P dependency chains are independent, and all rows are addressed from one moving
+ * pointer. */
 
-/* q4_ints lane order: lane i of a block's four vectors holds element q4_lane_elem[i] of the block,
- * times 2^q4_lane_shift[i]. */
-static const uint8_t q4_lane_elem[32] = {0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29,
-                                         2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31};
-static const uint8_t q4_lane_shift[32] = {0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12,
-                                          16, 16, 16, 16, 20, 20, 20, 20, 20, 20, 20, 20, 24, 24, 24, 24};
+enum { PF_TILES = 2 }; /* block dtypes: prefetch the tile this many tiles ahead (measured: 2 > 1) */
 
-enum { MQ_ROWS = 64,   /* Q4_1: weight rows whose m are gathered before one m_dot pass */
-       PF_TILES = 2 }; /* block dtypes: prefetch the tile this many tiles ahead (measured: 2 > 1) */
+/* xq[32b .. 32b + 32) for q4_bits: vector k of block b is x[32b + k + 4l] (l = 0..7) times
+ * 2^(E - sh), sh = 8k + 4(l / 4) (16 + 4(l / 4) for k = 3); if sq, sq[b] = 2^(E - 149) * (sum of
+ * x over block b), for the m term of Q4_1. E puts the largest |x| near 2^100, so the
+ * products q * x * 2^(E - 149) are normal unless |x| is below ~2^-76 of the largest. Returns the
+ * factor 2^(149 - E) that undoes the scaling (E stays in [22, 127], so both are finite floats). */
+static float build_xq(const float *x, int64_t K, float *xq, float *sq) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 mx = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)));
+    float l[8], amax = 0.0f;
+    _mm256_storeu_ps(l, mx);
+    for (int i = 0; i < 8; i++) amax = l[i] > amax ? l[i] : amax;
+    int e = 0;
+    if (amax > 0.0f && amax <= 0x1p127f) frexpf(amax, &e); /* amax < 2^e */
+    int E = 100 - e < 22 ? 22 : 100 - e > 127 ? 127 : 100 - e;
+    const float pE = ldexpf(1.0f, E), fs = ldexpf(1.0f, E - 149);
+    __m256 sv[4];
+    for (int k = 0; k < 4; k++) {
+        float lo = pE * ldexpf(1.0f, k < 3 ? -8 * k : -16), hi = lo * 0x1p-4f;
+        sv[k] = _mm256_setr_ps(lo, lo, lo, lo, hi, hi, hi, hi);
+    }
+    for (int64_t b = 0; b < K / 32; b++) {
+        const float *p = x + 32 * b;
+        __m256 a = _mm256_loadu_ps(p), bb = _mm256_loadu_ps(p + 8), cc = _mm256_loadu_ps(p + 16),
+               d = _mm256_loadu_ps(p + 24);
+        if (sq) sq[b] = hsum8(_mm256_add_ps(_mm256_add_ps(a, bb), _mm256_add_ps(cc, d))) * fs;
+        /* rows (4 floats) r and r + 4 in the two halves, then a 4x4 transpose in each half */
+        __m256 r0 = _mm256_permute2f128_ps(a, cc, 0x20), r1 = _mm256_permute2f128_ps(a, cc, 0x31);
+        __m256 r2 = _mm256_permute2f128_ps(bb, d, 0x20), r3 = _mm256_permute2f128_ps(bb, d, 0x31);
+        __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+        __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+        __m256 v[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
+                       _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
+        for (int k = 0; k < 4; k++) _mm256_storeu_ps(xq + 32 * b + 8 * k, _mm256_mul_ps(v[k], sv[k]));
+    }
+    return ldexpf(1.0f, 149 - E);
+}
 
+/* res[p * R + r] = w[p] . x[r] for the P weight rows of a tile starting at w0 (row stride ws) and
+ * R rows of x (Q4: xq rows, with their block sums sq and unscaling factors us). */
 AI void dot_tile_q(int dtype, int P, int R, const char *w0, int64_t ws, const float *const *x,
-                   int64_t nb, uint32_t *mq, int64_t mq_stride, float *res) {
+                   const float *const *sq, const float *us, int64_t nb, float *res) {
     const int64_t bb = dtype == CE_Q8_0 ? 34 : dtype == CE_Q4_0 ? 18 : 20;
     const int npf = (int)((P * bb + 63) / 64);
     const char *pf = w0 + PF_TILES * P * ws; /* a tile ahead */
@@ -153,111 +187,88 @@ AI void dot_tile_q(int dtype, int P, int R, const char *w0, int64_t ws, const fl
         /* Odd-sized blocks defeat the hardware prefetcher: stream the rows of a tile ahead (adjacent
          * in memory) at P times this tile's pace, so they are in cache when that tile starts. */
         for (int i = 0; i < npf; i++) _mm_prefetch(pf + b * bb * P + 64 * i, _MM_HINT_T0);
-        __m256 xv[2][4];
-        for (int r = 0; r < R; r++)
+        __m256 xv[2][4], sv[2];
+        for (int r = 0; r < R; r++) {
             for (int i = 0; i < 4; i++) {
                 xv[r][i] = _mm256_loadu_ps(x[r] + 32 * b + 8 * i);
                 /* keep x in registers: gcc would rather reload it for every row */
                 __asm__("" : "+x"(xv[r][i]));
             }
+            if (dtype == CE_Q4_1) sv[r] = _mm256_zextps128_ps256(_mm_load_ss(sq[r] + b));
+        }
         for (int p = 0; p < P; p++) {
-            __m256 v[4], d;
+            __m256 v[4], d, o;
             ld32_ints(dtype, blk + p * ws, 0, v, &d);
-            if (dtype == CE_Q4_1) /* an integer move, no vector op */
-                memcpy(mq + p * mq_stride + b, &ce_f16_table[((const ce_block_q4_1 *)(blk + p * ws))->m], 4);
+            if (dtype == CE_Q4_1) o = bcast_f16(&((const ce_block_q4_1 *)(blk + p * ws))->m);
             for (int r = 0; r < R; r++) {
-                __m256 s = _mm256_mul_ps(v[0], xv[r][0]);
-                s = _mm256_fmadd_ps(v[1], xv[r][1], s);
-                s = _mm256_fmadd_ps(v[2], xv[r][2], s);
-                s = _mm256_fmadd_ps(v[3], xv[r][3], s);
+                __m256 s = _mm256_add_ps(_mm256_fmadd_ps(v[1], xv[r][1], _mm256_mul_ps(v[0], xv[r][0])),
+                                         _mm256_fmadd_ps(v[3], xv[r][3], _mm256_mul_ps(v[2], xv[r][2])));
                 acc[p * R + r] = _mm256_fmadd_ps(d, s, acc[p * R + r]);
+                if (dtype == CE_Q4_1) acc[p * R + r] = _mm256_fmadd_ps(o, sv[r], acc[p * R + r]);
             }
         }
     }
-    if (dtype == CE_Q4_1) /* S is zero past nb: so must m be (never an inf or nan from stale bits) */
-        for (int p = 0; p < P; p++)
-            for (int64_t b = nb; b < mq_stride; b++) mq[p * mq_stride + b] = 0;
-    for (int t = 0; t < P * R; t++) res[t] = hsum8(acc[t]);
-}
-
-/* sum_b m_b * S_b over a row's gathered m (F32 bits, zero padded to a multiple of 8). */
-static float m_dot(const uint32_t *mq, const float *sb, int64_t n8) {
-    __m256 am = _mm256_setzero_ps();
-    for (int64_t g = 0; g < n8; g += 8)
-        am = _mm256_fmadd_ps(_mm256_loadu_ps((const float *)(mq + g)), _mm256_loadu_ps(sb + g), am);
-    return hsum8(am);
+    for (int t = 0; t < P * R; t++) {
+        res[t] = hsum8(acc[t]);
+        if (dtype != CE_Q8_0) res[t] *= us[t % R];
+    }
 }
 
 enum { GEMV_P = 4 }; /* weight rows per tile of block dtypes when x has one row left */
 
-/* res[p * R + r] = w[n + p] . x[m + r] for P weight rows and R rows of x (for Q4_1 without the m
- * term: the m of row n + p go to mq + p * sb_stride). */
-AI void gemv_tile(int dtype, int P, int R, const mm_ctx *c, int64_t n, int64_t m, uint32_t *mq, float *res) {
+/* res[p * R + r] = w[n + p] . x[m + r] for P weight rows and R rows of x. */
+AI void gemv_tile(int dtype, int P, int R, const mm_ctx *c, int64_t n, int64_t m, float *res) {
     const char *w0 = w_at(c, n, 0);
     if (is_block(dtype)) {
-        const float *x[2] = {c->xr[m], c->xr[m + R - 1]};
-        if (dtype != CE_Q8_0) x[0] = c->xq + m * c->K, x[1] = c->xq + (m + R - 1) * c->K;
-        dot_tile_q(dtype, P, R, w0, c->wstride, x, c->K / 32, mq, c->sb_stride, res);
+        const float *x[2] = {c->xr[m], c->xr[m + R - 1]}, *sq[2] = {NULL, NULL};
+        if (dtype != CE_Q8_0) {
+            const int64_t nb = c->K / 32;
+            x[0] = c->xq + m * c->K, x[1] = c->xq + (m + R - 1) * c->K;
+            sq[0] = c->sq + m * nb, sq[1] = c->sq + (m + R - 1) * nb;
+        }
+        dot_tile_q(dtype, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, res);
     } else {
         const void *w[2] = {w0, w0 + (P - 1) * c->wstride};
         dot_tile(dtype, P, R, w, c->xr + m, c->K, w0 + P * c->wstride, res);
     }
 }
 
-/* Outputs [lo, hi) of rows m, m + 1 (R = 2) or m alone (R = 1) of x. Q4_1: mq has room for the m
- * of hi - lo weight rows. */
-AI void gemv_rows(int dtype, int R, const mm_ctx *c, int64_t lo, int64_t hi, int64_t m, uint32_t *mq) {
+/* Outputs [lo, hi) of rows m, m + 1 (R = 2) or m alone (R = 1) of x: pairs of x rows share each
+ * weight row; a single x row takes weight rows in tiles. */
+AI void gemv_rows(int dtype, int R, const mm_ctx *c, int64_t lo, int64_t hi, int64_t m) {
     float res[GEMV_P * 2];
     int64_t n = lo;
-#define MQ(n) (dtype == CE_Q4_1 ? mq + ((n) - lo) * c->sb_stride : NULL)
     if (R == 2) {
         for (; n < hi; n++) {
-            gemv_tile(dtype, 1, 2, c, n, m, MQ(n), res);
-            c->outr[m][n] = res[0];
-            c->outr[m + 1][n] = res[1];
+            gemv_tile(dtype, 1, 2, c, n, m, res);
+            c->outr[m][n] = add_bias(c, res[0], n);
+            c->outr[m + 1][n] = add_bias(c, res[1], n);
         }
-    } else {
-        if (is_block(dtype))
-            for (; n + GEMV_P <= hi; n += GEMV_P) {
-                gemv_tile(dtype, GEMV_P, 1, c, n, m, MQ(n), res);
-                for (int p = 0; p < GEMV_P; p++) c->outr[m][n + p] = res[p];
-            }
-        for (; n + 2 <= hi; n += 2) {
-            gemv_tile(dtype, 2, 1, c, n, m, MQ(n), res);
-            c->outr[m][n] = res[0];
-            c->outr[m][n + 1] = res[1];
-        }
-        if (n < hi) {
-            gemv_tile(dtype, 1, 1, c, n, m, MQ(n), res);
-            c->outr[m][n] = res[0];
-        }
+        return;
     }
-    for (int r = 0; r < R; r++)
-        for (n = lo; n < hi; n++) {
-            float v = c->outr[m + r][n];
-            if (dtype == CE_Q4_1) v += m_dot(MQ(n), c->sb + (m + r) * c->sb_stride, c->sb_stride);
-            c->outr[m + r][n] = add_bias(c, v, n);
+    if (is_block(dtype))
+        for (; n + GEMV_P <= hi; n += GEMV_P) {
+            gemv_tile(dtype, GEMV_P, 1, c, n, m, res);
+            for (int p = 0; p < GEMV_P; p++) c->outr[m][n + p] = add_bias(c, res[p], n + p);
         }
-#undef MQ
-}
-
-/* Pairs of x rows share each weight row; a single x row takes weight rows in tiles. Q4_1 goes
- * MQ_ROWS weight rows at a time, the size of its m buffer. */
-AI void gemv_range(int dtype, const mm_ctx *c, uint32_t *mq, int64_t lo, int64_t hi) {
-    for (int64_t m = 0; m < c->M; m += 2) {
-        int R = c->M - m >= 2 ? 2 : 1;
-        if (dtype != CE_Q4_1) {
-            gemv_rows(dtype, R, c, lo, hi, m, mq);
-            continue;
-        }
-        for (int64_t n0 = lo; n0 < hi; n0 += MQ_ROWS)
-            gemv_rows(dtype, R, c, n0, hi - n0 < MQ_ROWS ? hi : n0 + MQ_ROWS, m, mq);
+    for (; n + 2 <= hi; n += 2) {
+        gemv_tile(dtype, 2, 1, c, n, m, res);
+        c->outr[m][n] = add_bias(c, res[0], n);
+        c->outr[m][n + 1] = add_bias(c, res[1], n + 1);
+    }
+    if (n < hi) {
+        gemv_tile(dtype, 1, 1, c, n, m, res);
+        c->outr[m][n] = add_bias(c, res[0], n);
     }
 }
 
-typedef void (*gemv_fn)(const mm_ctx *c, uint32_t *mq, int64_t lo, int64_t hi);
+AI void gemv_range(int dtype, const mm_ctx *c, int64_t lo, int64_t hi) {
+    for (int64_t m = 0; m < c->M; m += 2) gemv_rows(dtype, c->M - m >= 2 ? 2 : 1, c, lo, hi, m);
+}
+
+typedef void (*gemv_fn)(const mm_ctx *c, int64_t lo, int64_t hi);
 #define GEMV_FN(T, DT) \
-    static void gemv_##T(const mm_ctx *c, uint32_t *mq, int64_t lo, int64_t hi) { gemv_range(DT, c, mq, lo, hi); }
+    static void gemv_##T(const mm_ctx *c, int64_t lo, int64_t hi) { gemv_range(DT, c, lo, hi); }
 GEMV_FN(f32, CE_F32)
 GEMV_FN(f16, CE_F16)
 GEMV_FN(bf16, CE_BF16)
@@ -270,9 +281,13 @@ static void gemv_task(void *p, int ith, int nth) {
     const mm_ctx *c = p;
     int64_t lo, hi;
     ce_split(c->N, ith, nth, NR, &lo, &hi);
-    /* Q4_1: this thread's m buffer, MQ_ROWS x sb_stride F32 bits */
-    uint32_t *mq = c->dtype == CE_Q4_1 ? (uint32_t *)(c->scratch + (int64_t)ith * c->scratch_floats) : NULL;
-    if (lo < hi) gemvs[c->dtype](c, mq, lo, hi);
+    if (lo >= hi) return;
+    /* q4_bits feeds subnormals to the FMAs: a caller's denormals-are-zero mode would zero them */
+    const int q4 = c->dtype == CE_Q4_0 || c->dtype == CE_Q4_1;
+    const unsigned csr = _mm_getcsr();
+    if (q4 && (csr & 0x40)) _mm_setcsr(csr & ~0x40u);
+    gemvs[c->dtype](c, lo, hi);
+    if (q4 && (csr & 0x40)) _mm_setcsr(csr);
 }
 
 /* ---- GEMM ---- */
@@ -513,40 +528,17 @@ ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, cons
     if (ce_simd_on && M < GEMM_MIN_M) {
         fn = gemv_task;
         c.scratch_floats = 0;
-        if (w->dtype == CE_Q4_1) /* per thread: MQ_ROWS rows of gathered m, 64-byte multiples */
-            c.scratch_floats = (MQ_ROWS * ((K / 32 + 7) / 8 * 8) + 15) / 16 * 16;
-        if (w->dtype == CE_Q4_1) { /* sb: sums of x over each block */
-            int64_t nb = K / 32, st8 = (nb + 7) / 8 * 8;
-            float *sb = aligned_alloc(64, (size_t)((M * st8 * 4 + 63) / 64 * 64));
-            if (!sb) {
-                st = ce_fail(CE_ERR_NOMEM, "matmul: out of memory");
-                goto done;
-            }
-            for (int64_t m = 0; m < M; m++) {
-                for (int64_t b = 0; b < nb; b++) {
-                    const float *p = xr[m] + 32 * b;
-                    float l[8];
-                    for (int i = 0; i < 8; i++) l[i] = (p[i] + p[i + 8]) + (p[i + 16] + p[i + 24]);
-                    sb[m * st8 + b] = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
-                }
-                for (int64_t b = nb; b < st8; b++) sb[m * st8 + b] = 0.0f;
-            }
-            c.sb = sb;
-            c.sb_stride = st8;
-        }
-        if (w->dtype == CE_Q4_0 || w->dtype == CE_Q4_1) { /* xq: x in the lane order of q4_ints */
-            float *xq = aligned_alloc(64, (size_t)((M * K * 4 + 63) / 64 * 64));
+        if (w->dtype == CE_Q4_0 || w->dtype == CE_Q4_1) { /* xq and sq: x as q4_bits reads it */
+            int64_t nb = K / 32;
+            float *xq = aligned_alloc(64, (size_t)((M * (K + nb) * 4 + 63) / 64 * 64));
             if (!xq) {
                 st = ce_fail(CE_ERR_NOMEM, "matmul: out of memory");
                 goto done;
             }
-            /* exact scalings (x * 2^-24 is exact unless below 2^-102: then still within 1e-30) */
-            static const float ldexp_neg[7] = {1.0f, 0x1p-4f, 0x1p-8f, 0x1p-12f, 0x1p-16f, 0x1p-20f, 0x1p-24f};
             for (int64_t m = 0; m < M; m++)
-                for (int64_t b = 0; b < K / 32; b++)
-                    for (int i = 0; i < 32; i++)
-                        xq[m * K + 32 * b + i] = xr[m][32 * b + q4_lane_elem[i]] * ldexp_neg[q4_lane_shift[i] / 4];
+                c.xq_unscale[m] = build_xq(xr[m], K, xq + m * K, w->dtype == CE_Q4_1 ? xq + M * K + m * nb : NULL);
             c.xq = xq;
+            c.sq = xq + M * K;
         }
     } else if (ce_simd_on) {
         fn = gemm_task;
@@ -563,7 +555,6 @@ ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, cons
     }
     ce_parallel_n(fn, &c, nth);
     free(c.scratch);
-    free((void *)c.sb);
     free((void *)c.xq);
 done:
     if (xr != xr_small) {

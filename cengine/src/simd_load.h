@@ -78,39 +78,40 @@ CE_INLINE void ld32_q4_1(const void *row, int64_t b, __m256 v[4]) {
     for (int i = 0; i < 4; i++) v[i] = _mm256_fmadd_ps(v[i], d, m);
 }
 
-/* Q4 integers without moving a nibble to the bottom of its lane: the 16 bytes are broadcast to both
- * halves, and vector k keeps, in 32-bit lane i (dword j = i % 4 of the bytes, half h = i / 4), the
- * nibble at position s = 2k + h of that dword (k < 3) in place, so the lane holds q * 2^(4s); vector
- * 3 shifts right by 4 first and takes positions 6 + h, holding q * 2^(4s - 4). One AND per vector
- * (five integer ops per block instead of two widenings and four ops). Every value has at most 4
- * significant bits and stays below 2^28, so the int->float conversion is exact, and the caller's
- * x is permuted and scaled by the inverse powers of two (exact) to match: the products are the
- * same reals as q * x. Nibble position s of dword j is byte 4j + s/2, high nibble when s is odd
- * (element byte + 16). */
-CE_INLINE void q4_ints(const uint8_t *qs, int sub8, __m256 v[4]) {
+/* Q4 integers as the bits of tiny floats, with no shuffle and no conversion: the 16 bytes are broadcast to both halves, and vector k keeps, in 32-bit lane i
+ * (dword j = i % 4 of the bytes, half h = i / 4), the nibble at position s = 2k + h of that dword
+ * in place (vector 3 shifts right by 8 first, so its nibbles sit at bits 16 and 20): one AND per
+ * vector. A 32-bit pattern N < 2^24 read as an F32 is exactly N * 2^-149 (a subnormal, or the
+ * smallest normal binade), so lane i of vector k holds q * 2^(sh - 149), sh = 8k + 4h (16 + 4h
+ * for k = 3), and element 4j + k + 16h of the block (dword j, byte 4j + k, high nibble when h).
+ * The caller scales x by 2^(E - sh) and the dot product by 2^(149 - E): powers of two, so every
+ * product and sum rounds exactly as q * x would (build_xq picks E to keep them normal). Zen 3 and
+ * recent Intel cores take subnormal FMA inputs at full speed; denormals-are-zero mode must be
+ * off (the GEMV clears it for its own duration). Q4_0 (sub8) subtracts 8 on the same grid, which
+ * is exact: q - 8 in place of q, with no offset term to cancel against. */
+CE_INLINE void q4_bits(const uint8_t *qs, int sub8, __m256 v[4]) {
     const __m256i m0 = _mm256_setr_epi32(0xF, 0xF, 0xF, 0xF, 0xF0, 0xF0, 0xF0, 0xF0);
-    const __m256i m3 = _mm256_setr_epi32(0xF << 20, 0xF << 20, 0xF << 20, 0xF << 20, 0xF << 24, 0xF << 24,
-                                         0xF << 24, 0xF << 24);
-    __m256i bq = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs)), q[4];
-    q[0] = _mm256_and_si256(bq, m0);
-    q[1] = _mm256_and_si256(bq, _mm256_slli_epi32(m0, 8));
-    q[2] = _mm256_and_si256(bq, _mm256_slli_epi32(m0, 16));
-    q[3] = _mm256_and_si256(_mm256_srli_epi32(bq, 4), m3);
-    if (sub8) { /* Q4_0: q - 8, still exact: 8 in the place of each lane's nibble */
+    const __m256i m3 = _mm256_setr_epi32(0xF << 16, 0xF << 16, 0xF << 16, 0xF << 16, 0xF << 20, 0xF << 20,
+                                         0xF << 20, 0xF << 20);
+    __m256i bq = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    v[0] = _mm256_castsi256_ps(_mm256_and_si256(bq, m0));
+    v[1] = _mm256_castsi256_ps(_mm256_and_si256(bq, _mm256_slli_epi32(m0, 8)));
+    v[2] = _mm256_castsi256_ps(_mm256_and_si256(bq, _mm256_slli_epi32(m0, 16)));
+    v[3] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srli_epi32(bq, 8), m3));
+    if (sub8) {
         const __m256i e0 = _mm256_setr_epi32(8, 8, 8, 8, 0x80, 0x80, 0x80, 0x80);
-        const __m256i e3 = _mm256_setr_epi32(8 << 20, 8 << 20, 8 << 20, 8 << 20, 8 << 24, 8 << 24, 8 << 24,
-                                             8 << 24);
-        q[0] = _mm256_sub_epi32(q[0], e0);
-        q[1] = _mm256_sub_epi32(q[1], _mm256_slli_epi32(e0, 8));
-        q[2] = _mm256_sub_epi32(q[2], _mm256_slli_epi32(e0, 16));
-        q[3] = _mm256_sub_epi32(q[3], e3);
+        const __m256i e3 = _mm256_setr_epi32(8 << 16, 8 << 16, 8 << 16, 8 << 16, 8 << 20, 8 << 20, 8 << 20,
+                                             8 << 20);
+        v[0] = _mm256_sub_ps(v[0], _mm256_castsi256_ps(e0));
+        v[1] = _mm256_sub_ps(v[1], _mm256_castsi256_ps(_mm256_slli_epi32(e0, 8)));
+        v[2] = _mm256_sub_ps(v[2], _mm256_castsi256_ps(_mm256_slli_epi32(e0, 16)));
+        v[3] = _mm256_sub_ps(v[3], _mm256_castsi256_ps(e3));
     }
-    for (int i = 0; i < 4; i++) v[i] = _mm256_cvtepi32_ps(q[i]);
 }
 
 /* The integers of a block as floats, unscaled (Q8_0: q, in element order; Q4_0: q - 8 and Q4_1: q,
- * in the lane order of q4_ints), with the block's scale d broadcast: w = d * v (+ m for Q4_1, left
- * to the caller). The GEMV then scales a block's sum once instead of every weight. */
+ * as q4_bits leaves them), with the block's scale d broadcast: w = d * v (+ m for Q4_1, left to
+ * the caller). The GEMV then scales a block's sum once instead of every weight. */
 CE_INLINE void ld32_ints(int dtype, const void *row, int64_t b, __m256 v[4], __m256 *d) {
     if (dtype == CE_Q8_0) {
         const ce_block_q8_0 *blk = (const ce_block_q8_0 *)row + b;
@@ -120,11 +121,11 @@ CE_INLINE void ld32_ints(int dtype, const void *row, int64_t b, __m256 v[4], __m
     } else if (dtype == CE_Q4_0) {
         const ce_block_q4_0 *blk = (const ce_block_q4_0 *)row + b;
         *d = bcast_f16(&blk->d);
-        q4_ints(blk->qs, 1, v);
+        q4_bits(blk->qs, 1, v);
     } else {
         const ce_block_q4_1 *blk = (const ce_block_q4_1 *)row + b;
         *d = bcast_f16(&blk->d);
-        q4_ints(blk->qs, 0, v);
+        q4_bits(blk->qs, 0, v);
     }
 }
 

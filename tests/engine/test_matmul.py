@@ -56,6 +56,14 @@ def decode_weights(w):
     return [flat[i * k:(i + 1) * k] for i in range(n)]
 
 
+def q4_1_mins(w):
+    """The m (minimum) of every block of a Q4_1 tensor, per row."""
+    n, k = w.shape
+    data = ffi.buffer(w.ptr.data, w.nbytes)[:]
+    mins = [struct.unpack("<e", data[o + 2:o + 4])[0] for o in range(0, len(data), 20)]
+    return [mins[r * (k // 32):(r + 1) * (k // 32)] for r in range(n)]
+
+
 def check_against_reference(out, x_rows, w_rows, bias=None, pairs=None, rel=2e-6):
     """out (M x N list) against float64 dot products, relative to sum |x w| of each output."""
     m_count, n_count = len(x_rows), len(w_rows)
@@ -149,6 +157,39 @@ def test_simd_agrees_with_scalar_and_threads_are_bit_identical(dtype):
         row_l1 = [math.fsum(xa[r * k:(r + 1) * k]) for r in range(m)]  # >= sum |x w|, as |w| <= 1
         for j, (a, b) in enumerate(zip(res[False, 1], res[True, 1])):
             assert abs(a - b) <= 2e-6 * row_l1[j // n], (j, a, b)
+
+
+@pytest.mark.parametrize("dtype", ["Q4_0", "Q4_1"])
+def test_q4_gemv_holds_at_any_activation_scale(dtype):
+    """The Q4 GEMV reads nibbles as subnormal floats and rescales x by a power of two chosen from
+    its largest |x| (matmul.c, build_xq): results must not depend on the magnitude of x."""
+    m, n, k = 1, 37, 576
+    x, xt, wt = make(m, n, k, dtype, 11)
+    w_rows = decode_weights(wt)
+    B.set_simd(True)
+    base = F.matmul(xt, wt).to_list()
+    check_against_reference(base, [x], w_rows)
+    for e in (-90, -40, 20, 60, 100):
+        scaled = [math.ldexp(v, e) for v in x]
+        got = F.matmul(Tensor.from_list(scaled, (m, k)), wt).to_list()
+        assert got == [math.ldexp(v, e) for v in base], e  # powers of two scale exactly
+    # one huge activation among small ones (LLMs have such outliers), and a row of zeros
+    mixed = [f32(v * 1e-3) for v in x]
+    mixed[100] = 3.0e4
+    got = F.matmul(Tensor.from_list(mixed, (m, k)), wt).to_list()
+    if dtype == "Q4_0":
+        check_against_reference(got, [mixed], w_rows)
+    else:  # Q4_1's m term is summed apart: its error scale is sum |x| (|w - m| + |m|), not sum |x w|
+        ms = q4_1_mins(wt)
+        for j in range(n):
+            want = math.fsum(a * b for a, b in zip(mixed, w_rows[j]))
+            scale = math.fsum(abs(a) * (abs(b - ms[j][i // 32]) + abs(ms[j][i // 32]))
+                              for i, (a, b) in enumerate(zip(mixed, w_rows[j])))
+            assert abs(got[j] - want) <= 2e-6 * scale, (j, got[j], want, scale)
+    assert F.matmul(Tensor.from_list([0.0] * k, (m, k)), wt).to_list() == [0.0] * n
+    bad = list(x)
+    bad[5] = float("inf")
+    assert not any(math.isfinite(v) for v in F.matmul(Tensor.from_list(bad, (m, k)), wt).to_list())
 
 
 def test_threads_bit_identical_on_model_shapes():
