@@ -39,7 +39,7 @@ typedef struct {
     float *const *outr;        /* [M] rows of out */
     const float *bias;         /* [N] or NULL */
     const float *xq;           /* GEMV on Q4_0/Q4_1: [M][K] x permuted and scaled for q4_bits */
-    const float *sq;           /* and for Q4_1 [M][K / 32] scaled sums of x over each block */
+    const float *sq;           /* and for Q4_1 [M][K / 32] pairs (0, scaled sum of x over a block) */
     float xq_unscale[GEMM_MIN_M]; /* and per row of x, the factor that undoes the scaling */
     float *scratch;            /* GEMM / scalar: per-thread work areas */
     int64_t scratch_floats;    /* floats per thread */
@@ -118,14 +118,18 @@ AI void dot_tile(int dtype, int P, int R, const void *const *w, const float *con
 }
 
 /* Block dtypes: per block, s = q . x in F32 (small-integer weights, Q4_0's q - 8 included; two
- * muls, two FMAs and an add in a fixed tree), then acc = fma(d, s, acc). Q4_1 adds its m term in
- * the same loop: acc = fma(m, S, acc) with S (the sum of x over the block, precomputed per row of
- * x) in lane 0 only: one FMA and one broadcast per block and row. Keeping it out of the loop
- * (copying each m to a buffer, dotting later) measured 10-30% slower when the weights stream from
- * DRAM, the case that matters.
+ * muls, two FMAs and an add in a fixed tree), then acc = fma(d, s, acc). Q4_1 adds its m term,
+ * sum_b m_b S_b with S_b the sum of x over block b (precomputed per row of x), in the same loop,
+ * for all P rows of a tile at once: their (d, m) pairs are inserted into one vector, converted by
+ * one vcvtph2ps, and one FMA against S_b in the odd lanes accumulates m_p S_b in lane 2p + 1. Per
+ * block and row that is about one uop, against three for a per-row broadcast and FMA (measured
+ * ~5-10% slower) or a per-row copy of m to a buffer dotted later (10-30% slower when the weights
+ * stream from DRAM, the case that matters: the stores queue behind the stream's loads).
  * One set of accumulators per output, in the same order whatever the tile shape, so an output's
  * value never depends on which tile (or thread) computed it. Error stays at a few F32 ulps of
- * sum |w x| (for Q4_1, of sum |d q x| + |m| sum |x|, as the m term is summed apart).
+ * sum |w x| (for Q4_1, of sum |d q x| + |m| sum |x|, as the m term is summed apart). Each lane
+ * of the m accumulator belongs to one row and sums its blocks in order, so it too is the same for
+ * any P.
  * Q4 nibbles are never moved or converted: q4_bits reads them in place as subnormal floats (see
  * there), so the x of Q4 rows is the permuted, power-of-two scaled copy xq built once per call, and
  * S and the result carry the same scaling.
@@ -136,8 +140,8 @@ AI void dot_tile(int dtype, int P, int R, const void *const *w, const float *con
 enum { PF_TILES = 2 }; /* block dtypes: prefetch the tile this many tiles ahead (measured: 2 > 1) */
 
 /* xq[32b .. 32b + 32) for q4_bits: vector k of block b is x[32b + k + 4l] (l = 0..7) times
- * 2^(E - sh), sh = 8k + 4(l / 4) (16 + 4(l / 4) for k = 3); if sq, sq[b] = 2^(E - 149) * (sum of
- * x over block b), for the m term of Q4_1. E puts the largest |x| near 2^100, so the
+ * 2^(E - sh), sh = 8k + 4(l / 4) (16 + 4(l / 4) for k = 3); if sq, (sq[2b], sq[2b + 1]) =
+ * (0, 2^(E - 149) * (sum of x over block b)), the pair the m term of Q4_1 broadcasts. E puts the largest |x| near 2^100, so the
  * products q * x * 2^(E - 149) are normal unless |x| is below ~2^-76 of the largest. Returns the
  * factor 2^(149 - E) that undoes the scaling (E stays in [22, 127], so both are finite floats). */
 static float build_xq(const float *x, int64_t K, float *xq, float *sq) {
@@ -160,7 +164,7 @@ static float build_xq(const float *x, int64_t K, float *xq, float *sq) {
         const float *p = x + 32 * b;
         __m256 a = _mm256_loadu_ps(p), bb = _mm256_loadu_ps(p + 8), cc = _mm256_loadu_ps(p + 16),
                d = _mm256_loadu_ps(p + 24);
-        if (sq) sq[b] = hsum8(_mm256_add_ps(_mm256_add_ps(a, bb), _mm256_add_ps(cc, d))) * fs;
+        if (sq) sq[2 * b] = 0.0f, sq[2 * b + 1] = hsum8(_mm256_add_ps(_mm256_add_ps(a, bb), _mm256_add_ps(cc, d))) * fs;
         /* rows (4 floats) r and r + 4 in the two halves, then a 4x4 transpose in each half */
         __m256 r0 = _mm256_permute2f128_ps(a, cc, 0x20), r1 = _mm256_permute2f128_ps(a, cc, 0x31);
         __m256 r2 = _mm256_permute2f128_ps(bb, d, 0x20), r3 = _mm256_permute2f128_ps(bb, d, 0x31);
@@ -173,6 +177,13 @@ static float build_xq(const float *x, int64_t K, float *xq, float *sq) {
     return ldexpf(1.0f, 149 - E);
 }
 
+/* 4 bytes at any alignment (a block's (d, m) pair) */
+static inline int ld_i32(const void *p) {
+    int v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
 /* res[p * R + r] = w[p] . x[r] for the P weight rows of a tile starting at w0 (row stride ws) and
  * R rows of x (Q4: xq rows, with their block sums sq and unscaling factors us). */
 AI void dot_tile_q(int dtype, int P, int R, const char *w0, int64_t ws, const float *const *x,
@@ -180,8 +191,9 @@ AI void dot_tile_q(int dtype, int P, int R, const char *w0, int64_t ws, const fl
     const int64_t bb = dtype == CE_Q8_0 ? 34 : dtype == CE_Q4_0 ? 18 : 20;
     const int npf = (int)((P * bb + 63) / 64);
     const char *pf = w0 + PF_TILES * P * ws; /* a tile ahead */
-    __m256 acc[4];
+    __m256 acc[4], macc[2];
     for (int t = 0; t < P * R; t++) acc[t] = _mm256_setzero_ps();
+    for (int r = 0; r < R; r++) macc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const char *blk = w0 + b * bb;
         /* Odd-sized blocks defeat the hardware prefetcher: stream the rows of a tile ahead (adjacent
@@ -194,22 +206,31 @@ AI void dot_tile_q(int dtype, int P, int R, const char *w0, int64_t ws, const fl
                 /* keep x in registers: gcc would rather reload it for every row */
                 __asm__("" : "+x"(xv[r][i]));
             }
-            if (dtype == CE_Q4_1) sv[r] = _mm256_zextps128_ps256(_mm_load_ss(sq[r] + b));
+            if (dtype == CE_Q4_1) sv[r] = _mm256_castpd_ps(_mm256_broadcast_sd((const double *)(sq[r] + 2 * b)));
+        }
+        if (dtype == CE_Q4_1) { /* the (d, m) pairs of the P rows, converted at once: lanes 2p, 2p + 1 */
+            __m128i dm = _mm_cvtsi32_si128(ld_i32(blk));
+            if (P > 1) dm = _mm_insert_epi32(dm, ld_i32(blk + ws), 1);
+            if (P > 2) dm = _mm_insert_epi32(dm, ld_i32(blk + 2 * ws), 2);
+            if (P > 3) dm = _mm_insert_epi32(dm, ld_i32(blk + 3 * ws), 3);
+            __m256 dmf = _mm256_cvtph_ps(dm);
+            for (int r = 0; r < R; r++) macc[r] = _mm256_fmadd_ps(dmf, sv[r], macc[r]);
         }
         for (int p = 0; p < P; p++) {
-            __m256 v[4], d, o;
+            __m256 v[4], d;
             ld32_ints(dtype, blk + p * ws, 0, v, &d);
-            if (dtype == CE_Q4_1) o = bcast_f16(&((const ce_block_q4_1 *)(blk + p * ws))->m);
             for (int r = 0; r < R; r++) {
                 __m256 s = _mm256_add_ps(_mm256_fmadd_ps(v[1], xv[r][1], _mm256_mul_ps(v[0], xv[r][0])),
                                          _mm256_fmadd_ps(v[3], xv[r][3], _mm256_mul_ps(v[2], xv[r][2])));
                 acc[p * R + r] = _mm256_fmadd_ps(d, s, acc[p * R + r]);
-                if (dtype == CE_Q4_1) acc[p * R + r] = _mm256_fmadd_ps(o, sv[r], acc[p * R + r]);
             }
         }
     }
+    float ml[2][8];
+    for (int r = 0; r < R; r++) _mm256_storeu_ps(ml[r], macc[r]);
     for (int t = 0; t < P * R; t++) {
         res[t] = hsum8(acc[t]);
+        if (dtype == CE_Q4_1) res[t] += ml[t % R][2 * (t / R) + 1];
         if (dtype != CE_Q8_0) res[t] *= us[t % R];
     }
 }
@@ -224,7 +245,7 @@ AI void gemv_tile(int dtype, int P, int R, const mm_ctx *c, int64_t n, int64_t m
         if (dtype != CE_Q8_0) {
             const int64_t nb = c->K / 32;
             x[0] = c->xq + m * c->K, x[1] = c->xq + (m + R - 1) * c->K;
-            sq[0] = c->sq + m * nb, sq[1] = c->sq + (m + R - 1) * nb;
+            sq[0] = c->sq + 2 * m * nb, sq[1] = c->sq + 2 * (m + R - 1) * nb;
         }
         dot_tile_q(dtype, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, res);
     } else {
@@ -530,13 +551,13 @@ ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, cons
         c.scratch_floats = 0;
         if (w->dtype == CE_Q4_0 || w->dtype == CE_Q4_1) { /* xq and sq: x as q4_bits reads it */
             int64_t nb = K / 32;
-            float *xq = aligned_alloc(64, (size_t)((M * (K + nb) * 4 + 63) / 64 * 64));
+            float *xq = aligned_alloc(64, (size_t)((M * (K + 2 * nb) * 4 + 63) / 64 * 64));
             if (!xq) {
                 st = ce_fail(CE_ERR_NOMEM, "matmul: out of memory");
                 goto done;
             }
             for (int64_t m = 0; m < M; m++)
-                c.xq_unscale[m] = build_xq(xr[m], K, xq + m * K, w->dtype == CE_Q4_1 ? xq + M * K + m * nb : NULL);
+                c.xq_unscale[m] = build_xq(xr[m], K, xq + m * K, w->dtype == CE_Q4_1 ? xq + M * K + 2 * m * nb : NULL);
             c.xq = xq;
             c.sq = xq + M * K;
         }
