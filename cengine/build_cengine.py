@@ -90,5 +90,6 @@ ffibuilder.set_source(
 if __name__ == "__main__":
     # `python cengine/build_cengine.py` builds in place, for quick C iterations.
     os.chdir(ROOT)
-    ffibuilder.compile(verbose=True, tmpdir=os.path.join(ROOT, "build", "cffi"))
+    # tmpdir "." : cffi compiles from tmpdir, and the source paths are relative to ROOT
+    ffibuilder.compile(verbose=True, tmpdir=".")
     sys.exit(0)
