@@ -16,6 +16,8 @@ import tempfile
 from cffi import FFI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__":
+    os.chdir(ROOT)  # the in-place build below: source paths are made relative to the root
 HEADER = os.path.join("cengine", "include", "cengine.h")
 
 
@@ -88,8 +90,7 @@ ffibuilder.set_source(
 )
 
 if __name__ == "__main__":
-    # `python cengine/build_cengine.py` builds in place, for quick C iterations.
-    os.chdir(ROOT)
-    # tmpdir "." : cffi compiles from tmpdir, and the source paths are relative to ROOT
+    # `python cengine/build_cengine.py` (from any directory) builds in place, for quick C
+    # iterations. cffi compiles from tmpdir, so it must be the root the source paths start from.
     ffibuilder.compile(verbose=True, tmpdir=".")
     sys.exit(0)
