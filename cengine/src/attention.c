@@ -513,9 +513,7 @@ ce_status ce_attention(ce_tensor *out, const ce_tensor *q, const ce_tensor *k, c
     }
     /* a unit costs about 4 * D * keys flops per head; keep small calls on the calling thread */
     work *= Hq * D;
-    int64_t nt = work / 131072 + 1;
-    if (nt > units) nt = units;
-    ce_parallel_n(attn_task, &c, (int)(nt < 256 ? nt : 256));
+    ce_parallel_n(attn_task, &c, ce_tasks(work, 131072, units));
     if (prows && !atomic_load(&c.nomem)) {
         int64_t rows = prows / 2, cw = prows * (D + 2) + (probs ? rows * n_kv : 0); /* rows >= prows / nch */
         int64_t ct = cw / 65536 + 1;

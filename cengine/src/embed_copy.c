@@ -126,8 +126,7 @@ ce_status ce_embedding(ce_tensor *out, const ce_tensor *w, const ce_tensor *ids)
                            id[i], (long long)i, (long long)(V - 1), (long long)V);
     if (n == 0 || D == 0) return CE_OK;
     embed_ctx c = {out, w, id, n, D};
-    int64_t nt = n * D / 32768 + 1;
-    ce_parallel_n(embed_task, &c, (int)(nt < n ? (nt < 256 ? nt : 256) : n));
+    ce_parallel_n(embed_task, &c, ce_tasks(n * D, 32768, n));
     return CE_OK;
 }
 
@@ -198,9 +197,7 @@ ce_status ce_copy(ce_tensor *dst, const ce_tensor *src) {
             convert_run(elem_ptr(dst, e), dst->dtype, 0, elem_ptr(src, e), src->dtype, 0, 1);
         return CE_OK;
     }
-    int64_t nt = n / 65536 + 1;
-    int64_t units = c.flat ? (n + 255) / 256 : c.rows;
-    ce_parallel_n(copy_task, &c, (int)(nt < units ? (nt < 256 ? nt : 256) : units));
+    ce_parallel_n(copy_task, &c, ce_tasks(n, 65536, c.flat ? (n + 255) / 256 : c.rows));
     if (atomic_load(&c.nomem))
         return ce_fail(CE_ERR_NOMEM, "copy: out of memory for a row of %lld", (long long)c.cols);
     return CE_OK;

@@ -31,6 +31,14 @@ void ce_parallel(ce_task_fn fn, void *ctx);
 /* Same, but with at most max_threads threads (small ops are not worth waking the pool for). */
 void ce_parallel_n(ce_task_fn fn, void *ctx, int max_threads);
 
+/* Tasks for an op over `units` independent rows costing `work` element-steps: one per `grain` of
+ * work, at least 1, at most one per row and at most 256 (small ops are not worth waking the pool). */
+static inline int ce_tasks(int64_t work, int64_t grain, int64_t units) {
+    int64_t nt = work / grain + 1;
+    if (nt > units) nt = units;
+    return (int)(nt < 256 ? nt : 256);
+}
+
 /* [lo, hi) share of n items for thread ith of nth, in chunks of `align` items. */
 static inline void ce_split(int64_t n, int ith, int nth, int64_t align, int64_t *lo, int64_t *hi) {
     int64_t chunks = (n + align - 1) / align;

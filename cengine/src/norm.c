@@ -96,8 +96,7 @@ ce_status ce_rmsnorm(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, flo
         return ce_fail(CE_ERR_ARG, "rmsnorm: eps must be finite and >= 0, got %g", (double)eps);
     if (rows == 0) return CE_OK;
     rms_ctx c = {out, x, w, eps, rows, cols};
-    int64_t nt = rows * cols / 16384 + 1;
-    ce_parallel_n(rms_task, &c, (int)(nt < rows ? (nt < 256 ? nt : 256) : rows));
+    ce_parallel_n(rms_task, &c, ce_tasks(rows * cols, 16384, rows));
     return CE_OK;
 }
 
@@ -156,7 +155,6 @@ ce_status ce_softmax(ce_tensor *out, const ce_tensor *x, float scale) {
         return ce_fail(CE_ERR_ARG, "softmax: scale must be finite and > 0, got %g", (double)scale);
     if (rows == 0) return CE_OK;
     softmax_ctx c = {out, x, scale, rows, cols};
-    int64_t nt = rows * cols / 16384 + 1;
-    ce_parallel_n(softmax_task, &c, (int)(nt < rows ? (nt < 256 ? nt : 256) : rows));
+    ce_parallel_n(softmax_task, &c, ce_tasks(rows * cols, 16384, rows));
     return CE_OK;
 }

@@ -104,8 +104,7 @@ ce_status ce_rope(ce_tensor *x, const ce_tensor *pos, int64_t head_dim, int64_t 
         inv_freq[i] = 1.0f / (float)pow((double)theta, (double)e);
     }
     rope_ctx c = {x, pp, inv_freq, T, H, head_dim, n_rot, mode, 0};
-    int64_t nt = T * H * n_rot / 8192 + 1;
-    ce_parallel_n(rope_task, &c, (int)(nt < T ? (nt < 256 ? nt : 256) : T));
+    ce_parallel_n(rope_task, &c, ce_tasks(T * H * n_rot, 8192, T));
     free(inv_freq);
     if (atomic_load(&c.nomem)) return ce_fail(CE_ERR_NOMEM, "rope: out of memory for cos/sin tables");
     return CE_OK;
