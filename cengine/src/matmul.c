@@ -206,7 +206,8 @@ AI void dot_tile_q(int dtype, int P, int R, const char *w0, int64_t ws, const fl
                 /* keep x in registers: gcc would rather reload it for every row */
                 __asm__("" : "+x"(xv[r][i]));
             }
-            if (dtype == CE_Q4_1) sv[r] = _mm256_castpd_ps(_mm256_broadcast_sd((const double *)(sq[r] + 2 * b)));
+            if (dtype == CE_Q4_1) /* the pair (0, S_b), through a may-alias vector load */
+                sv[r] = _mm256_castsi256_ps(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)(sq[r] + 2 * b))));
         }
         if (dtype == CE_Q4_1) { /* the (d, m) pairs of the P rows, converted at once: lanes 2p, 2p + 1 */
             __m128i dm = _mm_cvtsi32_si128(ld_i32(blk));
