@@ -304,12 +304,14 @@ static void gemv_task(void *p, int ith, int nth) {
     int64_t lo, hi;
     ce_split(c->N, ith, nth, NR, &lo, &hi);
     if (lo >= hi) return;
-    /* q4_bits feeds subnormals to the FMAs: a caller's denormals-are-zero mode would zero them */
+    /* q4_bits feeds subnormals to the FMAs and Q4_0 subtracts on them: a caller's
+     * denormals-are-zero (bit 6) or flush-to-zero (bit 15) mode would zero them. Libraries built
+     * with -ffast-math set both for the whole process when they load. */
     const int q4 = c->dtype == CE_Q4_0 || c->dtype == CE_Q4_1;
-    const unsigned csr = _mm_getcsr();
-    if (q4 && (csr & 0x40)) _mm_setcsr(csr & ~0x40u);
+    const unsigned csr = _mm_getcsr(), dazftz = 0x8040;
+    if (q4 && (csr & dazftz)) _mm_setcsr(csr & ~dazftz);
     gemvs[c->dtype](c, lo, hi);
-    if (q4 && (csr & 0x40)) _mm_setcsr(csr);
+    if (q4 && (csr & dazftz)) _mm_setcsr(csr);
 }
 
 /* ---- GEMM ---- */

@@ -86,8 +86,8 @@ CE_INLINE void ld32_q4_1(const void *row, int64_t b, __m256 v[4]) {
  * for k = 3), and element 4j + k + 16h of the block (dword j, byte 4j + k, high nibble when h).
  * The caller scales x by 2^(E - sh) and the dot product by 2^(149 - E): powers of two, so every
  * product and sum rounds exactly as q * x would (build_xq picks E to keep them normal). Zen 3 and
- * recent Intel cores take subnormal FMA inputs at full speed; denormals-are-zero mode must be
- * off (the GEMV clears it for its own duration). Q4_0 (sub8) subtracts 8 on the same grid, which
+ * recent Intel cores take subnormal FMA inputs at full speed; denormals-are-zero and
+ * flush-to-zero modes must be off (the GEMV clears them for its own duration). Q4_0 (sub8) subtracts 8 on the same grid, which
  * is exact: q - 8 in place of q, with no offset term to cancel against. */
 CE_INLINE void q4_bits(const uint8_t *qs, int sub8, __m256 v[4]) {
     const __m256i m0 = _mm256_setr_epi32(0xF, 0xF, 0xF, 0xF, 0xF0, 0xF0, 0xF0, 0xF0);

@@ -192,6 +192,52 @@ def test_q4_gemv_holds_at_any_activation_scale(dtype):
     assert not any(math.isfinite(v) for v in F.matmul(Tensor.from_list(bad, (m, k)), wt).to_list())
 
 
+@pytest.fixture(scope="module")
+def mxcsr(tmp_path_factory):
+    """get/set of this thread's SSE control register, from a tiny cffi module built here (a library
+    compiled with -ffast-math sets denormals-are-zero in the whole process when it loads)."""
+    import importlib.util
+    import platform
+
+    import cffi
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("MXCSR is an x86 register")
+    builder = cffi.FFI()
+    builder.cdef("unsigned get_csr(void); void set_csr(unsigned);")
+    builder.set_source("_mxcsr_for_tests", "#include <xmmintrin.h>\n"
+                       "unsigned get_csr(void) { return _mm_getcsr(); }\n"
+                       "void set_csr(unsigned v) { _mm_setcsr(v); }\n")
+    path = builder.compile(tmpdir=str(tmp_path_factory.mktemp("mxcsr")))
+    spec = importlib.util.spec_from_file_location("_mxcsr_for_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.lib
+
+
+@pytest.mark.parametrize("dtype", ["Q4_0", "Q4_1"])
+def test_q4_gemv_ignores_denormals_are_zero_mode(mxcsr, dtype):
+    """q4_bits feeds the nibbles to the FMAs as subnormal floats; with the caller's DAZ/FTZ bits set
+    they would read as zero. The GEMV clears them for its own duration, on every pool thread."""
+    m, n, k = 1, 1536, 576  # large enough to use both threads
+    x, xt, wt = make(m, n, k, dtype, 23)
+    B.set_threads(2)
+    want = F.matmul(xt, wt).to_list()
+    check_against_reference(want, [x], decode_weights(wt), pairs=sample_pairs(m, n, 5))
+    saved = mxcsr.get_csr()
+    try:
+        mxcsr.set_csr(saved | 0x8040)  # DAZ (bit 6) and FTZ (bit 15)
+        tiny = float("5e-324")
+        assert tiny * 1.0 == 0.0  # the mode is really on (Python floats are SSE doubles)
+        B.set_threads(1)
+        B.set_threads(2)  # new workers inherit the caller's MXCSR
+        assert F.matmul(xt, wt).to_list() == want
+        assert mxcsr.get_csr() & ~0x3F == (saved | 0x8040) & ~0x3F  # the caller's modes stay (not its flags)
+    finally:
+        mxcsr.set_csr(saved)
+        B.set_threads(1)  # workers made under DAZ must not outlive this test
+        B.set_threads(2)
+
+
 def test_threads_bit_identical_on_model_shapes():
     """Decode (M=1) and prefill shapes of the default model, large enough to use both threads."""
     for dtype in ("Q4_1", "BF16"):
