@@ -198,10 +198,9 @@ static inline int ld_i32(const void *p) {
 /* res[p * R + r] = w[p] . x[r] for the P weight rows of a tile starting at w0 (row stride ws) and
  * R rows of x (Q4: xq rows, with their block sums sq and unscaling factors us). */
 AI void dot_tile_q(int dtype, int P, int R, const char *w0, int64_t ws, const float *const *x,
-                   const float *const *sq, const float *us, int64_t nb, float *res) {
+                   const float *const *sq, const float *us, int64_t nb, const char *pf, float *res) {
     const int64_t bb = dtype == CE_Q8_0 ? 34 : dtype == CE_Q4_0 ? 18 : 20;
     const int npf = (int)((P * bb + 63) / 64);
-    const char *pf = w0 + PF_TILES * P * ws; /* a tile ahead */
     __m256 acc[4], macc[2];
     for (int t = 0; t < P * R; t++) acc[t] = _mm256_setzero_ps();
     for (int r = 0; r < R; r++) macc[r] = _mm256_setzero_ps();
@@ -250,9 +249,16 @@ AI void dot_tile_q(int dtype, int P, int R, const char *w0, int64_t ws, const fl
 enum { GEMV_P = 4 }; /* weight rows per tile of block dtypes when x has one row left */
 enum { XQ_LOCAL = 8192 }; /* floats: Q4 GEMVs whose xq fits build it per thread (K up to ~7900 at M = 1) */
 
-/* res[p * R + r] = w[n + p] . x[m + r] for P weight rows and R rows of x. */
-AI void gemv_tile(int dtype, int P, int R, const mm_ctx *c, int64_t n, int64_t m, float *res) {
+/* res[p * R + r] = w[n + p] . x[m + r] for P weight rows and R rows of x; the thread's rows end
+ * at hi. */
+AI void gemv_tile(int dtype, int P, int R, const mm_ctx *c, int64_t n, int64_t hi, int64_t m, float *res) {
     const char *w0 = w_at(c, n, 0);
+    /* The kernels prefetch the tile PF_TILES (block dtypes; 1 otherwise) ahead of this one. Past
+     * the thread's rows that would fetch another thread's rows (or the next tensor) from DRAM for
+     * nothing, so there they prefetch from x instead, which is in L1 already (the F32/F16/BF16 walk
+     * runs a little past it: harmless, prefetches never fault). */
+    const int ahead = is_block(dtype) ? PF_TILES : 1;
+    const char *pf = n + (ahead + 1) * P <= hi ? w0 + ahead * P * c->wstride : (const char *)c->xr[m];
     if (is_block(dtype)) {
         const float *x[2] = {c->xr[m], c->xr[m + R - 1]}, *sq[2] = {NULL, NULL};
         if (dtype != CE_Q8_0) {
@@ -260,10 +266,10 @@ AI void gemv_tile(int dtype, int P, int R, const mm_ctx *c, int64_t n, int64_t m
             x[0] = c->xq + m * c->K, x[1] = c->xq + (m + R - 1) * c->K;
             sq[0] = c->sq + 2 * m * nb, sq[1] = c->sq + 2 * (m + R - 1) * nb;
         }
-        dot_tile_q(dtype, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, res);
+        dot_tile_q(dtype, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
     } else {
         const void *w[2] = {w0, w0 + (P - 1) * c->wstride};
-        dot_tile(dtype, P, R, w, c->xr + m, c->K, w0 + P * c->wstride, res);
+        dot_tile(dtype, P, R, w, c->xr + m, c->K, pf, res);
     }
 }
 
@@ -274,7 +280,7 @@ AI void gemv_rows(int dtype, int R, const mm_ctx *c, int64_t lo, int64_t hi, int
     int64_t n = lo;
     if (R == 2) {
         for (; n < hi; n++) {
-            gemv_tile(dtype, 1, 2, c, n, m, res);
+            gemv_tile(dtype, 1, 2, c, n, hi, m, res);
             c->outr[m][n] = add_bias(c, res[0], n);
             c->outr[m + 1][n] = add_bias(c, res[1], n);
         }
@@ -282,16 +288,16 @@ AI void gemv_rows(int dtype, int R, const mm_ctx *c, int64_t lo, int64_t hi, int
     }
     if (is_block(dtype))
         for (; n + GEMV_P <= hi; n += GEMV_P) {
-            gemv_tile(dtype, GEMV_P, 1, c, n, m, res);
+            gemv_tile(dtype, GEMV_P, 1, c, n, hi, m, res);
             for (int p = 0; p < GEMV_P; p++) c->outr[m][n + p] = add_bias(c, res[p], n + p);
         }
     for (; n + 2 <= hi; n += 2) {
-        gemv_tile(dtype, 2, 1, c, n, m, res);
+        gemv_tile(dtype, 2, 1, c, n, hi, m, res);
         c->outr[m][n] = add_bias(c, res[0], n);
         c->outr[m][n + 1] = add_bias(c, res[1], n + 1);
     }
     if (n < hi) {
-        gemv_tile(dtype, 1, 1, c, n, m, res);
+        gemv_tile(dtype, 1, 1, c, n, hi, m, res);
         c->outr[m][n] = add_bias(c, res[0], n);
     }
 }
