@@ -250,6 +250,23 @@ def test_threads_bit_identical_on_model_shapes():
             assert F.matmul(xt, wt).to_list() == one
 
 
+@pytest.mark.parametrize("dtype", ["Q8_0", "Q4_1", "F16"])
+def test_gemv_work_stealing_covers_every_row_once(dtype):
+    """GEMV threads take their rows piece by piece and steal from each other (matmul.c,
+    rng_take): with more threads than cores (so they fall behind one another at random) every
+    output row must still be written once, with the same bits as one thread gives."""
+    m, n, k = 1, 2000, 576  # not a multiple of the 16-row alignment
+    _, xt, wt = make(m, n, k, dtype, 77)
+    B.set_threads(1)
+    one = F.matmul(xt, wt).to_list()
+    for threads in (3, 4, 7):
+        B.set_threads(threads)
+        for _ in range(5):
+            out = Tensor.from_list([float("nan")] * n, (m, n))
+            F.matmul(xt, wt, out=out)
+            assert out.to_list() == one, threads
+
+
 def test_empty_and_degenerate_shapes():
     w = Tensor.from_list(rand_list(3 * 32, 1), (3, 32), "Q8_0")
     out = F.matmul(Tensor((0, 32)), w)
