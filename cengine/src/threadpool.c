@@ -4,6 +4,11 @@
  * between them: after a job a worker spins on the job counter for a short while (CE_SPIN_SECONDS)
  * and only then blocks on a condition variable. The caller is thread 0 and works too.
  * Dekker-style seq_cst ordering on (gen, sleepers) makes the spin/sleep hand-off race free.
+ * Every spin (a worker waiting for a job, the caller waiting for the workers) yields the core
+ * after CE_SPIN_YIELD pauses (~6 us, longer than the gap between two ops of a step): when there
+ * are more runnable threads than cores (more threads than cores were asked for, or another
+ * program is busy) the thread we wait for may be the one we are keeping off the core. Measured
+ * on 2 cores with 3 threads: decode-sized GEMVs 0.2 -> 9.5 GB/s; no change with 2.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -13,6 +18,7 @@
 #include "internal.h"
 
 #define CE_SPIN_SECONDS 0.002
+#define CE_SPIN_YIELD 200 /* pauses (~30 ns each on Zen 3) before a spin starts yielding */
 
 int ce_simd_on = CE_HAVE_AVX2;
 
@@ -49,7 +55,8 @@ static void *worker_main(void *arg) {
         int spins = 0;
         while (atomic_load(&pool.gen) == seen && !atomic_load(&pool.stop)) {
             cpu_relax();
-            if (++spins % 1024 == 0 && ce_now() - t0 > CE_SPIN_SECONDS) {
+            if (++spins > CE_SPIN_YIELD) sched_yield();
+            if (spins % 1024 == 0 && ce_now() - t0 > CE_SPIN_SECONDS) {
                 pthread_mutex_lock(&pool.mu);
                 atomic_fetch_add(&pool.sleepers, 1);
                 while (atomic_load(&pool.gen) == seen && !atomic_load(&pool.stop))
@@ -141,7 +148,11 @@ void ce_parallel_n(ce_task_fn fn, void *ctx, int max_threads) {
         pthread_mutex_unlock(&pool.mu);
     }
     fn(ctx, 0, n);
-    while (atomic_load(&pool.pending) > 0) cpu_relax();
+    for (int spins = 0; atomic_load(&pool.pending) > 0;) {
+        cpu_relax();
+        if (spins < CE_SPIN_YIELD) spins++;
+        else sched_yield();
+    }
     pthread_mutex_unlock(&config_mu);
 }
 
