@@ -12,8 +12,9 @@
  * row is computed by exactly one thread in a fixed order, so results are bit-identical for any
  * thread count; the chunks let both threads share a single long decode query.
  *
- * Units are dealt round-robin to threads (later queries of a prefill have more chunks, so this
- * balances). SIMD kernels (D % 8 == 0) block registers over heads of the group: q.k for up to 3 heads x
+ * Threads claim units (and combined rows) one at a time from an atomic counter, in order, so
+ * whichever threads run share them (ce_parallel_dyn: a thread kept off its core is not waited
+ * for). SIMD kernels (D % 8 == 0) block registers over heads of the group: q.k for up to 3 heads x
  * 4 keys (12 8-lane accumulators, reduced by an hadd tree), e.V for up to 3 heads x 32 dims over a
  * 32-key block of V; every loaded k or v vector feeds up to 3 FMAs. F16 caches are widened with F16C into a small per-thread buffer. Other D and
  * ce_simd_on == 0 take per-row dot / axpy kernels (the scalar twin). All accumulation is F32.
@@ -39,6 +40,7 @@ typedef struct {
     float *part;       /* entries of D + 2 floats: a[D], m, z; (t, h, c) at part_off[t] + h * nch + c */
     int simd;          /* the SIMD kernels apply (ce_simd_on and D % 8 == 0) */
     atomic_int nomem;
+    atomic_llong next_unit, next_row; /* the first unit / combined row no thread has claimed */
 } attn_ctx;
 
 #define AT(t, i, j) ((char *)(t)->data + (i) * (t)->stride[0] + (j) * (t)->stride[1])
@@ -375,14 +377,16 @@ static void attn_unit(attn_ctx *c, int64_t t, int64_t hk, int64_t ch, float *S, 
 }
 
 static void attn_task(void *p, int ith, int nth) {
+    (void)ith, (void)nth;
     attn_ctx *c = p;
-    int64_t G = c->G, D = c->D, u = 0;
+    int64_t G = c->G, D = c->D, u = 0, mine = atomic_fetch_add(&c->next_unit, 1);
     float *scr = NULL;
     for (int64_t t = 0; t < c->T; t++) {
         int64_t nch = n_chunks((int64_t)c->pos[t] + 1);
         for (int64_t hk = 0; hk < c->Hkv; hk++)
             for (int64_t ch = 0; ch < nch; ch++, u++) {
-                if (u % nth != ith) continue;
+                if (u != mine) continue; /* claims only grow: walk on to the one we hold */
+                mine = atomic_fetch_add(&c->next_unit, 1);
                 if (!scr) {
                     scr = malloc((size_t)(G * KC + G * D + 2 * G + VB * D) * sizeof(float));
                     if (!scr) { atomic_store(&c->nomem, 1); return; }
@@ -395,13 +399,15 @@ static void attn_task(void *p, int ith, int nth) {
 
 /* merges the chunks of every multi-chunk (t, h) row, in chunk order */
 static void combine_task(void *p, int ith, int nth) {
+    (void)ith, (void)nth;
     attn_ctx *c = p;
-    int64_t D = c->D, u = 0;
+    int64_t D = c->D, u = 0, mine = atomic_fetch_add(&c->next_row, 1);
     for (int64_t t = 0; t < c->T; t++) {
         if (c->part_off[t] < 0) continue;
         int64_t n = (int64_t)c->pos[t] + 1, nch = n_chunks(n);
         for (int64_t h = 0; h < c->Hq; h++, u++) {
-            if (u % nth != ith) continue;
+            if (u != mine) continue;
+            mine = atomic_fetch_add(&c->next_row, 1);
             const float *e = c->part + (c->part_off[t] + h * nch) * (D + 2);
             float M = -INFINITY, Z = 0.0f;
             for (int64_t ch = 0; ch < nch; ch++) if (e[ch * (D + 2) + D] > M) M = e[ch * (D + 2) + D];
@@ -494,7 +500,7 @@ ce_status ce_attention(ce_tensor *out, const ce_tensor *q, const ce_tensor *k, c
         work += (int64_t)pp[t] + 1;
         if (nch > 1) prows += Hq * nch;
     }
-    attn_ctx c = {out, probs, q, k, v, pp, T, Hq, Hkv, D, n_kv, Hq / Hkv, scale, NULL, NULL, 0, 0};
+    attn_ctx c = {out, probs, q, k, v, pp, T, Hq, Hkv, D, n_kv, Hq / Hkv, scale, NULL, NULL, 0, 0, 0, 0};
 #if CE_HAVE_AVX2
     c.simd = ce_simd_on && D % 8 == 0;
 #endif
@@ -513,12 +519,12 @@ ce_status ce_attention(ce_tensor *out, const ce_tensor *q, const ce_tensor *k, c
     }
     /* a unit costs about 4 * D * keys flops per head; keep small calls on the calling thread */
     work *= Hq * D;
-    ce_parallel_n(attn_task, &c, ce_tasks(work, 131072, units));
+    ce_parallel_dyn(attn_task, &c, ce_tasks(work, 131072, units));
     if (prows && !atomic_load(&c.nomem)) {
         int64_t rows = prows / 2, cw = prows * (D + 2) + (probs ? rows * n_kv : 0); /* rows >= prows / nch */
         int64_t ct = cw / 65536 + 1;
         if (ct > rows) ct = rows;
-        ce_parallel_n(combine_task, &c, (int)(ct < 256 ? ct : 256));
+        ce_parallel_dyn(combine_task, &c, (int)(ct < 256 ? ct : 256));
     }
     free(mem);
     if (atomic_load(&c.nomem))

@@ -30,6 +30,12 @@ typedef void (*ce_task_fn)(void *ctx, int ith, int nth);
 void ce_parallel(ce_task_fn fn, void *ctx);
 /* Same, but with at most max_threads threads (small ops are not worth waking the pool for). */
 void ce_parallel_n(ce_task_fn fn, void *ctx, int max_threads);
+/* For tasks that hand out their work through atomics in ctx, so that any subset of the threads
+ * (the caller alone included) finishes all of it: workers that have not started by the time the
+ * caller runs out of work are left out, instead of waited for. A worker kept off its core (more
+ * threads than cores, another busy program) then costs nothing. fn must still give the same
+ * bits whichever thread takes which piece. */
+void ce_parallel_dyn(ce_task_fn fn, void *ctx, int max_threads);
 
 /* Tasks for an op over `units` independent rows costing `work` element-steps: one per `grain` of
  * work, at least 1, at most one per row and at most 256 (small ops are not worth waking the pool). */

@@ -337,7 +337,7 @@ enum { GEMV_CHUNK = 32 }; /* the smallest piece an owner takes, in rows */
 
 static inline uint64_t rng_pack(int64_t lo, int64_t hi) { return (uint64_t)lo | (uint64_t)hi << 32; }
 
-/* take [lo, hi) from the bottom (owner) or the upper half (thief) of range r; 0 when too little is left */
+/* take [lo, hi) from the bottom (owner) or the upper half (thief) of range r; 0 when it is empty */
 static int rng_take(_Atomic uint64_t *r, int thief, int64_t *lo, int64_t *hi) {
     uint64_t v = atomic_load_explicit(r, memory_order_relaxed);
     for (;;) {
@@ -352,9 +352,9 @@ static int rng_take(_Atomic uint64_t *r, int thief, int64_t *lo, int64_t *hi) {
                 return 1;
             }
         } else {
-            int64_t mid = (a + (b - a) / 2 + NR - 1) / NR * NR; /* keep the owner's next chunk */
-            if (mid < a + GEMV_CHUNK) mid = a + GEMV_CHUNK;
-            if (mid >= b) return 0;
+            if (a >= b) return 0;
+            int64_t mid = (a + (b - a) / 2 + NR - 1) / NR * NR; /* the upper half, or all of a small rest */
+            if (mid >= b) mid = a;
             if (atomic_compare_exchange_weak_explicit(r, &v, rng_pack(a, mid), memory_order_relaxed, memory_order_relaxed)) {
                 *lo = mid, *hi = b;
                 return 1;
@@ -387,12 +387,12 @@ static void gemv_chunks(const mm_ctx *c, int ith, int nth) {
             gemvs[c->dtype](c, lo, hi, pfhi);
         }
     }
+    /* then the others' rests, until every range is empty: whichever threads run (ce_parallel_dyn
+     * may leave late ones out) compute every row */
+    (void)nth;
     for (int k = 1; k < c->nranges + (ith >= c->nranges); k++) {
         int j = (ith + k) % c->nranges;
-        /* a range whose owner is not running (the pool shrank after ce_matmul sized the split:
-         * another thread called ce_set_threads) is drained whole, not halved */
-        int thief = j < nth;
-        while (rng_take(&c->ranges[j].v, thief, &lo, &hi)) {
+        while (rng_take(&c->ranges[j].v, 1, &lo, &hi)) {
             prefetch_start(c, lo, hi);
             gemvs[c->dtype](c, lo, hi, hi);
         }
@@ -704,7 +704,10 @@ ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, cons
     } else if (fn == gemv_task) {
         nth = 1;
     }
-    ce_parallel_n(fn, &c, nth);
+    if (c.ranges)
+        ce_parallel_dyn(fn, &c, nth);
+    else
+        ce_parallel_n(fn, &c, nth);
     free(c.scratch);
     free((void *)c.xq);
 done:
