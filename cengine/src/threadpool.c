@@ -29,7 +29,7 @@ int ce_simd_on = CE_HAVE_AVX2;
 static struct {
     int n;                      /* threads including the caller */
     pthread_t *workers;         /* [n - 1] */
-    atomic_ulong gen;           /* bumped once per job */
+    atomic_ulong gen;           /* +2 per job; odd while the caller is writing the next one */
     atomic_int pending;         /* static jobs: workers still running the current job */
     _Atomic uint64_t state;     /* dynamic jobs: (gen & 0xffffffff) << 32 | CLOSED | workers joined */
     atomic_int done;            /* dynamic jobs: joined workers that have finished */
@@ -66,7 +66,9 @@ static void *worker_main(void *arg) {
         /* spin, then sleep, until a new job (or stop) arrives */
         double t0 = ce_now();
         int spins = 0;
-        while (atomic_load(&pool.gen) == seen && !atomic_load(&pool.stop)) {
+        unsigned long g;
+        /* gen is odd while the caller writes a job: wait for a new, even one */
+        while (((g = atomic_load(&pool.gen)) == seen || (g & 1)) && !atomic_load(&pool.stop)) {
             cpu_relax();
             if (++spins > CE_SPIN_YIELD) sched_yield();
             if (spins % 1024 == 0 && ce_now() - t0 > CE_SPIN_SECONDS) {
@@ -79,12 +81,13 @@ static void *worker_main(void *arg) {
             }
         }
         if (atomic_load(&pool.stop)) return NULL;
-        unsigned long g = atomic_load(&pool.gen);
         ce_task_fn fn = atomic_load_explicit(&pool.fn, memory_order_relaxed);
         void *ctx = atomic_load_explicit(&pool.ctx, memory_order_relaxed);
         int active = atomic_load_explicit(&pool.active, memory_order_relaxed);
         int dynamic = atomic_load_explicit(&pool.dynamic, memory_order_relaxed);
-        /* A dynamic job can be over, and the next one being posted, while we read: start again */
+        /* Seqlock: a worker late for a dynamic job can find the caller already writing the next
+         * one; what it read is job g's only if gen did not move meanwhile. Else look again. */
+        atomic_thread_fence(memory_order_acquire);
         if (atomic_load(&pool.gen) != g) continue;
         seen = g;
         if (!dynamic) {
@@ -181,11 +184,14 @@ static void run_job(ce_task_fn fn, void *ctx, int max_threads, int dynamic) {
     /* Ops are issued from one Python thread at a time (the GIL is released inside calls, so
      * guard against two Python threads sharing the pool). */
     pthread_mutex_lock(&config_mu);
+    /* only this (locked) caller changes gen: odd while the job is written, even once posted */
+    unsigned long g = atomic_load(&pool.gen) + 2;
+    atomic_store(&pool.gen, g - 1);
+    atomic_thread_fence(memory_order_release);
     atomic_store_explicit(&pool.fn, fn, memory_order_relaxed);
     atomic_store_explicit(&pool.ctx, ctx, memory_order_relaxed);
     atomic_store_explicit(&pool.active, n, memory_order_relaxed);
     atomic_store_explicit(&pool.dynamic, dynamic, memory_order_relaxed);
-    unsigned long g = atomic_load(&pool.gen) + 1; /* only this (locked) caller changes gen */
     if (dynamic) {
         atomic_store(&pool.done, 0);
         atomic_store(&pool.state, job_tag(g));
