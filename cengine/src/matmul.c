@@ -50,6 +50,7 @@ typedef struct {
     int64_t scratch_floats;    /* floats per thread */
     int split_rows;            /* GEMM with few columns: threads split M instead of N */
     struct gemv_range *ranges; /* GEMV: [nranges] rows each thread has left, (lo, hi) in 64 bits */
+    _Atomic int64_t *next_unit; /* GEMM: the first work unit no thread has claimed */
     int nranges;               /* or 0 (ranges NULL): one thread runs all rows */
 } mm_ctx;
 
@@ -533,16 +534,28 @@ MICRO_FN(5)
 MICRO_FN(6)
 static const micro_fn micros[MR + 1] = {NULL, micro_1, micro_2, micro_3, micro_4, micro_5, micro_6};
 
+/* GEMM work units, claimed in order by whichever threads run (ce_parallel_dyn): NC-column panels
+ * of the output, or with few columns (split_rows) GEMM_ROWS-row slices. Each output element is
+ * still computed whole by one thread in a fixed order, so the bits do not depend on who ran. */
+enum { GEMM_ROWS = 16 * MR };
+
+static void gemm_unit(const mm_ctx *c, float *bp, float *tmp, int64_t n_lo, int64_t n_hi, int64_t m_lo, int64_t m_hi);
+
 static void gemm_task(void *p, int ith, int nth) {
+    (void)nth;
     const mm_ctx *c = p;
     float *bp = c->scratch + (int64_t)ith * c->scratch_floats; /* [NC * KC], 64-byte aligned */
     float *tmp = bp + NC * KC;                                  /* [NR * KC] dequantized rows */
-    int64_t n_lo = 0, n_hi = c->N, m_lo = 0, m_hi = c->M;
-    if (c->split_rows)
-        ce_split(c->M, ith, nth, MR, &m_lo, &m_hi);
-    else
-        ce_split(c->N, ith, nth, NR, &n_lo, &n_hi);
-    if (n_lo >= n_hi || m_lo >= m_hi) return;
+    const int64_t units = c->split_rows ? (c->M + GEMM_ROWS - 1) / GEMM_ROWS : (c->N + NC - 1) / NC;
+    for (int64_t u; (u = atomic_fetch_add(c->next_unit, 1)) < units;) {
+        if (c->split_rows)
+            gemm_unit(c, bp, tmp, 0, c->N, u * GEMM_ROWS, c->M < (u + 1) * GEMM_ROWS ? c->M : (u + 1) * GEMM_ROWS);
+        else
+            gemm_unit(c, bp, tmp, u * NC, c->N < (u + 1) * NC ? c->N : (u + 1) * NC, 0, c->M);
+    }
+}
+
+static void gemm_unit(const mm_ctx *c, float *bp, float *tmp, int64_t n_lo, int64_t n_hi, int64_t m_lo, int64_t m_hi) {
     for (int64_t n0 = n_lo; n0 < n_hi; n0 += NC) {
         int64_t nc = n_hi - n0 < NC ? n_hi - n0 : NC;
         for (int64_t k0 = 0; k0 < c->K; k0 += KC) {
@@ -691,7 +704,10 @@ ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, cons
             goto done;
         }
     }
+    int dynamic = 0; /* the SIMD paths hand out work through atomics (ce_parallel_dyn) */
+#if CE_HAVE_AVX2
     struct gemv_range ranges[GEMV_MAX_THREADS];
+    _Atomic int64_t next_unit = 0;
     if (fn == gemv_task && nth > 1 && N <= UINT32_MAX) { /* else one thread runs it all (gemv_chunks) */
         if (nth > GEMV_MAX_THREADS) nth = GEMV_MAX_THREADS;
         for (int i = 0; i < nth; i++) {
@@ -701,10 +717,15 @@ ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, cons
         }
         c.ranges = ranges;
         c.nranges = nth;
+        dynamic = 1;
     } else if (fn == gemv_task) {
         nth = 1;
+    } else if (fn == gemm_task) {
+        c.next_unit = &next_unit;
+        dynamic = 1;
     }
-    if (c.ranges)
+#endif
+    if (dynamic)
         ce_parallel_dyn(fn, &c, nth);
     else
         ce_parallel_n(fn, &c, nth);

@@ -54,3 +54,18 @@ def test_threads_and_simd_settings():
     assert backend.get_simd() is False
     backend.set_simd(True)
     assert backend.get_simd() == was
+
+
+def test_portable_build_compiles(tmp_path):
+    """TOOLKIT_PORTABLE=1 builds without -march=native: the AVX2 kernels drop out and the scalar
+    twins must stand alone (code outside the `#if CE_HAVE_AVX2` blocks may not use SIMD-only names)."""
+    import subprocess
+    import sysconfig
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC").split()[0] or "cc"
+    src = os.path.join(ROOT, "cengine", "src")
+    files = sorted(os.path.join(src, f) for f in os.listdir(src) if f.endswith(".c"))
+    r = subprocess.run([cc, "-std=c11", "-D_GNU_SOURCE", "-O1", "-Wall", "-Wno-unused-function",
+                        "-Werror", "-fsyntax-only", "-I", os.path.join(ROOT, "cengine", "include"),
+                        '-DCE_SOURCE_HASH="x"', '-DCE_BUILD_FLAGS="x"'] + files,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
