@@ -9,9 +9,11 @@
  *  - GEMM (prefill): each thread dequantizes a panel of NC weight rows x KC columns into F32,
  *    transposed into 16-column groups, and a 6x16 register-tiled FMA microkernel runs every
  *    6-row slice of x over it, so the dequantization is paid once per panel, not once per row.
- * Threads split the output columns (weight rows) into fixed chunks; each output element is
- * computed by one thread in an order that depends only on M, N, K, so results are bit-identical
- * for any thread count. With ce_simd_on == 0 a plain scalar loop (dequantize a row, then a
+ * Threads share the output columns (weight rows) in pieces whose bounds depend only on M, N, K
+ * (GEMV: each thread's rows, taken a piece at a time and stolen from when a thread falls behind;
+ * GEMM: NC-column panels claimed in order), and whichever threads run take them all
+ * (ce_parallel_dyn). Each output element is computed by one thread in an order that depends only
+ * on M, N, K, so results are bit-identical for any thread count. With ce_simd_on == 0 a plain scalar loop (dequantize a row, then a
  * sequential dot product) runs instead: the reference the tests compare against.
  */
 #include <math.h>
@@ -332,8 +334,11 @@ static const gemv_fn gemvs[] = {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q
  * done steals the upper half of what another has left. Owners take from the bottom and thieves
  * from the top, so the owner's stream stays contiguous and the atomics only contend at the end.
  * Every boundary is a multiple of NR, so each row is tiled the same way whoever computes it, and
- * results stay bit-identical for any thread count. Measured with 2 threads: +3-9% on a Q8_0
- * lm-head-sized call, +0-4% on Q4_1 (interleaved A/B); decode-sized calls unchanged. */
+ * results stay bit-identical for any thread count. Since every thread drains every range before
+ * it stops, any subset of the threads computes all rows: a thread kept off its core is simply
+ * left out (ce_parallel_dyn). Measured with 2 threads, interleaved A/B: lm-head-sized calls +0-9%
+ * (Q8_0) and +0-4% (Q4_1), decode-sized calls unchanged; with another busy program on the
+ * machine, decode 2.5x faster (with the pool's dynamic jobs). */
 enum { GEMV_CHUNK = 32 }; /* the smallest piece an owner takes, in rows */
 
 static inline uint64_t rng_pack(int64_t lo, int64_t hi) { return (uint64_t)lo | (uint64_t)hi << 32; }
