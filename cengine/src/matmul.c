@@ -46,7 +46,8 @@ typedef struct {
     float *const *outr;        /* [M] rows of out */
     const float *bias;         /* [N] or NULL */
     const float *xq;           /* GEMV on Q4_0/Q4_1: [M][K] x permuted and scaled for q4_bits */
-    const float *sq;           /* and for Q4_1 [M][K / 32] pairs (0, scaled sum of x over a block) */
+    const float *sq;           /* and for Q4_1 [M][K / 32] pairs (0, scaled sum of x over a block),
+                                  for Q4_0 [M][K] the offsets -8 x (build_xq's cq) */
     float xq_unscale[GEMM_MIN_M]; /* and per row of x, the factor that undoes the scaling */
     float *scratch;            /* GEMM / scalar: per-thread work areas */
     int64_t scratch_floats;    /* floats per thread */
@@ -127,8 +128,9 @@ AI void dot_tile(int dtype, int P, int R, const void *const *w, const float *con
         }
 }
 
-/* Block dtypes: per block, s = q . x in F32 (small-integer weights, Q4_0's q - 8 included; two
- * muls, two FMAs and an add in a fixed tree), then acc = fma(d, s, acc). Q4_1 adds its m term,
+/* Block dtypes: per block, s = q . x in F32 (small-integer weights; two muls, two FMAs and an add
+ * in a fixed tree; for Q4_0 four FMAs that each add their lanes' -8 x, then two adds), then
+ * acc = fma(d, s, acc). Q4_1 adds its m term,
  * sum_b m_b S_b with S_b the sum of x over block b (precomputed per row of x), in the same loop,
  * for all P rows of a tile at once: their (d, m) pairs are inserted into one vector, converted by
  * one vcvtph2ps, and one FMA against S_b in the odd lanes accumulates m_p S_b in lane 2p + 1. Per
@@ -149,11 +151,6 @@ AI void dot_tile(int dtype, int P, int R, const void *const *w, const float *con
 
 enum { PF_TILES = 2 }; /* block dtypes: prefetch the tile this many tiles ahead (measured: 2 > 1) */
 
-/* xq[32b .. 32b + 32) for q4_bits: vector k of block b is x[32b + k + 4l] (l = 0..7) times
- * 2^(E - sh), sh = 8k + 4(l / 4) (16 + 4(l / 4) for k = 3); if sq, (sq[2b], sq[2b + 1]) =
- * (0, 2^(E - 149) * (sum of x over block b)), the pair the m term of Q4_1 broadcasts. E puts the largest |x| near 2^100, so the
- * products q * x * 2^(E - 149) are normal unless |x| is below ~2^-76 of the largest. Returns the
- * factor 2^(149 - E) that undoes the scaling (E stays in [22, 127], so both are finite floats). */
 /* 2^e for e in [-149, 127], exactly, from the bits */
 static inline float pow2f(int e) {
     uint32_t b = e >= -126 ? (uint32_t)(e + 127) << 23 : 1u << (e + 149);
@@ -162,7 +159,17 @@ static inline float pow2f(int e) {
     return f;
 }
 
-static float build_xq(const float *x, int64_t K, float *xq, float *sq) {
+/* xq[32b .. 32b + 32) for q4_bits: vector k of block b is x[32b + k + 4l] (l = 0..7) times
+ * 2^(E - sh), sh = 8k + 4(l / 4) (16 + 4(l / 4) for k = 3). If sq (Q4_1): (sq[2b], sq[2b + 1]) =
+ * (0, 2^(E - 149) * (sum of x over block b)), the pair the m term broadcasts. If cq (Q4_0): cq
+ * is laid out as xq and holds -8 x 2^(E - 149), so fma(lane of q4_bits, xq, cq) is (q - 8) x on
+ * the products' scale, rounded once (subtracting 8 on q4_bits' grid would give subnormal results,
+ * which cost Zen 3 extra cycles: this form measured +13-24% for Q4_0). E puts the largest |x|
+ * near 2^100, so the products q * x * 2^(E - 149) are normal unless |x| is below ~2^-76 of the
+ * largest. Returns the factor 2^(149 - E) that undoes the scaling (E stays in [22, 127], so both
+ * are finite floats). */
+
+static float build_xq(const float *x, int64_t K, float *xq, float *sq, float *cq) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 mx = _mm256_setzero_ps();
     for (int64_t k = 0; k < K; k += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)));
@@ -194,6 +201,8 @@ static float build_xq(const float *x, int64_t K, float *xq, float *sq) {
         __m256 v[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
                        _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
         for (int k = 0; k < 4; k++) _mm256_storeu_ps(xq + 32 * b + 8 * k, _mm256_mul_ps(v[k], sv[k]));
+        if (cq) /* Q4_0: -8 x on the products' scale, so fma(q, xq, cq) = (q - 8) x rounded once */
+            for (int k = 0; k < 4; k++) _mm256_storeu_ps(cq + 32 * b + 8 * k, _mm256_mul_ps(v[k], _mm256_set1_ps(-8.0f * fs)));
     }
     return pow2f(149 - E);
 }
@@ -241,8 +250,17 @@ AI void dot_tile_q(int dtype, int P, int R, const char *w0, int64_t ws, const fl
             __m256 v[4], d;
             ld32_ints(dtype, blk + p * ws, 0, v, &d);
             for (int r = 0; r < R; r++) {
-                __m256 s = _mm256_add_ps(_mm256_fmadd_ps(v[1], xv[r][1], _mm256_mul_ps(v[0], xv[r][0])),
-                                         _mm256_fmadd_ps(v[3], xv[r][3], _mm256_mul_ps(v[2], xv[r][2])));
+                __m256 s;
+                if (dtype == CE_Q4_0) {
+                    const float *cb = sq[r] + 32 * b;
+                    s = _mm256_add_ps(_mm256_add_ps(_mm256_fmadd_ps(v[0], xv[r][0], _mm256_loadu_ps(cb)),
+                                                    _mm256_fmadd_ps(v[1], xv[r][1], _mm256_loadu_ps(cb + 8))),
+                                      _mm256_add_ps(_mm256_fmadd_ps(v[2], xv[r][2], _mm256_loadu_ps(cb + 16)),
+                                                    _mm256_fmadd_ps(v[3], xv[r][3], _mm256_loadu_ps(cb + 24))));
+                } else {
+                    s = _mm256_add_ps(_mm256_fmadd_ps(v[1], xv[r][1], _mm256_mul_ps(v[0], xv[r][0])),
+                                      _mm256_fmadd_ps(v[3], xv[r][3], _mm256_mul_ps(v[2], xv[r][2])));
+                }
                 acc[p * R + r] = _mm256_fmadd_ps(d, s, acc[p * R + r]);
             }
         }
@@ -274,8 +292,9 @@ AI void gemv_tile(int dtype, int P, int R, const mm_ctx *c, int64_t n, int64_t h
         const float *x[2] = {c->xr[m], c->xr[m + R - 1]}, *sq[2] = {NULL, NULL};
         if (dtype != CE_Q8_0) {
             const int64_t nb = c->K / 32;
+            const int64_t ex = dtype == CE_Q4_1 ? 2 * nb : c->K; /* floats of sq per row of x */
             x[0] = c->xq + m * c->K, x[1] = c->xq + (m + R - 1) * c->K;
-            sq[0] = c->sq + 2 * m * nb, sq[1] = c->sq + 2 * (m + R - 1) * nb;
+            sq[0] = c->sq + m * ex, sq[1] = c->sq + (m + R - 1) * ex;
         }
         dot_tile_q(dtype, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
     } else {
@@ -407,9 +426,9 @@ static void gemv_chunks(const mm_ctx *c, int ith, int nth) {
 
 static void gemv_task(void *p, int ith, int nth) {
     const mm_ctx *c = p;
-    /* q4_bits feeds subnormals to the FMAs and Q4_0 subtracts on them: a caller's
-     * denormals-are-zero (bit 6) or flush-to-zero (bit 15) mode would zero them. Libraries built
-     * with -ffast-math set both for the whole process when they load. */
+    /* q4_bits feeds subnormals to the FMAs: a caller's denormals-are-zero mode (bit 6) would zero
+     * them, and flush-to-zero (bit 15) the tiny products of |x| far below the largest. Libraries
+     * built with -ffast-math set both for the whole process when they load. */
     const int q4 = c->dtype == CE_Q4_0 || c->dtype == CE_Q4_1;
     const unsigned csr = _mm_getcsr(), dazftz = 0x8040;
     if (q4 && (csr & dazftz)) _mm_setcsr(csr & ~dazftz);
@@ -420,9 +439,10 @@ static void gemv_task(void *p, int ith, int nth) {
         _Alignas(64) float buf[XQ_LOCAL];
         mm_ctx lc = *c;
         const int64_t nb = c->K / 32;
+        const int64_t ex = c->dtype == CE_Q4_1 ? 2 * nb : c->K;
         for (int64_t m = 0; m < c->M; m++)
-            lc.xq_unscale[m] = build_xq(c->xr[m], c->K, buf + m * c->K,
-                                        c->dtype == CE_Q4_1 ? buf + c->M * c->K + 2 * m * nb : NULL);
+            lc.xq_unscale[m] = build_xq(c->xr[m], c->K, buf + m * c->K, c->dtype == CE_Q4_1 ? buf + c->M * c->K + m * ex : NULL,
+                                        c->dtype == CE_Q4_0 ? buf + c->M * c->K + m * ex : NULL);
         lc.xq = buf;
         lc.sq = buf + c->M * c->K;
         gemv_chunks(&lc, ith, nth);
@@ -684,15 +704,16 @@ ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, cons
         c.scratch_floats = 0;
         /* xq and sq, x as q4_bits reads it: built here, once, only when too big for gemv_task's
          * per-thread stack copy */
-        if ((w->dtype == CE_Q4_0 || w->dtype == CE_Q4_1) && M * (K + 2 * (K / 32)) > XQ_LOCAL) {
-            int64_t nb = K / 32;
-            float *xq = aligned_alloc(64, (size_t)((M * (K + 2 * nb) * 4 + 63) / 64 * 64));
+        const int64_t ex = w->dtype == CE_Q4_1 ? 2 * (K / 32) : K; /* floats of sq per row of x */
+        if ((w->dtype == CE_Q4_0 || w->dtype == CE_Q4_1) && M * (K + ex) > XQ_LOCAL) {
+            float *xq = aligned_alloc(64, (size_t)((M * (K + ex) * 4 + 63) / 64 * 64));
             if (!xq) {
                 st = ce_fail(CE_ERR_NOMEM, "matmul: out of memory");
                 goto done;
             }
             for (int64_t m = 0; m < M; m++)
-                c.xq_unscale[m] = build_xq(xr[m], K, xq + m * K, w->dtype == CE_Q4_1 ? xq + M * K + 2 * m * nb : NULL);
+                c.xq_unscale[m] = build_xq(xr[m], K, xq + m * K, w->dtype == CE_Q4_1 ? xq + M * K + m * ex : NULL,
+                                           w->dtype == CE_Q4_0 ? xq + M * K + m * ex : NULL);
             c.xq = xq;
             c.sq = xq + M * K;
         }

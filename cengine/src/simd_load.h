@@ -87,9 +87,10 @@ CE_INLINE void ld32_q4_1(const void *row, int64_t b, __m256 v[4]) {
  * The caller scales x by 2^(E - sh) and the dot product by 2^(149 - E): powers of two, so every
  * product and sum rounds exactly as q * x would (build_xq picks E to keep them normal). Zen 3 and
  * recent Intel cores take subnormal FMA inputs at full speed; denormals-are-zero and
- * flush-to-zero modes must be off (the GEMV clears them for its own duration). Q4_0 (sub8) subtracts 8 on the same grid, which
- * is exact: q - 8 in place of q, with no offset term to cancel against. */
-CE_INLINE void q4_bits(const uint8_t *qs, int sub8, __m256 v[4]) {
+ * flush-to-zero modes must be off (the GEMV clears them for its own duration). Q4_0's - 8 is
+ * not applied here: subtracting on this grid gives subnormal results, which cost Zen 3 extra
+ * cycles; the GEMV folds -8 x into each product's FMA instead (matmul.c, build_xq). */
+CE_INLINE void q4_bits(const uint8_t *qs, __m256 v[4]) {
     const __m256i m0 = _mm256_setr_epi32(0xF, 0xF, 0xF, 0xF, 0xF0, 0xF0, 0xF0, 0xF0);
     const __m256i m3 = _mm256_setr_epi32(0xF << 16, 0xF << 16, 0xF << 16, 0xF << 16, 0xF << 20, 0xF << 20,
                                          0xF << 20, 0xF << 20);
@@ -98,15 +99,6 @@ CE_INLINE void q4_bits(const uint8_t *qs, int sub8, __m256 v[4]) {
     v[1] = _mm256_castsi256_ps(_mm256_and_si256(bq, _mm256_slli_epi32(m0, 8)));
     v[2] = _mm256_castsi256_ps(_mm256_and_si256(bq, _mm256_slli_epi32(m0, 16)));
     v[3] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srli_epi32(bq, 8), m3));
-    if (sub8) {
-        const __m256i e0 = _mm256_setr_epi32(8, 8, 8, 8, 0x80, 0x80, 0x80, 0x80);
-        const __m256i e3 = _mm256_setr_epi32(8 << 16, 8 << 16, 8 << 16, 8 << 16, 8 << 20, 8 << 20, 8 << 20,
-                                             8 << 20);
-        v[0] = _mm256_sub_ps(v[0], _mm256_castsi256_ps(e0));
-        v[1] = _mm256_sub_ps(v[1], _mm256_castsi256_ps(_mm256_slli_epi32(e0, 8)));
-        v[2] = _mm256_sub_ps(v[2], _mm256_castsi256_ps(_mm256_slli_epi32(e0, 16)));
-        v[3] = _mm256_sub_ps(v[3], _mm256_castsi256_ps(e3));
-    }
 }
 
 /* The integers of a block as floats, unscaled (Q8_0: q, in element order; Q4_0: q - 8 and Q4_1: q,
@@ -121,11 +113,11 @@ CE_INLINE void ld32_ints(int dtype, const void *row, int64_t b, __m256 v[4], __m
     } else if (dtype == CE_Q4_0) {
         const ce_block_q4_0 *blk = (const ce_block_q4_0 *)row + b;
         *d = bcast_f16(&blk->d);
-        q4_bits(blk->qs, 1, v);
+        q4_bits(blk->qs, v); /* q; the GEMV adds the -8 x term per lane (matmul.c, build_xq) */
     } else {
         const ce_block_q4_1 *blk = (const ce_block_q4_1 *)row + b;
         *d = bcast_f16(&blk->d);
-        q4_bits(blk->qs, 0, v);
+        q4_bits(blk->qs, v);
     }
 }
 
