@@ -474,15 +474,8 @@ ce_status ce_attention(ce_tensor *out, const ce_tensor *q, const ce_tensor *k, c
         return ce_fail(CE_ERR_RANGE, "attention: n_kv must be in 1..%lld (cache rows), got %lld",
                        (long long)S, (long long)n_kv);
     if (!isfinite(scale)) return ce_fail(CE_ERR_ARG, "attention: scale must be finite, got %g", (double)scale);
-    if (ce_tensor_numel(pos) != T || !ce_tensor_is_contiguous(pos))
-        return ce_fail(CE_ERR_SHAPE,
-                       "attention: pos must be a contiguous I32 [%lld] (one per query), got %lld elements",
-                       (long long)T, (long long)ce_tensor_numel(pos));
+    if ((st = ce_check_positions(pos, T, n_kv, "attention"))) return st; /* a query sees keys 0..pos */
     const int32_t *pp = (const int32_t *)pos->data;
-    for (int64_t t = 0; t < T; t++)
-        if (pp[t] < 0 || pp[t] >= n_kv)
-            return ce_fail(CE_ERR_RANGE, "attention: pos[%lld] = %d is outside 0..%lld (n_kv - 1)",
-                           (long long)t, pp[t], (long long)(n_kv - 1));
     if (probs) {
         if ((st = check3(probs, "probs", CE_F32))) return st;
         if (probs->shape[0] != Hq || probs->shape[1] != T || probs->shape[2] != n_kv)

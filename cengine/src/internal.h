@@ -129,6 +129,9 @@ ce_status ce_check(const ce_tensor *t, const char *op, const char *name, int dty
 /* CE_OK when a and b have the same numel and the same last dim. */
 ce_status ce_check_same(const ce_tensor *a, const ce_tensor *b, const char *op, const char *na,
                         const char *nb);
+/* CE_OK when pos (already ce_check'ed as I32) is contiguous, holds T positions, and each is in
+ * 0..limit - 1 (limit < 0: any position >= 0). */
+ce_status ce_check_positions(const ce_tensor *pos, int64_t T, int64_t limit, const char *op);
 
 /* y = exp(x) over n floats (AVX2 polynomial, scalar expf twin); defined in elementwise.c. */
 void ce_vexp(float *y, const float *x, int64_t n);

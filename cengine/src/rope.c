@@ -86,14 +86,8 @@ ce_status ce_rope(ce_tensor *x, const ce_tensor *pos, int64_t head_dim, int64_t 
     } else {
         return ce_fail(CE_ERR_SHAPE, "rope: x must be [T, H, D] or [T, H*D], got %d dims", x->ndim);
     }
-    if (ce_tensor_numel(pos) != T || !ce_tensor_is_contiguous(pos))
-        return ce_fail(CE_ERR_SHAPE,
-                       "rope: pos must be a contiguous I32 [%lld] (one per row of x), got %lld elements",
-                       (long long)T, (long long)ce_tensor_numel(pos));
+    if ((st = ce_check_positions(pos, T, -1, "rope"))) return st;
     const int32_t *pp = (const int32_t *)pos->data;
-    for (int64_t t = 0; t < T; t++)
-        if (pp[t] < 0)
-            return ce_fail(CE_ERR_RANGE, "rope: position %d at index %lld is negative", pp[t], (long long)t);
     if (T == 0 || H == 0) return CE_OK;
 
     int64_t half = n_rot / 2;

@@ -294,6 +294,21 @@ ce_status ce_check(const ce_tensor *t, const char *op, const char *name, int dty
     return CE_OK;
 }
 
+ce_status ce_check_positions(const ce_tensor *pos, int64_t T, int64_t limit, const char *op) {
+    if (ce_tensor_numel(pos) != T || !ce_tensor_is_contiguous(pos))
+        return ce_fail(CE_ERR_SHAPE, "%s: pos must be a contiguous I32 [%lld] (one position per row), got %lld elements",
+                       op, (long long)T, (long long)ce_tensor_numel(pos));
+    const int32_t *pp = (const int32_t *)pos->data;
+    for (int64_t t = 0; t < T; t++) {
+        if (pp[t] < 0)
+            return ce_fail(CE_ERR_RANGE, "%s: pos[%lld] = %d is negative", op, (long long)t, pp[t]);
+        if (limit >= 0 && pp[t] >= limit)
+            return ce_fail(CE_ERR_RANGE, "%s: pos[%lld] = %d is outside 0..%lld", op, (long long)t, pp[t],
+                           (long long)(limit - 1));
+    }
+    return CE_OK;
+}
+
 ce_status ce_check_same(const ce_tensor *a, const ce_tensor *b, const char *op, const char *na,
                         const char *nb) {
     if (ce_tensor_numel(a) != ce_tensor_numel(b) || ce_cols(a) != ce_cols(b))
