@@ -207,6 +207,20 @@ static float build_xq(const float *x, int64_t K, float *xq, float *sq, float *cq
     return pow2f(149 - E);
 }
 
+/* floats of sq per row of x: Q4_1's (0, S) pair per block, Q4_0's offset per element */
+static inline int64_t sq_floats(int dtype, int64_t K) { return dtype == CE_Q4_1 ? 2 * (K / 32) : K; }
+
+/* xq of every row of x into buf ([M][K]), then their sq ([M][sq_floats]); points c at them */
+static void build_xqs(mm_ctx *c, float *buf) {
+    const int64_t ex = sq_floats(c->dtype, c->K);
+    float *sq = buf + c->M * c->K;
+    for (int64_t m = 0; m < c->M; m++)
+        c->xq_unscale[m] = build_xq(c->xr[m], c->K, buf + m * c->K, c->dtype == CE_Q4_1 ? sq + m * ex : NULL,
+                                    c->dtype == CE_Q4_0 ? sq + m * ex : NULL);
+    c->xq = buf;
+    c->sq = sq;
+}
+
 /* 4 bytes at any alignment (a block's (d, m) pair) */
 static inline int ld_i32(const void *p) {
     int v;
@@ -291,8 +305,7 @@ AI void gemv_tile(int dtype, int P, int R, const mm_ctx *c, int64_t n, int64_t h
     if (is_block(dtype)) {
         const float *x[2] = {c->xr[m], c->xr[m + R - 1]}, *sq[2] = {NULL, NULL};
         if (dtype != CE_Q8_0) {
-            const int64_t nb = c->K / 32;
-            const int64_t ex = dtype == CE_Q4_1 ? 2 * nb : c->K; /* floats of sq per row of x */
+            const int64_t ex = sq_floats(dtype, c->K);
             x[0] = c->xq + m * c->K, x[1] = c->xq + (m + R - 1) * c->K;
             sq[0] = c->sq + m * ex, sq[1] = c->sq + (m + R - 1) * ex;
         }
@@ -366,24 +379,20 @@ static inline uint64_t rng_pack(int64_t lo, int64_t hi) { return (uint64_t)lo | 
 static int rng_take(_Atomic uint64_t *r, int thief, int64_t *lo, int64_t *hi) {
     uint64_t v = atomic_load_explicit(r, memory_order_relaxed);
     for (;;) {
-        int64_t a = (int64_t)(v & 0xFFFFFFFFu), b = (int64_t)(v >> 32), n;
-        if (!thief) {
-            if (a >= b) return 0;
-            n = (b - a) / 4 / NR * NR; /* big pieces first, GEMV_CHUNK rows at the end */
-            if (n < GEMV_CHUNK) n = GEMV_CHUNK;
-            if (n > b - a) n = b - a;
-            if (atomic_compare_exchange_weak_explicit(r, &v, rng_pack(a + n, b), memory_order_relaxed, memory_order_relaxed)) {
-                *lo = a, *hi = a + n;
-                return 1;
-            }
-        } else {
-            if (a >= b) return 0;
-            int64_t mid = (a + (b - a) / 2 + NR - 1) / NR * NR; /* the upper half, or all of a small rest */
-            if (mid >= b) mid = a;
-            if (atomic_compare_exchange_weak_explicit(r, &v, rng_pack(a, mid), memory_order_relaxed, memory_order_relaxed)) {
-                *lo = mid, *hi = b;
-                return 1;
-            }
+        int64_t a = (int64_t)(v & 0xFFFFFFFFu), b = (int64_t)(v >> 32), cut;
+        if (a >= b) return 0;
+        if (!thief) { /* [a, cut): big pieces first, GEMV_CHUNK rows at the end */
+            int64_t n = (b - a) / 4 / NR * NR;
+            cut = a + (n < GEMV_CHUNK ? GEMV_CHUNK : n);
+            if (cut > b) cut = b;
+        } else { /* [cut, b): the upper half, or all of a small rest */
+            cut = (a + (b - a) / 2 + NR - 1) / NR * NR;
+            if (cut >= b) cut = a;
+        }
+        uint64_t rest = thief ? rng_pack(a, cut) : rng_pack(cut, b);
+        if (atomic_compare_exchange_weak_explicit(r, &v, rest, memory_order_relaxed, memory_order_relaxed)) {
+            *lo = thief ? cut : a, *hi = thief ? b : cut;
+            return 1;
         }
     }
 }
@@ -396,7 +405,7 @@ static void prefetch_start(const mm_ctx *c, int64_t lo, int64_t hi) {
     for (; a < e; a += 64) _mm_prefetch(a, _MM_HINT_T0);
 }
 
-static void gemv_chunks(const mm_ctx *c, int ith, int nth) {
+static void gemv_chunks(const mm_ctx *c, int ith) {
     if (!c->ranges) { /* one thread */
         prefetch_start(c, 0, c->N);
         gemvs[c->dtype](c, 0, c->N, c->N);
@@ -414,7 +423,6 @@ static void gemv_chunks(const mm_ctx *c, int ith, int nth) {
     }
     /* then the others' rests, until every range is empty: whichever threads run (ce_parallel_dyn
      * may leave late ones out) compute every row */
-    (void)nth;
     for (int k = 1; k < c->nranges + (ith >= c->nranges); k++) {
         int j = (ith + k) % c->nranges;
         while (rng_take(&c->ranges[j].v, 1, &lo, &hi)) {
@@ -425,6 +433,7 @@ static void gemv_chunks(const mm_ctx *c, int ith, int nth) {
 }
 
 static void gemv_task(void *p, int ith, int nth) {
+    (void)nth; /* whichever threads run share the rows (gemv_chunks) */
     const mm_ctx *c = p;
     /* q4_bits feeds subnormals to the FMAs: a caller's denormals-are-zero mode (bit 6) would zero
      * them, and flush-to-zero (bit 15) the tiny products of |x| far below the largest. Libraries
@@ -438,16 +447,10 @@ static void gemv_task(void *p, int ith, int nth) {
          * 5-12% faster per decode-sized call with 2 threads (the most on the smallest). */
         _Alignas(64) float buf[XQ_LOCAL];
         mm_ctx lc = *c;
-        const int64_t nb = c->K / 32;
-        const int64_t ex = c->dtype == CE_Q4_1 ? 2 * nb : c->K;
-        for (int64_t m = 0; m < c->M; m++)
-            lc.xq_unscale[m] = build_xq(c->xr[m], c->K, buf + m * c->K, c->dtype == CE_Q4_1 ? buf + c->M * c->K + m * ex : NULL,
-                                        c->dtype == CE_Q4_0 ? buf + c->M * c->K + m * ex : NULL);
-        lc.xq = buf;
-        lc.sq = buf + c->M * c->K;
-        gemv_chunks(&lc, ith, nth);
+        build_xqs(&lc, buf);
+        gemv_chunks(&lc, ith);
     } else {
-        gemv_chunks(c, ith, nth);
+        gemv_chunks(c, ith);
     }
     if (q4 && (csr & dazftz)) _mm_setcsr(csr);
 }
@@ -704,18 +707,13 @@ ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, cons
         c.scratch_floats = 0;
         /* xq and sq, x as q4_bits reads it: built here, once, only when too big for gemv_task's
          * per-thread stack copy */
-        const int64_t ex = w->dtype == CE_Q4_1 ? 2 * (K / 32) : K; /* floats of sq per row of x */
-        if ((w->dtype == CE_Q4_0 || w->dtype == CE_Q4_1) && M * (K + ex) > XQ_LOCAL) {
-            float *xq = aligned_alloc(64, (size_t)((M * (K + ex) * 4 + 63) / 64 * 64));
+        if ((w->dtype == CE_Q4_0 || w->dtype == CE_Q4_1) && M * (K + sq_floats(w->dtype, K)) > XQ_LOCAL) {
+            float *xq = aligned_alloc(64, (size_t)((M * (K + sq_floats(w->dtype, K)) * 4 + 63) / 64 * 64));
             if (!xq) {
                 st = ce_fail(CE_ERR_NOMEM, "matmul: out of memory");
                 goto done;
             }
-            for (int64_t m = 0; m < M; m++)
-                c.xq_unscale[m] = build_xq(xr[m], K, xq + m * K, w->dtype == CE_Q4_1 ? xq + M * K + m * ex : NULL,
-                                           w->dtype == CE_Q4_0 ? xq + M * K + m * ex : NULL);
-            c.xq = xq;
-            c.sq = xq + M * K;
+            build_xqs(&c, xq);
         }
     } else if (ce_simd_on) {
         fn = gemm_task;

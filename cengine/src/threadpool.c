@@ -30,9 +30,8 @@ static struct {
     int n;                      /* threads including the caller */
     pthread_t *workers;         /* [n - 1] */
     atomic_ulong gen;           /* +2 per job; odd while the caller is writing the next one */
-    atomic_int pending;         /* static jobs: workers still running the current job */
     _Atomic uint64_t state;     /* dynamic jobs: (gen & 0xffffffff) << 32 | CLOSED | workers joined */
-    atomic_int done;            /* dynamic jobs: joined workers that have finished */
+    atomic_int done;            /* workers that have finished the current job (dynamic: of those joined) */
     atomic_int dynamic;         /* the current job is dynamic */
     atomic_int sleepers;        /* workers blocked on cv */
     atomic_int stop;
@@ -92,7 +91,7 @@ static void *worker_main(void *arg) {
         seen = g;
         if (!dynamic) {
             if (ith < active) fn(ctx, ith, active);
-            atomic_fetch_sub(&pool.pending, 1);
+            atomic_fetch_add(&pool.done, 1);
             continue;
         }
         /* join job g unless it is closed (its caller ran out of work) or already replaced; a
@@ -192,12 +191,8 @@ static void run_job(ce_task_fn fn, void *ctx, int max_threads, int dynamic) {
     atomic_store_explicit(&pool.ctx, ctx, memory_order_relaxed);
     atomic_store_explicit(&pool.active, n, memory_order_relaxed);
     atomic_store_explicit(&pool.dynamic, dynamic, memory_order_relaxed);
-    if (dynamic) {
-        atomic_store(&pool.done, 0);
-        atomic_store(&pool.state, job_tag(g));
-    } else {
-        atomic_store(&pool.pending, pool.n - 1);
-    }
+    atomic_store(&pool.done, 0);
+    if (dynamic) atomic_store(&pool.state, job_tag(g));
     atomic_store(&pool.gen, g);
     if (atomic_load(&pool.sleepers) > 0) {
         pthread_mutex_lock(&pool.mu);
@@ -205,16 +200,9 @@ static void run_job(ce_task_fn fn, void *ctx, int max_threads, int dynamic) {
         pthread_mutex_unlock(&pool.mu);
     }
     fn(ctx, 0, n);
-    if (dynamic) {
-        uint64_t st = atomic_fetch_or(&pool.state, JOB_CLOSED);
-        wait_at_least(&pool.done, (int)(st & 0x7fffffffu));
-    } else {
-        for (int spins = 0; atomic_load(&pool.pending) > 0;) {
-            cpu_relax();
-            if (spins < CE_SPIN_YIELD) spins++;
-            else sched_yield();
-        }
-    }
+    /* a static job waits for every worker; a dynamic one, closed now, for those that joined */
+    int workers = dynamic ? (int)(atomic_fetch_or(&pool.state, JOB_CLOSED) & 0x7fffffffu) : pool.n - 1;
+    wait_at_least(&pool.done, workers);
     pthread_mutex_unlock(&config_mu);
 }
 
