@@ -58,7 +58,7 @@ class SamplingParams:
     @classmethod
     def from_kwargs(cls, defaults=None, **kwargs):
         merged = dict(defaults or {})
-        merged.update({k: v for k, v in kwargs.items()})
+        merged.update(kwargs)
         unknown = set(merged) - set(cls.__dataclass_fields__)
         if unknown:
             raise errors.ArgumentTypeError(f"unknown generation settings: {', '.join(sorted(unknown))}")
