@@ -40,7 +40,7 @@ extern "C" {
 
 /* CENGINE_CDEF_BEGIN */
 
-enum { CE_ABI_VERSION = 1, CE_MAX_DIMS = 4, CE_BLOCK = 32 };
+enum { CE_ABI_VERSION = 1, CE_MAX_DIMS = 4, CE_BLOCK = 32, CE_MATMUL_MAX = 8 };
 
 typedef int ce_status;
 enum {
@@ -141,6 +141,13 @@ int ce_tensor_is_contiguous(const ce_tensor *t);
 /* out[..., N] = x[..., K] @ w[N, K]^T (+ bias[N]); x F32, w any dtype, bias F32 or NULL.
  * Rows of x may be strided; w rows must be contiguous. One row of x: GEMV; many: blocked GEMM. */
 ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, const ce_tensor *bias);
+
+/* out[i] = x @ w[i]^T (+ bias[i]) for i < n <= CE_MATMUL_MAX, one x against several weights (a
+ * layer's q, k and v projections, or gate and up): the same results, bit for bit, as n ce_matmul
+ * calls. With few rows of x the weights' rows run as one job, so the threads start once and never
+ * wait for each other between weights. bias may be NULL, or hold NULLs. */
+ce_status ce_matmul_n(int n, ce_tensor *const *out, const ce_tensor *x, const ce_tensor *const *w,
+                      const ce_tensor *const *bias);
 
 /* out[n, D] = w[ids[n], :]; w any dtype, ids I32 with any shape of n elements. */
 ce_status ce_embedding(ce_tensor *out, const ce_tensor *w, const ce_tensor *ids);

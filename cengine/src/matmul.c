@@ -18,7 +18,9 @@
  */
 #include <math.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "internal.h"
 #include "simd_load.h"
 
@@ -36,7 +38,7 @@ struct gemv_range {
     _Alignas(64) _Atomic uint64_t v; /* a cache line each: owners never share theirs until the end */
 };
 
-typedef struct {
+typedef struct mm_ctx {
     int dtype;                 /* of w */
     const char *w;             /* row n of w starts at w + n * wstride */
     int64_t wstride;
@@ -52,10 +54,20 @@ typedef struct {
     float *scratch;            /* GEMM / scalar: per-thread work areas */
     int64_t scratch_floats;    /* floats per thread */
     int split_rows;            /* GEMM with few columns: threads split M instead of N */
-    struct gemv_range *ranges; /* GEMV: [nranges] rows each thread has left, (lo, hi) in 64 bits */
     _Atomic int64_t *next_unit; /* GEMM: the first work unit no thread has claimed */
-    int nranges;               /* or 0 (ranges NULL): one thread runs all rows */
 } mm_ctx;
+
+/* A GEMV job: one x against one or more weights (ce_matmul_n). Their rows are numbered one after
+ * the other, seg[s] computing rows [start[s], start[s + 1]), so the threads split and steal them
+ * as the rows of one tall matrix: one pool job, one start-up, and no wait between the weights. */
+typedef struct {
+    mm_ctx *seg;               /* [nseg] one per weight, sharing x */
+    int nseg;
+    int q4;                    /* some weight is Q4_0/Q4_1: xq per thread, MXCSR */
+    int64_t start[CE_MATMUL_MAX + 1];
+    struct gemv_range *ranges; /* [nranges] rows each thread has left, (lo, hi) in 64 bits */
+    int nranges;               /* or 0 (ranges NULL): one thread runs all rows */
+} gemv_job;
 
 /* Local and inline: the public ce_dtype_* functions are PLT calls that would break the kernels. */
 static inline int is_block(int dtype) { return dtype == CE_Q8_0 || dtype == CE_Q4_0 || dtype == CE_Q4_1; }
@@ -219,6 +231,34 @@ static void build_xqs(mm_ctx *c, float *buf) {
                                     c->dtype == CE_Q4_0 ? sq + m * ex : NULL);
     c->xq = buf;
     c->sq = sq;
+}
+
+static inline int is_q4(int dtype) { return dtype == CE_Q4_0 || dtype == CE_Q4_1; }
+
+/* floats of xq and sq that the weights seg[0..n) need: one copy per Q4 dtype among them */
+static int64_t xq_floats(const mm_ctx *seg, int n) {
+    int64_t f = 0;
+    for (int s = 0, seen = 0; s < n; s++)
+        if (is_q4(seg[s].dtype) && !(seen & 1 << seg[s].dtype)) {
+            seen |= 1 << seg[s].dtype;
+            f += seg[s].M * (seg[s].K + sq_floats(seg[s].dtype, seg[s].K));
+        }
+    return f;
+}
+
+/* xq for every Q4 weight of seg[0..n) that has none, into buf (xq_floats of them): weights of
+ * one dtype share a copy */
+static void build_seg_xqs(mm_ctx *seg, int n, float *buf) {
+    for (int s = 0; s < n; s++) {
+        if (!is_q4(seg[s].dtype) || seg[s].xq) continue;
+        build_xqs(&seg[s], buf);
+        buf += seg[s].M * (seg[s].K + sq_floats(seg[s].dtype, seg[s].K));
+        for (int t = s + 1; t < n; t++)
+            if (seg[t].dtype == seg[s].dtype) {
+                seg[t].xq = seg[s].xq, seg[t].sq = seg[s].sq;
+                memcpy(seg[t].xq_unscale, seg[s].xq_unscale, sizeof seg[s].xq_unscale);
+            }
+    }
 }
 
 /* 4 bytes at any alignment (a block's (d, m) pair) */
@@ -405,54 +445,115 @@ static void prefetch_start(const mm_ctx *c, int64_t lo, int64_t hi) {
     for (; a < e; a += 64) _mm_prefetch(a, _MM_HINT_T0);
 }
 
-static void gemv_chunks(const mm_ctx *c, int ith) {
-    if (!c->ranges) { /* one thread */
-        prefetch_start(c, 0, c->N);
-        gemvs[c->dtype](c, 0, c->N, c->N);
+/* the weight whose rows hold job row r */
+static inline int seg_of(const gemv_job *j, int64_t r) {
+    int s = 0;
+    while (s + 1 < j->nseg && r >= j->start[s + 1]) s++;
+    return s;
+}
+
+/* prefetch_start for job rows [lo, hi) */
+static void prefetch_rows(const gemv_job *j, int64_t lo, int64_t hi) {
+    int s = seg_of(j, lo);
+    int64_t a = j->start[s], b = j->start[s + 1];
+    prefetch_start(&j->seg[s], lo - a, (hi < b ? hi : b) - a);
+}
+
+/* Job rows [lo, hi), the thread's prefetching stopping at pfhi; a stretch that runs on into the
+ * next weight prefetches that weight's first tiles before finishing this one's. */
+static void run_rows(const gemv_job *j, int64_t lo, int64_t hi, int64_t pfhi) {
+    for (int s = seg_of(j, lo); lo < hi; s++) {
+        int64_t a = j->start[s], b = j->start[s + 1], e = hi < b ? hi : b;
+        if (e < hi) prefetch_start(&j->seg[s + 1], 0, (hi < j->start[s + 2] ? hi : j->start[s + 2]) - b);
+        gemvs[j->seg[s].dtype](&j->seg[s], lo - a, e - a, (pfhi < b ? pfhi : b) - a);
+        lo = e;
+    }
+}
+
+static void gemv_chunks(const gemv_job *j, int ith) {
+    if (!j->ranges) { /* one thread */
+        prefetch_rows(j, 0, j->start[j->nseg]);
+        run_rows(j, 0, j->start[j->nseg], j->start[j->nseg]);
         return;
     }
     int64_t lo, hi;
-    if (ith < c->nranges) {
-        _Atomic uint64_t *mine = &c->ranges[ith].v;
+    if (ith < j->nranges) {
+        _Atomic uint64_t *mine = &j->ranges[ith].v;
         for (int first = 1; rng_take(mine, 0, &lo, &hi); first = 0) {
             /* prefetch on to the end of what is still ours: our next chunk follows this one */
             int64_t pfhi = (int64_t)(atomic_load_explicit(mine, memory_order_relaxed) >> 32);
-            if (first) prefetch_start(c, lo, pfhi);
-            gemvs[c->dtype](c, lo, hi, pfhi);
+            if (first) prefetch_rows(j, lo, pfhi);
+            run_rows(j, lo, hi, pfhi);
         }
     }
     /* then the others' rests, until every range is empty: whichever threads run (ce_parallel_dyn
      * may leave late ones out) compute every row */
-    for (int k = 1; k < c->nranges + (ith >= c->nranges); k++) {
-        int j = (ith + k) % c->nranges;
-        while (rng_take(&c->ranges[j].v, 1, &lo, &hi)) {
-            prefetch_start(c, lo, hi);
-            gemvs[c->dtype](c, lo, hi, hi);
+    for (int k = 1; k < j->nranges + (ith >= j->nranges); k++) {
+        int r = (ith + k) % j->nranges;
+        while (rng_take(&j->ranges[r].v, 1, &lo, &hi)) {
+            prefetch_rows(j, lo, hi);
+            run_rows(j, lo, hi, hi);
         }
     }
 }
 
 static void gemv_task(void *p, int ith, int nth) {
     (void)nth; /* whichever threads run share the rows (gemv_chunks) */
-    const mm_ctx *c = p;
+    const gemv_job *j = p;
     /* q4_bits feeds subnormals to the FMAs: a caller's denormals-are-zero mode (bit 6) would zero
      * them, and flush-to-zero (bit 15) the tiny products of |x| far below the largest. Libraries
      * built with -ffast-math set both for the whole process when they load. */
-    const int q4 = c->dtype == CE_Q4_0 || c->dtype == CE_Q4_1;
     const unsigned csr = _mm_getcsr(), dazftz = 0x8040;
-    if (q4 && (csr & dazftz)) _mm_setcsr(csr & ~dazftz);
-    if (q4 && !c->xq) {
+    if (j->q4 && (csr & dazftz)) _mm_setcsr(csr & ~dazftz);
+    if (j->q4 && xq_floats(j->seg, j->nseg) <= XQ_LOCAL) {
         /* Each thread builds its own xq, on its stack: no allocation, and the worker reads x
          * once instead of pulling every line of a shared copy from the caller's cache. Measured
          * 5-12% faster per decode-sized call with 2 threads (the most on the smallest). */
         _Alignas(64) float buf[XQ_LOCAL];
-        mm_ctx lc = *c;
-        build_xqs(&lc, buf);
-        gemv_chunks(&lc, ith);
+        mm_ctx seg[CE_MATMUL_MAX];
+        memcpy(seg, j->seg, (size_t)j->nseg * sizeof *seg);
+        build_seg_xqs(seg, j->nseg, buf);
+        gemv_job lj = *j;
+        lj.seg = seg;
+        gemv_chunks(&lj, ith);
     } else {
-        gemv_chunks(c, ith);
+        gemv_chunks(j, ith); /* no Q4, or the caller built one shared xq (gemv_run) */
     }
-    if (q4 && (csr & dazftz)) _mm_setcsr(csr);
+    if (j->q4 && (csr & dazftz)) _mm_setcsr(csr);
+}
+
+/* The GEMV of seg[0..n) (filled in but for xq): split between up to nth threads. */
+static ce_status gemv_run(mm_ctx *seg, int n, int nth) {
+    gemv_job j = {.seg = seg, .nseg = n};
+    for (int s = 0; s < n; s++) {
+        j.start[s + 1] = j.start[s] + seg[s].N;
+        j.q4 |= is_q4(seg[s].dtype);
+    }
+    const int64_t N = j.start[n];
+    /* xq and sq, x as q4_bits reads it: built here, once, only when too big for gemv_task's
+     * per-thread stack copy */
+    float *xq = NULL;
+    if (xq_floats(seg, n) > XQ_LOCAL) {
+        xq = aligned_alloc(64, (size_t)((xq_floats(seg, n) * 4 + 63) / 64 * 64));
+        if (!xq) return ce_fail(CE_ERR_NOMEM, "matmul: out of memory");
+        build_seg_xqs(seg, n, xq);
+    }
+    struct gemv_range ranges[GEMV_MAX_THREADS];
+    if (nth > 1 && N <= UINT32_MAX) { /* else one thread runs it all (gemv_chunks) */
+        if (nth > GEMV_MAX_THREADS) nth = GEMV_MAX_THREADS;
+        for (int i = 0; i < nth; i++) {
+            int64_t lo, hi;
+            ce_split(N, i, nth, NR, &lo, &hi);
+            atomic_init(&ranges[i].v, rng_pack(lo, hi));
+        }
+        j.ranges = ranges;
+        j.nranges = nth;
+        ce_parallel_dyn(gemv_task, &j, nth);
+    } else {
+        ce_parallel_n(gemv_task, &j, 1);
+    }
+    free(xq);
+    return CE_OK;
 }
 
 /* ---- GEMM ---- */
@@ -631,41 +732,59 @@ static int overlaps(const ce_tensor *p, const ce_tensor *q) {
     return a0 < b1 && b0 < a1;
 }
 
-ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, const ce_tensor *bias) {
+/* the checks of one (out, x, w, bias); op names the call in messages */
+static ce_status check_matmul(const char *op, const ce_tensor *out, const ce_tensor *x, const ce_tensor *w,
+                              const ce_tensor *bias) {
     ce_status st;
-    if ((st = ce_check(out, "matmul", "out", CE_F32)) || (st = ce_check(x, "matmul", "x", CE_F32)) ||
-        (st = ce_check(w, "matmul", "w", -1)))
+    if ((st = ce_check(out, op, "out", CE_F32)) || (st = ce_check(x, op, "x", CE_F32)) || (st = ce_check(w, op, "w", -1)))
         return st;
     if (w->dtype == CE_I32)
-        return ce_fail(CE_ERR_DTYPE, "matmul: w must be F32, F16, BF16, Q8_0, Q4_0 or Q4_1, got I32");
-    if (w->ndim != 2)
-        return ce_fail(CE_ERR_SHAPE, "matmul: w must be 2-D [N, K], got %d dims", w->ndim);
+        return ce_fail(CE_ERR_DTYPE, "%s: w must be F32, F16, BF16, Q8_0, Q4_0 or Q4_1, got I32", op);
+    if (w->ndim != 2) return ce_fail(CE_ERR_SHAPE, "%s: w must be 2-D [N, K], got %d dims", op, w->ndim);
     int64_t N = w->shape[0], K = w->shape[1], M = ce_rows(x);
     if (ce_cols(x) != K)
-        return ce_fail(CE_ERR_SHAPE, "matmul: x has K = %lld columns but w is [N=%lld, K=%lld]",
+        return ce_fail(CE_ERR_SHAPE, "%s: x has K = %lld columns but w is [N=%lld, K=%lld]", op,
                        (long long)ce_cols(x), (long long)N, (long long)K);
     if (ce_dtype_is_block(w->dtype) && K % CE_BLOCK)
-        return ce_fail(CE_ERR_LAYOUT, "matmul: %s weights need K to be a multiple of 32, got %lld",
+        return ce_fail(CE_ERR_LAYOUT, "%s: %s weights need K to be a multiple of 32, got %lld", op,
                        ce_dtype_name(w->dtype), (long long)K);
     if (ce_cols(out) != N)
-        return ce_fail(CE_ERR_SHAPE, "matmul: out has %lld columns but w has N = %lld rows",
+        return ce_fail(CE_ERR_SHAPE, "%s: out has %lld columns but w has N = %lld rows", op,
                        (long long)ce_cols(out), (long long)N);
     if (ce_rows(out) != M)
-        return ce_fail(CE_ERR_SHAPE, "matmul: out has %lld rows but x has %lld", (long long)ce_rows(out),
+        return ce_fail(CE_ERR_SHAPE, "%s: out has %lld rows but x has %lld", op, (long long)ce_rows(out),
                        (long long)M);
     if (bias) {
-        if ((st = ce_check(bias, "matmul", "bias", CE_F32))) return st;
+        if ((st = ce_check(bias, op, "bias", CE_F32))) return st;
         if (ce_tensor_numel(bias) != N || ce_cols(bias) != N)
-            return ce_fail(CE_ERR_SHAPE, "matmul: bias must have shape [%lld], got %lld elements",
-                           (long long)N, (long long)ce_tensor_numel(bias));
+            return ce_fail(CE_ERR_SHAPE, "%s: bias must have shape [%lld], got %lld elements", op, (long long)N,
+                           (long long)ce_tensor_numel(bias));
     }
     int64_t rb;
     ce_row_bytes(w->dtype, K, &rb);
     if (N > 1 && w->stride[0] < rb)
-        return ce_fail(CE_ERR_LAYOUT, "matmul: w rows must not overlap (row stride %lld < %lld bytes)",
+        return ce_fail(CE_ERR_LAYOUT, "%s: w rows must not overlap (row stride %lld < %lld bytes)", op,
                        (long long)w->stride[0], (long long)rb);
     if (overlaps(out, x) || overlaps(out, w) || overlaps(out, bias))
-        return ce_fail(CE_ERR_ARG, "matmul: out must not overlap x, w or bias");
+        return ce_fail(CE_ERR_ARG, "%s: out must not overlap x, w or bias", op);
+    return CE_OK;
+}
+
+/* the kernels' view of out = x @ w^T + bias, its rows of x and out at xr and orow */
+static mm_ctx mm_setup(const ce_tensor *x, const ce_tensor *w, const ce_tensor *bias, const float *const *xr,
+                       float *const *orow) {
+    return (mm_ctx){.dtype = w->dtype, .w = w->data, .wstride = w->stride[0],
+                    .bsize = ce_dtype_block_size(w->dtype), .bbytes = ce_dtype_block_bytes(w->dtype),
+                    .M = ce_rows(x), .N = w->shape[0], .K = w->shape[1], .xr = xr, .outr = orow,
+                    .bias = bias ? (const float *)bias->data : NULL};
+}
+
+static inline int small_work(int64_t M, int64_t N, int64_t K) { return (double)M * (double)N * (double)K < SMALL_WORK; }
+
+ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, const ce_tensor *bias) {
+    ce_status st = check_matmul("matmul", out, x, w, bias);
+    if (st) return st;
+    int64_t N = w->shape[0], K = w->shape[1], M = ce_rows(x);
     if (M == 0 || N == 0) return CE_OK;
 
     /* Row pointers of x and out: strided outer dims cost nothing in the kernels. */
@@ -686,79 +805,89 @@ ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, cons
         xr[m] = (const float *)ce_row_ptr(x, m);
         orow[m] = (float *)ce_row_ptr(out, m);
     }
-    const float *bv = bias ? (const float *)bias->data : NULL;
-    st = CE_OK;
+    mm_ctx c = mm_setup(x, w, bias, xr, orow);
     if (K == 0) { /* an empty sum: out = bias (or 0) */
         for (int64_t m = 0; m < M; m++)
-            for (int64_t n = 0; n < N; n++) orow[m][n] = bv ? bv[n] : 0.0f;
+            for (int64_t n = 0; n < N; n++) orow[m][n] = c.bias ? c.bias[n] : 0.0f;
         goto done;
     }
-
-    mm_ctx c = {.dtype = w->dtype, .w = w->data, .wstride = w->stride[0],
-                .bsize = ce_dtype_block_size(w->dtype), .bbytes = ce_dtype_block_bytes(w->dtype), .M = M, .N = N, .K = K,
-                .xr = xr, .outr = orow, .bias = bv};
     int nth = ce_get_threads();
-    if ((double)M * (double)N * (double)K < SMALL_WORK) nth = 1;
-    ce_task_fn fn = scalar_task;
-    c.scratch_floats = (K + 15) / 16 * 16;
+    if (small_work(M, N, K)) nth = 1;
 #if CE_HAVE_AVX2
     if (ce_simd_on && M < GEMM_MIN_M) {
-        fn = gemv_task;
-        c.scratch_floats = 0;
-        /* xq and sq, x as q4_bits reads it: built here, once, only when too big for gemv_task's
-         * per-thread stack copy */
-        if ((w->dtype == CE_Q4_0 || w->dtype == CE_Q4_1) && M * (K + sq_floats(w->dtype, K)) > XQ_LOCAL) {
-            float *xq = aligned_alloc(64, (size_t)((M * (K + sq_floats(w->dtype, K)) * 4 + 63) / 64 * 64));
-            if (!xq) {
-                st = ce_fail(CE_ERR_NOMEM, "matmul: out of memory");
-                goto done;
-            }
-            build_xqs(&c, xq);
-        }
-    } else if (ce_simd_on) {
+        st = gemv_run(&c, 1, nth);
+        goto done;
+    }
+#endif
+    ce_task_fn fn = scalar_task;
+    c.scratch_floats = (K + 15) / 16 * 16;
+    int dynamic = 0; /* GEMM hands out work through atomics (ce_parallel_dyn) */
+#if CE_HAVE_AVX2
+    _Atomic int64_t next_unit = 0;
+    if (ce_simd_on) {
         fn = gemm_task;
         c.scratch_floats = NC * KC + NR * KC;
         c.split_rows = N < (int64_t)NR * 2 * nth && M >= (int64_t)MR * 2 * nth;
-    }
-#endif
-    if (c.scratch_floats) {
-        c.scratch = aligned_alloc(64, (size_t)nth * (size_t)c.scratch_floats * sizeof(float));
-        if (!c.scratch) {
-            st = ce_fail(CE_ERR_NOMEM, "matmul: out of memory for %d work areas", nth);
-            goto done;
-        }
-    }
-    int dynamic = 0; /* the SIMD paths hand out work through atomics (ce_parallel_dyn) */
-#if CE_HAVE_AVX2
-    struct gemv_range ranges[GEMV_MAX_THREADS];
-    _Atomic int64_t next_unit = 0;
-    if (fn == gemv_task && nth > 1 && N <= UINT32_MAX) { /* else one thread runs it all (gemv_chunks) */
-        if (nth > GEMV_MAX_THREADS) nth = GEMV_MAX_THREADS;
-        for (int i = 0; i < nth; i++) {
-            int64_t lo, hi;
-            ce_split(N, i, nth, NR, &lo, &hi);
-            atomic_init(&ranges[i].v, rng_pack(lo, hi));
-        }
-        c.ranges = ranges;
-        c.nranges = nth;
-        dynamic = 1;
-    } else if (fn == gemv_task) {
-        nth = 1;
-    } else if (fn == gemm_task) {
         c.next_unit = &next_unit;
         dynamic = 1;
     }
 #endif
+    c.scratch = aligned_alloc(64, (size_t)nth * (size_t)c.scratch_floats * sizeof(float));
+    if (!c.scratch) {
+        st = ce_fail(CE_ERR_NOMEM, "matmul: out of memory for %d work areas", nth);
+        goto done;
+    }
     if (dynamic)
         ce_parallel_dyn(fn, &c, nth);
     else
         ce_parallel_n(fn, &c, nth);
     free(c.scratch);
-    free((void *)c.xq);
 done:
     if (xr != xr_small) {
         free(xr);
         free(orow);
     }
     return st;
+}
+
+ce_status ce_matmul_n(int n, ce_tensor *const *out, const ce_tensor *x, const ce_tensor *const *w,
+                      const ce_tensor *const *bias) {
+    if (n < 1 || n > CE_MATMUL_MAX)
+        return ce_fail(CE_ERR_ARG, "matmul_n: need 1 to %d weights, got %d", CE_MATMUL_MAX, n);
+    if (!out || !w) return ce_fail(CE_ERR_ARG, "matmul_n: out and w must not be NULL");
+    char op[32];
+    for (int i = 0; i < n; i++) {
+        snprintf(op, sizeof op, "matmul_n (weight %d)", i);
+        ce_status st = check_matmul(op, out[i], x, w[i], bias ? bias[i] : NULL);
+        if (st) return st;
+        /* the outputs are written at once: none may overlap another output or any input */
+        for (int k = 0; k < n; k++) {
+            if (k < i && overlaps(out[i], out[k]))
+                return ce_fail(CE_ERR_ARG, "matmul_n: out %d overlaps out %d", i, k);
+            if (overlaps(out[i], w[k]) || (bias && overlaps(out[i], bias[k])))
+                return ce_fail(CE_ERR_ARG, "matmul_n: out %d overlaps the weight or bias of %d", i, k);
+        }
+    }
+#if CE_HAVE_AVX2
+    const int64_t M = ce_rows(x), K = ce_cols(x);
+    int64_t N = 0;
+    for (int i = 0; i < n; i++) N += w[i]->shape[0];
+    if (ce_simd_on && M > 0 && M < GEMM_MIN_M && K > 0) {
+        const float *xr[GEMM_MIN_M];
+        float *orow[CE_MATMUL_MAX][GEMM_MIN_M];
+        mm_ctx seg[CE_MATMUL_MAX];
+        for (int64_t m = 0; m < M; m++) xr[m] = (const float *)ce_row_ptr(x, m);
+        for (int i = 0; i < n; i++) {
+            for (int64_t m = 0; m < M; m++) orow[i][m] = (float *)ce_row_ptr(out[i], m);
+            seg[i] = mm_setup(x, w[i], bias ? bias[i] : NULL, xr, orow[i]);
+        }
+        return gemv_run(seg, n, small_work(M, N, K) ? 1 : ce_get_threads());
+    }
+#endif
+    /* many rows of x (GEMM: compute bound, nothing to share), the scalar reference, or nothing to do */
+    for (int i = 0; i < n; i++) {
+        ce_status st = ce_matmul(out[i], x, w[i], bias ? bias[i] : NULL);
+        if (st) return st;
+    }
+    return CE_OK;
 }

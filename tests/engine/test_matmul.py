@@ -316,3 +316,103 @@ def test_bad_arguments_raise_and_never_crash():
     assert lib.ce_matmul(o.ptr, x48.ptr, fake, ffi.NULL) == lib.CE_ERR_DTYPE
     # the engine still works after all that
     check_against_reference(F.matmul(x, w).to_list(), [x.to_list()[:64], x.to_list()[64:]], decode_weights(w))
+
+
+# ---- matmul_n: one x against several weights in one engine call ----
+
+def _mixed_weights(k, seed, sizes=((576, "Q4_1"), (192, "Q4_0"), (0, "Q4_1"), (33, "Q8_0"), (17, "BF16"),
+                                   (40, "Q4_1"), (3, "F32"))):
+    return [Tensor.from_list(rand_list(n * k, seed + i), (n, k), dt) if n else Tensor((0, k), dt)
+            for i, (n, dt) in enumerate(sizes)]
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 7, 9])
+def test_matmul_n_matches_separate_calls_bit_for_bit(m):
+    """The fused call runs every weight's rows as one GEMV job (rows of different weights share a
+    thread's piece, xq is built once per Q4 dtype, a weight may have no rows); whatever the thread
+    count, each output must carry the bits of its own matmul call. m = 9 takes the GEMM path."""
+    k = 576
+    ws = _mixed_weights(k, 10 * m)
+    xt = Tensor.from_list(rand_list(m * k, m), (m, k))
+    biases = [Tensor.from_list(rand_list(w.shape[0], 5 + i), (w.shape[0],)) if i % 2 else None
+              for i, w in enumerate(ws)]
+    B.set_threads(1)
+    want = [F.matmul(xt, w, b).to_list() for w, b in zip(ws, biases)]
+    for threads in (1, 2, 3):
+        B.set_threads(threads)
+        outs = [Tensor.from_list([float("nan")] * (m * w.shape[0]), (m, w.shape[0])) for w in ws]
+        got = F.matmul_n(xt, ws, biases, outs=outs)
+        assert [o.to_list() for o in got] == want, threads
+        assert all(a is b for a, b in zip(got, outs))
+        assert [o.to_list() for o in F.matmul_n(xt, ws[:1])] == want[:1]
+
+
+def test_matmul_n_with_a_shared_xq_and_against_the_reference():
+    """K = 4096 with Q4_0 and Q4_1 weights and 3 rows of x: their permuted copies of x are too big
+    for the per-thread stack copy, so the caller builds one of each (matmul.c, gemv_run)."""
+    m, k = 3, 4096
+    ws = [Tensor.from_list(rand_list(n * k, 40 + n), (n, k), dt) for n, dt in [(9, "Q4_0"), (7, "Q4_1"), (5, "Q4_0")]]
+    x = rand_list(m * k, 41)
+    xt = Tensor.from_list(x, (m, k))
+    outs = F.matmul_n(xt, ws)
+    for w, o in zip(ws, outs):
+        assert o.to_list() == F.matmul(xt, w).to_list()
+        check_against_reference(o.to_list(), [x[r * k:(r + 1) * k] for r in range(m)], decode_weights(w))
+
+
+def test_matmul_n_scalar_reference_agrees():
+    k = 96
+    ws = _mixed_weights(k, 3, sizes=((17, "Q4_1"), (5, "F16"), (33, "Q8_0")))
+    xt = Tensor.from_list(rand_list(2 * k, 4), (2, k))
+    simd = [o.to_list() for o in F.matmul_n(xt, ws)]
+    B.set_simd(False)
+    try:
+        scalar = [o.to_list() for o in F.matmul_n(xt, ws)]
+    finally:
+        B.set_simd(True)
+    for a, b in zip(simd, scalar):
+        assert all(abs(p - q) <= 1e-5 * (1 + abs(q)) for p, q in zip(a, b))
+
+
+def test_matmul_n_bad_arguments_raise_and_never_crash():
+    k = 64
+    x = Tensor.from_list(rand_list(2 * k, 1), (2, k))
+    w = Tensor.from_list(rand_list(5 * k, 2), (5, k), "Q4_1")
+    w2 = Tensor.from_list(rand_list(3 * k, 3), (3, k), "Q8_0")
+    with pytest.raises(errors.ArgumentTypeError):
+        F.matmul_n(x, w)                                          # not a list
+    with pytest.raises(errors.ArgumentTypeError):
+        F.matmul_n(x, [])
+    with pytest.raises(errors.ArgumentTypeError, match=r"ws\[1\]"):
+        F.matmul_n(x, [w, "w2"])
+    with pytest.raises(errors.ArgumentTypeError, match="x"):
+        F.matmul_n([1.0], [w])
+    with pytest.raises(errors.InvalidArgumentError, match="at most"):
+        F.matmul_n(x, [w] * (F.MATMUL_MAX + 1))
+    with pytest.raises(errors.ArgumentTypeError, match="outs"):
+        F.matmul_n(x, [w, w2], outs=[Tensor((2, 5))])             # one out for two weights
+    with pytest.raises(errors.ShapeError, match="weight 1"):
+        F.matmul_n(x, [w, Tensor((3, 32))])                       # K mismatch in the second weight
+    with pytest.raises(errors.ShapeError, match="weight 1"):
+        F.matmul_n(x, [w, w2], outs=[Tensor((2, 5)), Tensor((2, 4))])
+    with pytest.raises(errors.DTypeError):
+        F.matmul_n(x, [w, w2], biases=[None, Tensor((3,), "F16")])
+    o = Tensor((2, 5))
+    with pytest.raises(errors.ToolkitError, match="overlaps out 0"):
+        F.matmul_n(x, [w, w], outs=[o, o])                        # two outputs in one buffer
+    wf = Tensor.from_list(rand_list(10 * k, 4), (10, k))
+    inside_wf = wf.reshape(10 * k)[0:10].reshape(2, 5)
+    with pytest.raises(errors.ToolkitError, match="overlaps the weight or bias of 1"):
+        F.matmul_n(x, [w, wf], outs=[inside_wf, Tensor((2, 10))])  # an output inside another weight
+    assert wf.to_list() == rand_list(10 * k, 4)                      # and nothing was written
+    # raw engine calls: counts out of range and NULL arrays
+    o2 = Tensor((2, 3))  # held: the array below keeps only its pointer
+    outs = ffi.new("ce_tensor *[2]", [o.ptr, o2.ptr])
+    wsp = ffi.new("ce_tensor *[2]", [w.ptr, w2.ptr])
+    assert lib.ce_matmul_n(0, outs, x.ptr, wsp, ffi.NULL) == lib.CE_ERR_ARG
+    assert lib.ce_matmul_n(lib.CE_MATMUL_MAX + 1, outs, x.ptr, wsp, ffi.NULL) == lib.CE_ERR_ARG
+    assert lib.ce_matmul_n(2, ffi.NULL, x.ptr, wsp, ffi.NULL) == lib.CE_ERR_ARG
+    assert lib.ce_matmul_n(2, outs, x.ptr, ffi.NULL, ffi.NULL) == lib.CE_ERR_ARG
+    assert lib.ce_matmul_n(2, outs, ffi.NULL, wsp, ffi.NULL) == lib.CE_ERR_ARG
+    assert lib.ce_matmul_n(2, outs, x.ptr, wsp, ffi.NULL) == lib.CE_OK
+    assert F.matmul_n(x, [w, w2])[1].to_list() == F.matmul(x, w2).to_list()

@@ -9,7 +9,7 @@ from toolkit import errors
 from . import functional
 from . import functional as F
 from ._lib import check, ffi, lib
-from .functional import (add, argmax, copy_, copy_rows_, embedding, gelu, linear, matmul, mul,
+from .functional import (add, argmax, copy_, copy_rows_, embedding, gelu, linear, matmul, matmul_n, mul,
                          repetition_penalty_, rms_norm, rope_, sample, scale, scaled_dot_product_attention,
                          silu, silu_mul, softmax, topk)
 from .modules import Embedding, Linear, Module, ModuleList, RMSNorm
@@ -17,7 +17,7 @@ from .tensor import Tensor
 
 __all__ = [
     "Tensor", "Module", "Linear", "RMSNorm", "Embedding", "ModuleList", "F", "functional",
-    "scaled_dot_product_attention", "matmul", "linear", "embedding", "rms_norm", "rope_", "softmax",
+    "scaled_dot_product_attention", "matmul", "matmul_n", "linear", "embedding", "rms_norm", "rope_", "softmax",
     "silu", "gelu", "silu_mul", "add", "mul", "scale", "argmax", "topk", "copy_", "copy_rows_", "sample",
     "repetition_penalty_",
     "set_threads", "get_threads", "set_simd", "get_simd", "build_info", "engine_version", "bench_read_bandwidth",

@@ -70,6 +70,42 @@ def matmul(x, w, bias=None, out=None):
 
 linear = matmul
 
+MATMUL_MAX = lib.CE_MATMUL_MAX
+
+
+def matmul_n(x, ws, biases=None, outs=None):
+    """[x @ w^T (+ b) for w, b in zip(ws, biases)]: several weights against one x in one engine call
+    (a layer's q/k/v projections, or gate and up). The results are bit-identical to separate
+    `matmul` calls; with a few rows of x the engine runs all the weights' rows as one job, so a
+    decode step pays one thread start-up instead of one per weight. Up to MATMUL_MAX weights;
+    biases and outs, when given, are sequences of the same length (biases may hold None)."""
+    if not isinstance(ws, (list, tuple)) or not ws:
+        raise errors.ArgumentTypeError(f"ws must be a non-empty list of weight Tensors, got {ws!r:.80}")
+    n = len(ws)
+    if n > MATMUL_MAX:
+        raise errors.InvalidArgumentError(f"matmul_n takes at most {MATMUL_MAX} weights, got {n}")
+    for name, seq in (("biases", biases), ("outs", outs)):
+        if seq is not None and (not isinstance(seq, (list, tuple)) or len(seq) != n):
+            raise errors.ArgumentTypeError(f"{name} must be a list of {n} (one per weight), got {seq!r:.80}")
+    try:
+        xc = x._ct
+        wc = [w._ct for w in ws]
+        bc = _NULL if biases is None else [_NULL if b is None else b._ct for b in biases]
+        if outs is None:
+            for w in ws:
+                if w.ndim != 2:
+                    raise errors.ShapeError(f"matmul weight must be 2-D [N, K], got shape {w.shape}")
+            outs = [_like(x, w.shape[0]) for w in ws]
+        oc = [o._ct for o in outs]
+    except AttributeError:
+        raise _bad(x=x, **{f"ws[{i}]": w for i, w in enumerate(ws)},
+                   **{f"biases[{i}]": b for i, b in enumerate(biases or ())},
+                   **{f"outs[{i}]": o for i, o in enumerate(outs or ())}) from None
+    rc = lib.ce_matmul_n(n, oc, xc, wc, bc)
+    if rc:
+        raise error_for(rc)
+    return list(outs)
+
 
 def embedding(w, ids, out=None):
     """out[n, D] = w[ids[n]]; ids is an I32 Tensor or a list of ints; w any dtype."""
