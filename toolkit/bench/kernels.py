@@ -3,9 +3,11 @@
 Measured in one run, for every weight dtype (F32, F16, BF16, Q8_0, Q4_0, Q4_1) and for 1 and N
 threads:
   - read bandwidth: the engine streaming a 512 MiB buffer (ce_bench_read_bandwidth): the ceiling;
-  - decode GEMV: one decode step's worth of the default model's matrices (576x576, 1536x576 and
-    576x1536 per layer, 30 layers, more if needed to be 2x the L3), cycled so every matrix comes
-    from DRAM, as effective GB/s of weights read and as a share of the measured bandwidth. Decode
+  - decode GEMV: the default model's layer matrices, called as its decode step calls them (per
+    layer: q 576x576, k and v 192x576 in one matmul_n call; o 576x576; gate and up 1536x576 in one
+    matmul_n call; down 576x1536), 30 layers (more if needed to be 2x the L3), cycled so every
+    matrix comes from DRAM, as effective GB/s of weights read and as a share of the measured
+    bandwidth. Decode
     steps follow one another, so each round runs the set DECODE_PASSES times back to back: the
     first pass (right after the other measurements: threads and caches cold) is shown on its own,
     the steady state is the median of the passes after it;
@@ -30,7 +32,12 @@ from toolkit.core.engine.backend import Tensor
 # engine itself, so it may reach the binding directly.
 
 DTYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"]
-D_MODEL, D_FF, N_LAYERS, VOCAB = 576, 1536, 30, 49152
+D_MODEL, D_KV, D_FF, N_LAYERS, VOCAB = 576, 192, 1536, 30, 49152
+# one layer of the decode step: (rows, columns) of each matrix, grouped as the model calls them
+LAYER_CALLS = [[(D_MODEL, D_MODEL), (D_KV, D_MODEL), (D_KV, D_MODEL)],  # q, k, v: one matmul_n
+               [(D_MODEL, D_MODEL)],                                   # o
+               [(D_FF, D_MODEL), (D_FF, D_MODEL)],                     # gate, up: one matmul_n
+               [(D_MODEL, D_FF)]]                                      # down
 GEMM_M = 512
 BW_BYTES = 512 << 20
 MIN_SET_BYTES = 64 << 20  # a decode set at least 2x the 32 MiB L3
@@ -66,15 +73,17 @@ class _Case:
 
     def __init__(self, dtype, srcs):
         per32 = Tensor((1, 32), dtype).nbytes  # bytes per 32 weights
-        per_layer = sum(per32 * n * k // 32 for n, k in [(D_MODEL, D_MODEL), (D_FF, D_MODEL), (D_MODEL, D_FF)])
+        per_layer = sum(per32 * n * k // 32 for call in LAYER_CALLS for n, k in call)
         self.layers = max(N_LAYERS, -(-MIN_SET_BYTES // per_layer))
-        sq = _weights(dtype, D_MODEL, D_MODEL, srcs["sq"], self.layers)
-        up = _weights(dtype, D_FF, D_MODEL, srcs["ff"], self.layers)
-        down = _weights(dtype, D_MODEL, D_FF, srcs["ff"], self.layers)
-        self.decode = list(zip(sq, up, down))
-        self.decode_bytes = sum(w.nbytes for layer in self.decode for w in layer)
+        # self.decode[layer][call]: the weights of one engine call
+        self.decode = [[[] for _ in LAYER_CALLS] for _ in range(self.layers)]
+        for c, call in enumerate(LAYER_CALLS):
+            for j, (n, k) in enumerate(call):
+                for layer, w in zip(self.decode, _weights(dtype, n, k, srcs[n, k], self.layers)):
+                    layer[c].append(w)
+        self.decode_bytes = sum(w.nbytes for layer in self.decode for call in layer for w in call)
         self.head = _weights(dtype, VOCAB, D_MODEL, srcs["head"], 1)[0]
-        self.gemm_w = up[0]
+        self.gemm_w = self.decode[0][2][0]  # gate
 
 
 def _time(fn):
@@ -95,22 +104,26 @@ def main(argv=None):
     threads = sorted({1, max(1, args.threads)})
     t_start = time.perf_counter()
 
-    srcs = {"sq": _f32_tensor(D_MODEL * D_MODEL, 1), "ff": _f32_tensor(D_FF * D_MODEL, 2),
-            "head": _f32_tensor(VOCAB * D_MODEL, 3)}
+    srcs = {(n, k): _f32_tensor(n * k, n + k) for call in LAYER_CALLS for n, k in call}
+    srcs["head"] = _f32_tensor(VOCAB * D_MODEL, 3)
     cases = {dt: _Case(dt, srcs) for dt in dtypes}
     del srcs
     x_model = Tensor.from_list([random.Random(4).uniform(-1, 1) for _ in range(D_MODEL)], (1, D_MODEL))
     x_ff = Tensor.from_list([random.Random(5).uniform(-1, 1) for _ in range(D_FF)], (1, D_FF))
-    o_model, o_ff, o_head = Tensor((1, D_MODEL)), Tensor((1, D_FF)), Tensor((1, VOCAB))
+    o_head = Tensor((1, VOCAB))
+    # per call: its input and one output per weight
+    call_io = [(x_model if call[0][1] == D_MODEL else x_ff, [Tensor((1, n)) for n, _ in call]) for call in LAYER_CALLS]
     x_gemm = Tensor.from_list([random.Random(6).uniform(-1, 1) for _ in range(D_MODEL)] * GEMM_M, (GEMM_M, D_MODEL))
     o_gemm = Tensor((GEMM_M, D_FF))
     setup_s = time.perf_counter() - t_start
 
     def decode_pass(case):
-        for sq, up, down in case.decode:
-            F.matmul(x_model, sq, out=o_model)
-            F.matmul(x_model, up, out=o_ff)
-            F.matmul(x_ff, down, out=o_model)
+        for layer in case.decode:
+            for ws, (x, outs) in zip(layer, call_io):
+                if len(ws) == 1:
+                    F.matmul(x, ws[0], out=outs[0])
+                else:
+                    F.matmul_n(x, ws, outs=outs)
 
     bw = {th: [] for th in threads}
     res = {(dt, th): {"first": [], "decode": [], "head": [], "gemm": []} for dt in dtypes for th in threads}
@@ -137,8 +150,8 @@ def main(argv=None):
     print("read bandwidth (512 MiB): " + ", ".join(
         f"{th} thread{'s' if th > 1 else ''} {med(bw[th]):.1f} GB/s (min {min(bw[th]):.1f}, max {max(bw[th]):.1f})"
         for th in threads))
-    print(f"decode set: {N_LAYERS}+ layers x (576x576, 1536x576, 576x1536), cycled from DRAM, {DECODE_PASSES} passes "
-          f"back to back: the first, then the steady state (the passes after it); "
+    print(f"decode set: {N_LAYERS}+ layers x (q, k, v; o; gate, up; down) in 4 calls, cycled from DRAM, {DECODE_PASSES} "
+          f"passes back to back: the first, then the steady state (the passes after it); "
           f"lm head: 49152x576; GEMM: [{GEMM_M},576] @ [1536,576]^T")
     head = (f"{'dtype':<6}{'thr':>4} {'set MB':>7} {'1st pass':>9} {'decode GB/s':>12} {'% bw':>6} "
             f"{'lm-head GB/s':>13} {'% bw':>6}"
