@@ -71,10 +71,10 @@ def _weights(dtype, n, k, src, copies):
 class _Case:
     """The weights of one dtype: a decode set of layers, an lm head and a GEMM matrix."""
 
-    def __init__(self, dtype, srcs):
+    def __init__(self, dtype, srcs, layers=None):
         per32 = Tensor((1, 32), dtype).nbytes  # bytes per 32 weights
         per_layer = sum(per32 * n * k // 32 for call in LAYER_CALLS for n, k in call)
-        self.layers = max(N_LAYERS, -(-MIN_SET_BYTES // per_layer))
+        self.layers = layers or max(N_LAYERS, -(-MIN_SET_BYTES // per_layer))
         # self.decode[layer][call]: the weights of one engine call
         self.decode = [[[] for _ in LAYER_CALLS] for _ in range(self.layers)]
         for c, call in enumerate(LAYER_CALLS):
@@ -98,7 +98,15 @@ def main(argv=None):
                    help="the largest thread count to measure (the table shows 1 and this)")
     p.add_argument("--quick", action="store_true", help="3 rounds instead of 7")
     p.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated subset of " + ",".join(DTYPES))
+    p.add_argument("--layers", type=int, default=None,
+                   help="decode-set layers (default: 30, more when needed to be 2x the L3); a small set "
+                        "stays in cache and measures nothing but that the tool runs")
     args = p.parse_args(argv)
+    bad = [d for d in args.dtypes.upper().split(",") if d.strip() and d.strip() not in DTYPES]
+    if bad:
+        p.error(f"unknown dtype(s) {', '.join(bad)}: choose from {', '.join(DTYPES)}")
+    if args.layers is not None and args.layers < 1:
+        p.error("--layers must be at least 1")
     rounds = 3 if args.quick else 7
     dtypes = [d.strip().upper() for d in args.dtypes.split(",") if d.strip()]
     threads = sorted({1, max(1, args.threads)})
@@ -106,7 +114,7 @@ def main(argv=None):
 
     srcs = {(n, k): _f32_tensor(n * k, n + k) for call in LAYER_CALLS for n, k in call}
     srcs["head"] = _f32_tensor(VOCAB * D_MODEL, 3)
-    cases = {dt: _Case(dt, srcs) for dt in dtypes}
+    cases = {dt: _Case(dt, srcs, args.layers) for dt in dtypes}
     del srcs
     x_model = Tensor.from_list([random.Random(4).uniform(-1, 1) for _ in range(D_MODEL)], (1, D_MODEL))
     x_ff = Tensor.from_list([random.Random(5).uniform(-1, 1) for _ in range(D_FF)], (1, D_FF))
