@@ -7,10 +7,9 @@ threads:
     layer: q 576x576, k and v 192x576 in one matmul_n call; o 576x576; gate and up 1536x576 in one
     matmul_n call; down 576x1536), 30 layers (more if needed to be 2x the L3), cycled so every
     matrix comes from DRAM, as effective GB/s of weights read and as a share of the measured
-    bandwidth. Decode
-    steps follow one another, so each round runs the set DECODE_PASSES times back to back: the
-    first pass (right after the other measurements: threads and caches cold) is shown on its own,
-    the steady state is the median of the passes after it;
+    bandwidth. Decode steps follow one another, so each round runs the set DECODE_PASSES times
+    back to back: the first pass (right after the other measurements: threads and caches cold) is
+    shown on its own, the steady state is the median of the passes after it;
   - lm-head GEMV: one 49152x576 matrix alone;
   - GEMM: x[512, 576] @ w[1536, 576]^T (a prefill chunk), in GFLOP/s.
 Memory bandwidth drifts on this machine, so every measurement is repeated in interleaved rounds
