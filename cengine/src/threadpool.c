@@ -30,9 +30,11 @@ static struct {
     int n;                      /* threads including the caller */
     pthread_t *workers;         /* [n - 1] */
     atomic_ulong gen;           /* +2 per job; odd while the caller is writing the next one */
-    _Atomic uint64_t state;     /* dynamic jobs: (gen & 0xffffffff) << 32 | CLOSED | workers joined */
-    atomic_int done;            /* workers that have finished the current job (dynamic: of those joined) */
-    atomic_int dynamic;         /* the current job is dynamic */
+    /* state and done on lines of their own: the caller spins on done while the workers spin on
+     * gen, and every write to a shared line costs both a transfer (measured +2% on 768-row GEMVs) */
+    _Alignas(64) _Atomic uint64_t state; /* dynamic jobs: (gen & 0xffffffff) << 32 | CLOSED | workers joined */
+    _Alignas(64) atomic_int done; /* workers that have finished the current job (dynamic: of those joined) */
+    _Alignas(64) atomic_int dynamic; /* the current job is dynamic */
     atomic_int sleepers;        /* workers blocked on cv */
     atomic_int stop;
     unsigned long start_gen;    /* gen when the workers were created: their first "seen" value */
