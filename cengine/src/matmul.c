@@ -67,6 +67,7 @@ typedef struct {
     int64_t start[CE_MATMUL_MAX + 1];
     struct gemv_range *ranges; /* [nranges] rows each thread has left, (lo, hi) in 64 bits */
     int nranges;               /* or 0 (ranges NULL): one thread runs all rows */
+    const char *next[4];       /* per thread: where its rows of the expected next GEMV begin (succ_*) */
 } gemv_job;
 
 /* Local and inline: the public ce_dtype_* functions are PLT calls that would break the kernels. */
@@ -497,6 +498,51 @@ static void gemv_chunks(const gemv_job *j, int ith) {
     }
 }
 
+/* A decode step runs the same GEMVs in the same order every token, so the one that followed a
+ * weight last time will most likely follow it again. Each call looks up the GEMV that followed
+ * it last time (keyed by its first weight's address) and, when a thread has finished its rows,
+ * prefetches the first SUCC_BYTES of that thread's rows of the next call: the stream then starts
+ * warm instead of waiting on DRAM (and page walks) at every call. Measured with 2 threads on
+ * 768-row calls streaming from DRAM: +3-6% interleaved, up to +15% against one long call.
+ * A wrong guess costs a few KiB of bandwidth and never a result: the table only ever feeds
+ * prefetches, which cannot fault, so its relaxed atomic fields may even disagree with each other
+ * when two threads issue GEMVs at once. */
+enum { SUCC_SLOTS = 1024, SUCC_BYTES = 8192 };
+static struct {
+    _Atomic uintptr_t key;          /* first weight's address of the call this slot is about */
+    _Atomic uintptr_t next[4];      /* per thread: where its rows of the call after it began */
+} succ[SUCC_SLOTS];
+static _Atomic uintptr_t succ_prev; /* the last GEMV's key */
+
+static inline size_t succ_slot(uintptr_t key) { return (size_t)((key >> 6) * 0x9E3779B97F4A7C15ull >> 54) % SUCC_SLOTS; }
+
+/* Links this call (its key and its threads' first rows) to the previous GEMV, and returns in
+ * j->next where the call expected after this one begins. */
+static void succ_link(gemv_job *j, int nth) {
+    const uintptr_t key = (uintptr_t)j->seg[0].w;
+    const uintptr_t prev = atomic_exchange_explicit(&succ_prev, key, memory_order_relaxed);
+    if (prev) {
+        size_t p = succ_slot(prev);
+        atomic_store_explicit(&succ[p].key, prev, memory_order_relaxed);
+        for (int i = 0; i < 4; i++) {
+            uintptr_t a = 0;
+            if (i < nth) {
+                int64_t lo, hi;
+                ce_split(j->start[j->nseg], i, nth, NR, &lo, &hi);
+                if (lo < hi) {
+                    int s = seg_of(j, lo);
+                    a = (uintptr_t)w_at(&j->seg[s], lo - j->start[s], 0);
+                }
+            }
+            atomic_store_explicit(&succ[p].next[i], a, memory_order_relaxed);
+        }
+    }
+    size_t k = succ_slot(key);
+    int hit = atomic_load_explicit(&succ[k].key, memory_order_relaxed) == key;
+    for (int i = 0; i < 4; i++)
+        j->next[i] = hit ? (const char *)atomic_load_explicit(&succ[k].next[i], memory_order_relaxed) : NULL;
+}
+
 static void gemv_task(void *p, int ith, int nth) {
     (void)nth; /* whichever threads run share the rows (gemv_chunks) */
     const gemv_job *j = p;
@@ -519,6 +565,8 @@ static void gemv_task(void *p, int ith, int nth) {
     } else {
         gemv_chunks(j, ith); /* no Q4, or the caller built one shared xq (gemv_run) */
     }
+    if (ith < 4 && j->next[ith])
+        for (int64_t b = 0; b < SUCC_BYTES; b += 64) _mm_prefetch(j->next[ith] + b, _MM_HINT_T0);
     if (j->q4 && (csr & dazftz)) _mm_setcsr(csr);
 }
 
@@ -539,8 +587,10 @@ static ce_status gemv_run(mm_ctx *seg, int n, int nth) {
         build_seg_xqs(seg, n, xq);
     }
     struct gemv_range ranges[GEMV_MAX_THREADS];
-    if (nth > 1 && N <= UINT32_MAX) { /* else one thread runs it all (gemv_chunks) */
-        if (nth > GEMV_MAX_THREADS) nth = GEMV_MAX_THREADS;
+    if (nth > GEMV_MAX_THREADS) nth = GEMV_MAX_THREADS;
+    if (N > UINT32_MAX) nth = 1; /* the ranges pack rows in 32 bits */
+    succ_link(&j, nth);
+    if (nth > 1) { /* else one thread runs it all (gemv_chunks) */
         for (int i = 0; i < nth; i++) {
             int64_t lo, hi;
             ce_split(N, i, nth, NR, &lo, &hi);
