@@ -416,3 +416,12 @@ def test_matmul_n_bad_arguments_raise_and_never_crash():
     assert lib.ce_matmul_n(2, outs, ffi.NULL, wsp, ffi.NULL) == lib.CE_ERR_ARG
     assert lib.ce_matmul_n(2, outs, x.ptr, wsp, ffi.NULL) == lib.CE_OK
     assert F.matmul_n(x, [w, w2])[1].to_list() == F.matmul(x, w2).to_list()
+
+
+def test_matmul_n_empty_shapes():
+    w = Tensor.from_list(rand_list(3 * 32, 1), (3, 32), "Q4_1")
+    outs = F.matmul_n(Tensor((0, 32)), [w, w])
+    assert [o.shape for o in outs] == [(0, 3), (0, 3)]
+    bias = Tensor.from_list([1.0, 2.0, 3.0], (3,))
+    got = F.matmul_n(Tensor((1, 0)), [Tensor((3, 0)), Tensor((2, 0))], biases=[bias, None])
+    assert [o.to_list() for o in got] == [[1.0, 2.0, 3.0], [0.0, 0.0]]
