@@ -515,9 +515,7 @@ ce_status ce_attention(ce_tensor *out, const ce_tensor *q, const ce_tensor *k, c
     ce_parallel_dyn(attn_task, &c, ce_tasks(work, 131072, units));
     if (prows && !atomic_load(&c.nomem)) {
         int64_t rows = prows / 2, cw = prows * (D + 2) + (probs ? rows * n_kv : 0); /* rows >= prows / nch */
-        int64_t ct = cw / 65536 + 1;
-        if (ct > rows) ct = rows;
-        ce_parallel_dyn(combine_task, &c, (int)(ct < 256 ? ct : 256));
+        ce_parallel_dyn(combine_task, &c, ce_tasks(cw, 65536, rows));
     }
     free(mem);
     if (atomic_load(&c.nomem))
