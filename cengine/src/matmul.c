@@ -57,6 +57,8 @@ typedef struct mm_ctx {
     _Atomic int64_t *next_unit; /* GEMM: the first work unit no thread has claimed */
 } mm_ctx;
 
+enum { SUCC_THREADS = 4 }; /* threads that prefetch their rows of the next GEMV (succ_link) */
+
 /* A GEMV job: one x against one or more weights (ce_matmul_n). Their rows are numbered one after
  * the other, seg[s] computing rows [start[s], start[s + 1]), so the threads split and steal them
  * as the rows of one tall matrix: one pool job, one start-up, and no wait between the weights. */
@@ -67,7 +69,7 @@ typedef struct {
     int64_t start[CE_MATMUL_MAX + 1];
     struct gemv_range *ranges; /* [nranges] rows each thread has left, (lo, hi) in 64 bits */
     int nranges;               /* or 0 (ranges NULL): one thread runs all rows */
-    const char *next[4];       /* per thread: where its rows of the expected next GEMV begin (succ_*) */
+    const char *next[SUCC_THREADS]; /* per thread: where its rows of the expected next GEMV begin */
 } gemv_job;
 
 /* Local and inline: the public ce_dtype_* functions are PLT calls that would break the kernels. */
@@ -509,37 +511,33 @@ static void gemv_chunks(const gemv_job *j, int ith) {
  * when two threads issue GEMVs at once. */
 enum { SUCC_SLOTS = 1024, SUCC_BYTES = 8192 };
 static struct {
-    _Atomic uintptr_t key;          /* first weight's address of the call this slot is about */
-    _Atomic uintptr_t next[4];      /* per thread: where its rows of the call after it began */
+    _Atomic uintptr_t key;                   /* first weight's address of the call this slot is about */
+    _Atomic uintptr_t next[SUCC_THREADS];    /* per thread: where its rows of the call after it began */
 } succ[SUCC_SLOTS];
 static _Atomic uintptr_t succ_prev; /* the last GEMV's key */
 
 static inline size_t succ_slot(uintptr_t key) { return (size_t)((key >> 6) * 0x9E3779B97F4A7C15ull >> 54) % SUCC_SLOTS; }
 
-/* Links this call (its key and its threads' first rows) to the previous GEMV, and returns in
- * j->next where the call expected after this one begins. */
-static void succ_link(gemv_job *j, int nth) {
+/* Links this call to the previous GEMV (first[i]: job row where thread i starts, or -1), and
+ * returns in j->next where the call expected after this one begins. */
+static void succ_link(gemv_job *j, const int64_t first[SUCC_THREADS]) {
     const uintptr_t key = (uintptr_t)j->seg[0].w;
     const uintptr_t prev = atomic_exchange_explicit(&succ_prev, key, memory_order_relaxed);
     if (prev) {
         size_t p = succ_slot(prev);
         atomic_store_explicit(&succ[p].key, prev, memory_order_relaxed);
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < SUCC_THREADS; i++) {
             uintptr_t a = 0;
-            if (i < nth) {
-                int64_t lo, hi;
-                ce_split(j->start[j->nseg], i, nth, NR, &lo, &hi);
-                if (lo < hi) {
-                    int s = seg_of(j, lo);
-                    a = (uintptr_t)w_at(&j->seg[s], lo - j->start[s], 0);
-                }
+            if (first[i] >= 0) {
+                int s = seg_of(j, first[i]);
+                a = (uintptr_t)w_at(&j->seg[s], first[i] - j->start[s], 0);
             }
             atomic_store_explicit(&succ[p].next[i], a, memory_order_relaxed);
         }
     }
     size_t k = succ_slot(key);
     int hit = atomic_load_explicit(&succ[k].key, memory_order_relaxed) == key;
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < SUCC_THREADS; i++)
         j->next[i] = hit ? (const char *)atomic_load_explicit(&succ[k].next[i], memory_order_relaxed) : NULL;
 }
 
@@ -565,7 +563,7 @@ static void gemv_task(void *p, int ith, int nth) {
     } else {
         gemv_chunks(j, ith); /* no Q4, or the caller built one shared xq (gemv_run) */
     }
-    if (ith < 4 && j->next[ith])
+    if (ith < SUCC_THREADS && j->next[ith])
         for (int64_t b = 0; b < SUCC_BYTES; b += 64) _mm_prefetch(j->next[ith] + b, _MM_HINT_T0);
     if (j->q4 && (csr & dazftz)) _mm_setcsr(csr);
 }
@@ -589,13 +587,16 @@ static ce_status gemv_run(mm_ctx *seg, int n, int nth) {
     struct gemv_range ranges[GEMV_MAX_THREADS];
     if (nth > GEMV_MAX_THREADS) nth = GEMV_MAX_THREADS;
     if (N > UINT32_MAX) nth = 1; /* the ranges pack rows in 32 bits */
-    succ_link(&j, nth);
-    if (nth > 1) { /* else one thread runs it all (gemv_chunks) */
-        for (int i = 0; i < nth; i++) {
-            int64_t lo, hi;
-            ce_split(N, i, nth, NR, &lo, &hi);
-            atomic_init(&ranges[i].v, rng_pack(lo, hi));
-        }
+    int64_t first[SUCC_THREADS]; /* the job row each thread starts at, or -1 */
+    for (int i = 0; i < SUCC_THREADS; i++) first[i] = i == 0 && N > 0 ? 0 : -1;
+    for (int i = 0; nth > 1 && i < nth; i++) {
+        int64_t lo, hi;
+        ce_split(N, i, nth, NR, &lo, &hi);
+        atomic_init(&ranges[i].v, rng_pack(lo, hi));
+        if (i < SUCC_THREADS) first[i] = lo < hi ? lo : -1;
+    }
+    succ_link(&j, first);
+    if (nth > 1) {
         j.ranges = ranges;
         j.nranges = nth;
         ce_parallel_dyn(gemv_task, &j, nth);
