@@ -48,6 +48,13 @@ def _like(x, last=None):
     return Tensor(shape, "F32")
 
 
+def _matmul_out(x, w):
+    """A new output for x @ w^T (the engine checks the rest)."""
+    if w.ndim != 2:
+        raise errors.ShapeError(f"matmul weight must be 2-D [N, K], got shape {w.shape}")
+    return _like(x, w.shape[0])
+
+
 def matmul(x, w, bias=None, out=None):
     """out[..., N] = x[..., K] @ w[N, K]^T (+ bias): a Linear layer; w may be any weight dtype."""
     # The hot path of every forward pass: ~200 calls per decoded token, so attribute reads
@@ -56,9 +63,7 @@ def matmul(x, w, bias=None, out=None):
         xc, wc = x._ct, w._ct
         bc = _NULL if bias is None else bias._ct
         if out is None:
-            if w.ndim != 2:
-                raise errors.ShapeError(f"matmul weight must be 2-D [N, K], got shape {w.shape}")
-            out = _like(x, w.shape[0])
+            out = _matmul_out(x, w)
         oc = out._ct
     except AttributeError:
         raise _bad(x=x, w=w, bias=bias, out=out) from None
@@ -92,10 +97,7 @@ def matmul_n(x, ws, biases=None, outs=None):
         wc = [w._ct for w in ws]
         bc = _NULL if biases is None else [_NULL if b is None else b._ct for b in biases]
         if outs is None:
-            for w in ws:
-                if w.ndim != 2:
-                    raise errors.ShapeError(f"matmul weight must be 2-D [N, K], got shape {w.shape}")
-            outs = [_like(x, w.shape[0]) for w in ws]
+            outs = [_matmul_out(x, w) for w in ws]
         oc = [o._ct for o in outs]
     except AttributeError:
         raise _bad(x=x, **{f"ws[{i}]": w for i, w in enumerate(ws)},
