@@ -113,9 +113,13 @@ def matmul_n(x, ws, biases=None, outs=None):
             outs = [_matmul_out(x, w) for w in ws]
         oc = [o._ct for o in outs]
     except AttributeError:
-        raise _bad(x=x, **{f"ws[{i}]": w for i, w in enumerate(ws)},
-                   **{f"biases[{i}]": b for i, b in enumerate(biases or ())},
-                   **{f"outs[{i}]": o for i, o in enumerate(outs or ())}) from None
+        args = {"x": x, **{f"ws[{i}]": w for i, w in enumerate(ws)},
+                **{f"biases[{i}]": b for i, b in enumerate(biases or ()) if b is not None},
+                **{f"outs[{i}]": o for i, o in enumerate(outs or ())}}
+        name = next((k for k, v in args.items() if not isinstance(v, Tensor)), None)
+        if name is None:
+            raise
+        raise errors.ArgumentTypeError(f"{name} must be a Tensor, got {type(args[name]).__name__}") from None
     rc = lib.ce_matmul_n(n, oc, xc, wc, bc)
     if rc:
         raise error_for(rc)
