@@ -3,10 +3,11 @@
  * This machine's memory bandwidth and compute both swing up to 2x between seconds, so two engine
  * builds timed in separate processes cannot be compared. abtest dlopen()s several builds (each a
  * plain .so of cengine/src, see README.md here), gives each its own copy of the weights, and
- * alternates them round by round: per round, per build, one decode set (L layers of 576x576,
- * 1536x576 and 576x1536 GEMVs, cycled from DRAM, as a decode step streams them) and one lm head
- * (49152x576, one call). It prints each build's median GB/s. The first build loaded runs a few
- * percent slow (memory placement): load a throwaway copy first.
+ * alternates them round by round: per round, per build, one decode set (L layers of the default
+ * model's matrices, called as its decode step calls them: q, k and v in one ce_matmul_n; o; gate
+ * and up in one ce_matmul_n; down) and one lm head (49152x576, one call). The decode set is
+ * ~70 MB in Q4_1, twice the L3, so it streams from DRAM. It prints each build's median GB/s.
+ * The first build loaded runs a few percent slow (memory placement): load a throwaway copy first.
  *
  *   usage: abtest DTYPE THREADS ROUNDS lib.so...   (DTYPE: 0 F32 ... 3 Q8_0, 4 Q4_0, 5 Q4_1)
  *   env GAP=us: spin that long between calls, as Python does between ops
@@ -20,7 +21,7 @@
 #include <unistd.h>
 #include "cengine.h"
 
-enum { L = 49, MAX_LIBS = 8 };
+enum { L = 32, MAX_LIBS = 8, NW = 7 };
 
 static double now(void) {
     struct timespec t;
@@ -38,10 +39,30 @@ static int cmp(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+typedef ce_status (*matmul_fn)(ce_tensor *, const ce_tensor *, const ce_tensor *, const ce_tensor *);
+typedef ce_status (*matmul_n_fn)(int, ce_tensor *const *, const ce_tensor *, const ce_tensor *const *,
+                                 const ce_tensor *const *);
+
 typedef struct {
-    ce_status (*matmul)(ce_tensor *, const ce_tensor *, const ce_tensor *, const ce_tensor *);
-    ce_tensor *w[L][3], *head, *x[2], *o[3];
+    matmul_fn matmul;
+    matmul_n_fn matmul_n;
+    ce_tensor *w[L][NW], *head;    /* per layer: q, k, v, o, gate, up, down */
+    ce_tensor *x, *x_ff, *q, *k, *v, *gate, *up, *o, *logits;
 } build;
+
+/* one decode step's matmuls; nonzero on an engine error */
+static int decode_set(build *b) {
+    int e = 0;
+    for (int l = 0; l < L && !e; l++) {
+        ce_tensor *qkv[3] = {b->q, b->k, b->v}, *gu[2] = {b->gate, b->up};
+        const ce_tensor *wqkv[3] = {b->w[l][0], b->w[l][1], b->w[l][2]}, *wgu[2] = {b->w[l][4], b->w[l][5]};
+        gap(), e |= b->matmul_n(3, qkv, b->x, wqkv, NULL);
+        gap(), e |= b->matmul(b->o, b->x, b->w[l][3], NULL);
+        gap(), e |= b->matmul_n(2, gu, b->x, wgu, NULL);
+        gap(), e |= b->matmul(b->o, b->x_ff, b->w[l][6], NULL);
+    }
+    return e;
+}
 
 int main(int argc, char **argv) {
     if (argc < 5) {
@@ -52,8 +73,8 @@ int main(int argc, char **argv) {
     if (V > MAX_LIBS) V = MAX_LIBS;
     gap_s = getenv("GAP") ? atof(getenv("GAP")) * 1e-6 : 0;
     const int steady = getenv("STEADY") && atoi(getenv("STEADY"));
-    const int64_t sh[3][2] = {{576, 576}, {1536, 576}, {576, 1536}}, hs[2] = {49152, 576};
-    const int64_t xs[2][2] = {{1, 576}, {1, 1536}}, os[3][2] = {{1, 576}, {1, 1536}, {1, 49152}};
+    const int64_t sh[NW][2] = {{576, 576}, {192, 576}, {192, 576}, {576, 576}, {1536, 576}, {1536, 576}, {576, 1536}};
+    const int64_t hs[2] = {49152, 576};
     float *f = malloc(sizeof(float) * 49152 * 576);
     for (int i = 0; i < 49152 * 576; i++) f[i] = (rand() / (float)RAND_MAX) * 2 - 1;
     static build B[MAX_LIBS];
@@ -66,43 +87,42 @@ int main(int argc, char **argv) {
         ce_status (*tnew)(ce_tensor **, int, int, const int64_t *) = dlsym(h, "ce_tensor_new");
         ce_status (*conv)(int, void *, int, const void *, int64_t) = dlsym(h, "ce_convert");
         ce_status (*threads)(int) = dlsym(h, "ce_set_threads");
-        B[v].matmul = dlsym(h, "ce_matmul");
-        threads(th);
-        for (int i = 0; i < 2; i++) {
-            tnew(&B[v].x[i], CE_F32, 2, xs[i]);
-            for (int k = 0; k < xs[i][1]; k++) ((float *)B[v].x[i]->data)[k] = (k % 7) - 3.1f;
+        build *b = &B[v];
+        b->matmul = dlsym(h, "ce_matmul");
+        b->matmul_n = dlsym(h, "ce_matmul_n");
+        if (!tnew || !conv || !threads || !b->matmul || !b->matmul_n) {
+            fprintf(stderr, "%s: not an engine build (missing symbols)\n", argv[4 + v]);
+            return 1;
         }
-        for (int i = 0; i < 3; i++) tnew(&B[v].o[i], CE_F32, 2, os[i]);
+        threads(th);
+        const int64_t s576[2] = {1, 576}, s1536[2] = {1, 1536}, s192[2] = {1, 192}, sv[2] = {1, 49152};
+        tnew(&b->x, CE_F32, 2, s576), tnew(&b->x_ff, CE_F32, 2, s1536), tnew(&b->q, CE_F32, 2, s576);
+        tnew(&b->k, CE_F32, 2, s192), tnew(&b->v, CE_F32, 2, s192), tnew(&b->gate, CE_F32, 2, s1536);
+        tnew(&b->up, CE_F32, 2, s1536), tnew(&b->o, CE_F32, 2, s576), tnew(&b->logits, CE_F32, 2, sv);
+        for (int k = 0; k < 576; k++) ((float *)b->x->data)[k] = (k % 7) - 3.1f;
+        for (int k = 0; k < 1536; k++) ((float *)b->x_ff->data)[k] = (k % 5) - 2.1f;
         for (int l = 0; l < L; l++)
-            for (int j = 0; j < 3; j++) {
-                tnew(&B[v].w[l][j], dt, 2, sh[j]);
-                conv(dt, B[v].w[l][j]->data, CE_F32, f + l * 1000, sh[j][0] * sh[j][1]);
+            for (int j = 0; j < NW; j++) {
+                tnew(&b->w[l][j], dt, 2, sh[j]);
+                conv(dt, b->w[l][j]->data, CE_F32, f + l * 1000, sh[j][0] * sh[j][1]);
             }
-        tnew(&B[v].head, dt, 2, hs);
-        conv(dt, B[v].head->data, CE_F32, f, hs[0] * hs[1]);
+        tnew(&b->head, dt, 2, hs);
+        conv(dt, b->head->data, CE_F32, f, hs[0] * hs[1]);
     }
     free(f);
     double per32 = dt == 5 ? 20 : dt == 4 ? 18 : dt == 3 ? 34 : dt == 0 ? 128 : 64; /* bytes per 32 weights */
     double set_bytes = 0, head_bytes = 49152.0 * 576 / 32 * per32;
-    for (int j = 0; j < 3; j++) set_bytes += L * (double)sh[j][0] * sh[j][1] / 32 * per32;
+    for (int j = 0; j < NW; j++) set_bytes += L * (double)sh[j][0] * sh[j][1] / 32 * per32;
     double *td = calloc((size_t)V * R, sizeof(double)), *tl = calloc((size_t)V * R, sizeof(double));
     for (int r = 0; r < R; r++)
         for (int v = 0; v < V; v++) {
             build *b = &B[v];
             usleep(3000); /* the previous build's workers go to sleep */
-            for (int l = 0; steady && l < L; l++) {
-                b->matmul(b->o[0], b->x[0], b->w[l][0], NULL);
-                b->matmul(b->o[1], b->x[0], b->w[l][1], NULL);
-                b->matmul(b->o[0], b->x[1], b->w[l][2], NULL);
-            }
+            if (steady && decode_set(b)) goto fail;
             double t0 = now();
-            for (int l = 0; l < L; l++) {
-                gap(), b->matmul(b->o[0], b->x[0], b->w[l][0], NULL);
-                gap(), b->matmul(b->o[1], b->x[0], b->w[l][1], NULL);
-                gap(), b->matmul(b->o[0], b->x[1], b->w[l][2], NULL);
-            }
+            if (decode_set(b)) goto fail;
             double t1 = now();
-            b->matmul(b->o[2], b->x[0], b->head, NULL);
+            if (b->matmul(b->logits, b->x, b->head, NULL)) goto fail;
             double t2 = now();
             td[v * R + r] = set_bytes / (t1 - t0) / 1e9;
             tl[v * R + r] = head_bytes / (t2 - t1) / 1e9;
@@ -113,4 +133,7 @@ int main(int argc, char **argv) {
         printf("%-24s decode set %6.2f GB/s   lm head %6.2f GB/s\n", argv[4 + v], td[v * R + R / 2], tl[v * R + R / 2]);
     }
     return 0;
+fail:
+    fprintf(stderr, "an engine call failed (a build older than ce_matmul_n?)\n");
+    return 1;
 }
