@@ -76,7 +76,6 @@ def matmul(x, w, bias=None, out=None):
 linear = matmul
 
 MATMUL_MAX = lib.CE_MATMUL_MAX
-_SEQ = (list, tuple)
 
 
 def matmul_n(x, ws, biases=None, outs=None):
@@ -85,18 +84,6 @@ def matmul_n(x, ws, biases=None, outs=None):
     `matmul` calls; with a few rows of x the engine runs all the weights' rows as one job, so a
     decode step pays one thread start-up instead of one per weight. Up to MATMUL_MAX weights;
     biases and outs, when given, are sequences of the same length (biases may hold None)."""
-    # The model's hot path (outputs preallocated, no biases) is one cffi call; the checks below,
-    # which name a bad argument, run only when it does not apply.
-    if (biases is None and outs is not None and type(ws) in _SEQ and type(outs) in _SEQ
-            and 0 < len(ws) <= MATMUL_MAX and len(outs) == len(ws)):
-        try:
-            rc = lib.ce_matmul_n(len(ws), [o._ct for o in outs], x._ct, [w._ct for w in ws], _NULL)
-        except AttributeError:
-            pass  # something is not a Tensor: the checked path below says which
-        else:
-            if rc:
-                raise error_for(rc)
-            return list(outs)
     if not isinstance(ws, (list, tuple)) or not ws:
         raise errors.ArgumentTypeError(f"ws must be a non-empty list of weight Tensors, got {ws!r:.80}")
     n = len(ws)
