@@ -832,9 +832,9 @@ static mm_ctx mm_setup(const ce_tensor *x, const ce_tensor *w, const ce_tensor *
 
 static inline int small_work(int64_t M, int64_t N, int64_t K) { return (double)M * (double)N * (double)K < SMALL_WORK; }
 
-ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, const ce_tensor *bias) {
-    ce_status st = check_matmul("matmul", out, x, w, bias);
-    if (st) return st;
+/* out = x @ w^T + bias, arguments already checked (check_matmul) */
+static ce_status matmul_checked(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, const ce_tensor *bias) {
+    ce_status st = CE_OK;
     int64_t N = w->shape[0], K = w->shape[1], M = ce_rows(x);
     if (M == 0 || N == 0) return CE_OK;
 
@@ -901,6 +901,11 @@ done:
     return st;
 }
 
+ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, const ce_tensor *bias) {
+    ce_status st = check_matmul("matmul", out, x, w, bias);
+    return st ? st : matmul_checked(out, x, w, bias);
+}
+
 ce_status ce_matmul_n(int n, ce_tensor *const *out, const ce_tensor *x, const ce_tensor *const *w,
                       const ce_tensor *const *bias) {
     if (n < 1 || n > CE_MATMUL_MAX)
@@ -940,7 +945,7 @@ ce_status ce_matmul_n(int n, ce_tensor *const *out, const ce_tensor *x, const ce
 #endif
     /* many rows of x (GEMM: compute bound, nothing to share), the scalar reference, or nothing to do */
     for (int i = 0; i < n; i++) {
-        ce_status st = ce_matmul(out[i], x, w[i], bias ? bias[i] : NULL);
+        ce_status st = matmul_checked(out[i], x, w[i], bias ? bias[i] : NULL);
         if (st) return st;
     }
     return CE_OK;
