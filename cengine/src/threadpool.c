@@ -59,6 +59,13 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+/* one step of a spin: a pause, or after CE_SPIN_YIELD of them, giving up the core */
+static inline void spin_step(unsigned *spins) {
+    cpu_relax();
+    if (*spins > CE_SPIN_YIELD) sched_yield();
+    ++*spins;
+}
+
 static void *worker_main(void *arg) {
     int ith = (int)(intptr_t)arg;
     /* Not a fresh load of gen: a job dispatched before this thread first ran must not be missed. */
@@ -66,12 +73,11 @@ static void *worker_main(void *arg) {
     for (;;) {
         /* spin, then sleep, until a new job (or stop) arrives */
         double t0 = ce_now();
-        int spins = 0;
+        unsigned spins = 0;
         unsigned long g;
         /* gen is odd while the caller writes a job: wait for a new, even one */
         while (((g = atomic_load(&pool.gen)) == seen || (g & 1)) && !atomic_load(&pool.stop)) {
-            cpu_relax();
-            if (++spins > CE_SPIN_YIELD) sched_yield();
+            spin_step(&spins);
             if (spins % 1024 == 0 && ce_now() - t0 > CE_SPIN_SECONDS) {
                 pthread_mutex_lock(&pool.mu);
                 atomic_fetch_add(&pool.sleepers, 1);
@@ -168,11 +174,7 @@ int ce_get_threads(void) {
 
 /* spin (then yield) until *v >= want */
 static void wait_at_least(atomic_int *v, int want) {
-    for (int spins = 0; atomic_load(v) < want;) {
-        cpu_relax();
-        if (spins < CE_SPIN_YIELD) spins++;
-        else sched_yield();
-    }
+    for (unsigned spins = 0; atomic_load(v) < want;) spin_step(&spins);
 }
 
 static void run_job(ce_task_fn fn, void *ctx, int max_threads, int dynamic) {
