@@ -385,7 +385,7 @@ def test_matmul_n_bad_arguments_raise_and_never_crash():
         F.matmul_n(x, [])
     with pytest.raises(errors.ArgumentTypeError, match=r"ws\[1\]"):
         F.matmul_n(x, [w, "w2"])
-    with pytest.raises(errors.ArgumentTypeError, match=r"ws\[1\]"):  # outputs given: the fast path
+    with pytest.raises(errors.ArgumentTypeError, match=r"ws\[1\]"):  # with outputs given too
         F.matmul_n(x, [w, "w2"], outs=[Tensor((2, 5)), Tensor((2, 3))])
     with pytest.raises(errors.ArgumentTypeError, match=r"outs\[1\]"):
         F.matmul_n(x, [w, w2], outs=[Tensor((2, 5)), None])
