@@ -13,8 +13,9 @@
  * (GEMV: each thread's rows, taken a piece at a time and stolen from when a thread falls behind;
  * GEMM: NC-column panels claimed in order), and whichever threads run take them all
  * (ce_parallel_dyn). Each output element is computed by one thread in an order that depends only
- * on M, N, K, so results are bit-identical for any thread count. With ce_simd_on == 0 a plain scalar loop (dequantize a row, then a
- * sequential dot product) runs instead: the reference the tests compare against.
+ * on M, N, K, so results are bit-identical for any thread count. With ce_simd_on == 0 a plain
+ * scalar loop (dequantize a row, then a sequential dot product) runs instead: the reference the
+ * tests compare against.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -158,8 +159,8 @@ AI void dot_tile(int dtype, int P, int R, const void *const *w, const float *con
  * of the m accumulator belongs to one row and sums its blocks in order, so it too is the same for
  * any P.
  * Q4 nibbles are never moved or converted: q4_bits reads them in place as subnormal floats (see
- * there), so the x of Q4 rows is the permuted, power-of-two scaled copy xq built once per call (per thread), and
- * S and the result carry the same scaling.
+ * there), so the x of Q4 rows is the permuted, power-of-two scaled copy xq built once per call
+ * (per thread), and S and the result carry the same scaling.
  * The loop is bound by instruction throughput: a tile's P weight rows share the x loads (held in
  * registers), the P dependency chains are independent, and all rows are addressed from one moving
  * pointer. */
@@ -183,7 +184,6 @@ static inline float pow2f(int e) {
  * near 2^100, so the products q * x * 2^(E - 149) are normal unless |x| is below ~2^-76 of the
  * largest. Returns the factor 2^(149 - E) that undoes the scaling (E stays in [22, 127], so both
  * are finite floats). */
-
 static float build_xq(const float *x, int64_t K, float *xq, float *sq, float *cq) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 mx = _mm256_setzero_ps();

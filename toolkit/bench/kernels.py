@@ -101,13 +101,13 @@ def main(argv=None):
                    help="decode-set layers (default: 30, more when needed to be 2x the L3); a small set "
                         "stays in cache and measures nothing but that the tool runs")
     args = p.parse_args(argv)
-    bad = [d for d in args.dtypes.upper().split(",") if d.strip() and d.strip() not in DTYPES]
+    dtypes = [d.strip().upper() for d in args.dtypes.split(",") if d.strip()]
+    bad = [d for d in dtypes if d not in DTYPES]
     if bad:
         p.error(f"unknown dtype(s) {', '.join(bad)}: choose from {', '.join(DTYPES)}")
     if args.layers is not None and args.layers < 1:
         p.error("--layers must be at least 1")
     rounds = 3 if args.quick else 7
-    dtypes = [d.strip().upper() for d in args.dtypes.split(",") if d.strip()]
     threads = sorted({1, max(1, args.threads)})
     t_start = time.perf_counter()
 
