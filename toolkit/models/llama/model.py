@@ -168,20 +168,21 @@ class LlamaAttention(Module):
         return F.matmul(s.z, self.o_proj.weight, out=s.o)                 # [N, d_model]
 
     def _attend_hooked(self, sq, kc, vc, n_kv, hk):
-        """Attention of one sequence with its scores or pattern hooked. Reading the pattern uses
-        the fused kernel (so it changes nothing); hooked scores, or a pattern a hook edited, are
-        mixed with the values op by op."""
+        """Attention of one sequence with its scores or pattern hooked. Hooks that only read leave
+        the fused kernel in charge (so they change nothing); scores a hook may edit, or a pattern
+        a hook did edit, are mixed with the values op by op."""
         if "attn.hook_attn_scores" in hk:
             scores = self._scores(sq, kc, n_kv)                           # [H, T, n_kv]
             hk.fire_seq("attn.hook_attn_scores", scores, sq.b, sq.start)
-            probs = F.softmax(scores, out=scores)
-            hk.fire_seq("attn.hook_pattern", probs, sq.b, sq.start)
-            self._mix(probs, vc, n_kv, sq.z3)
-            return
+            if hk.edits("attn.hook_attn_scores"):
+                probs = F.softmax(scores, out=scores)
+                hk.fire_seq("attn.hook_pattern", probs, sq.b, sq.start)
+                self._mix(probs, vc, n_kv, sq.z3)
+                return
         _, probs = F.scaled_dot_product_attention(sq.q3, kc, vc, sq.pos, n_kv, self.scale, out=sq.z3,
                                                   return_probs=True)    # probs [H, T, n_kv]
         if hk.fire_seq("attn.hook_pattern", probs, sq.b, sq.start, detect=True):
-            self._mix(probs, vc, n_kv, sq.z3)
+            self._mix(probs, vc, n_kv, sq.z3)                             # a hook edited the pattern
 
     def _scores(self, sq, kc, n_kv):
         """[H, T, n_kv]: q.k * scale of each head, -inf where a query may not look."""
@@ -338,7 +339,8 @@ class LlamaModel(Module):
         if not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.unembed = Unembed(self)
-        for m, path in [(self.embed_tokens, "embed"), (self.norm, "ln_final"), (self.unembed, "unembed")]:
+        for m, path in [(self.embed_tokens, "embed"), (self.layers, "blocks"), (self.norm, "ln_final"),
+                        (self.unembed, "unembed")]:
             m.hook_path = path
         if not config.tie_word_embeddings:
             self.lm_head.hook_path = "unembed.lm_head"
