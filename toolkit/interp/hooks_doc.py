@@ -50,9 +50,9 @@ Notes:
   edits are written back permuted).
 - `hook_normalized` is the norm's output including its weight (TransformerLens's value with the
   weight folded into the next layer, its default); `hook_scale` is computed only when hooked.
-- Hooks that only read (`toolkit.interp.read_only(fn)`, and the cache) leave the fused attention
-  kernel in place; a hook that may edit `hook_attn_scores`, or one that did edit `hook_pattern`,
-  makes that sequence's attention run op by op.
+- Hooks that read attention scores or patterns leave the fused attention kernel in charge (logits
+  stay bit-identical); a hook that edits `hook_attn_scores` or `hook_pattern` makes that
+  sequence's attention in that block run op by op from the edited values.
 - With no hook registered a pass tests one `None` per block; see `python -m toolkit.bench hooks`.
 """
 

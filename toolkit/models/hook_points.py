@@ -201,10 +201,6 @@ class _Hooks:
     def __contains__(self, short):
         return short in self.by_short
 
-    def edits(self, short):
-        """Whether some hook on `short` may edit its tensor (is not ReadOnly)."""
-        return any(not e[3] for e in self.by_short.get(short, ()))
-
     def fire(self, short, t, spans=None, detect=False):
         """Runs the hooks on `short` over t, the rows of every sequence stacked; returns whether a
         hook changed t (only computed with detect=True)."""

@@ -168,13 +168,12 @@ class LlamaAttention(Module):
         return F.matmul(s.z, self.o_proj.weight, out=s.o)                 # [N, d_model]
 
     def _attend_hooked(self, sq, kc, vc, n_kv, hk):
-        """Attention of one sequence with its scores or pattern hooked. Hooks that only read leave
-        the fused kernel in charge (so they change nothing); scores a hook may edit, or a pattern
-        a hook did edit, are mixed with the values op by op."""
+        """Attention of one sequence with its scores or pattern hooked. Unless a hook edits them,
+        the fused kernel computes the output (so reading changes nothing); edited scores or an
+        edited pattern are mixed with the values op by op."""
         if "attn.hook_attn_scores" in hk:
             scores = self._scores(sq, kc, n_kv)                           # [H, T, n_kv]
-            hk.fire_seq("attn.hook_attn_scores", scores, sq.b, sq.start)
-            if hk.edits("attn.hook_attn_scores"):
+            if hk.fire_seq("attn.hook_attn_scores", scores, sq.b, sq.start, detect=True):  # edited
                 probs = F.softmax(scores, out=scores)
                 hk.fire_seq("attn.hook_pattern", probs, sq.b, sq.start)
                 self._mix(probs, vc, n_kv, sq.z3)
