@@ -1,7 +1,5 @@
 import pytest
 
-PROMPT = "The quick brown fox jumps over the lazy dog near the river."
-
 
 @pytest.fixture(autouse=True)
 def no_hooks_left(model):

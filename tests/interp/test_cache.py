@@ -8,7 +8,7 @@ import pytest
 from toolkit.core.engine import functional as F
 from toolkit.interp import CacheKeyError
 
-from conftest import PROMPT
+from interp_common import PROMPT
 
 
 def _norms(t):

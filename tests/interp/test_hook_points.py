@@ -9,7 +9,7 @@ from toolkit.core.engine import modules
 from toolkit.interp import UnknownHookError, hooks_doc
 from toolkit.models.llama.model import HOOK_POINTS
 
-from conftest import PROMPT
+from interp_common import PROMPT
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "hooks.md"
 

@@ -5,7 +5,7 @@ from toolkit import errors
 from toolkit.core.engine.tensor import Tensor
 from toolkit.interp import activation_patching, mean_ablate_heads, steering_hooks, zero_ablate_heads
 
-from conftest import PROMPT
+from interp_common import PROMPT
 
 
 def test_zero_ablating_every_head_removes_the_attention_output(model):
@@ -65,10 +65,15 @@ def test_hooks_apply_in_every_decode_step(model):
 
 
 def test_patching_clean_into_itself_is_zero(model):
-    res = activation_patching(model, PROMPT, PROMPT, hook="resid_pre", answer=" river", wrong=" lake",
+    prompt = "The quick brown fox jumps over the"
+    res = activation_patching(model, prompt, prompt, hook="resid_pre", answer=" lazy", wrong=" dog",
                               layers=[0, 14, 29])
-    assert len(res.effects) == 3 and len(res.effects[0]) == len(model.tokenizer.encode(PROMPT))
+    assert len(res.effects) == 3 and len(res.effects[0]) == len(model.tokenizer.encode(prompt))
     assert res.max_abs() == 0.0
+    seen = []
+    res = activation_patching(model, prompt, prompt, hook="attn_out", layers=[-1], positions=[0, -1],
+                              metric=lambda logits: seen.append(logits.shape) or 1.0)
+    assert res.effects == [[0.0, 0.0]] and res.layers == [29] and seen[0][0] == 7
 
 
 def test_patching_finds_the_changed_token(model):

@@ -6,7 +6,7 @@ from toolkit.core.engine import functional as F
 from toolkit.core.engine.tensor import Tensor
 from toolkit.interp import read_only
 
-from conftest import PROMPT
+from interp_common import PROMPT
 
 
 def test_identity_hooks_leave_logits_bit_identical(model):

@@ -58,10 +58,12 @@ def activation_patching(model, clean, corrupted, hook="resid_pre", metric=None, 
     if len(clean_ids) != len(bad_ids):
         raise errors.InvalidArgumentError(f"clean ({len(clean_ids)} tokens) and corrupted ({len(bad_ids)} tokens) "
                                           f"prompts must have the same length")
+    rows = "all"
     if metric is None:
         if answer is None or wrong is None:
             raise errors.InvalidArgumentError("give a metric, or answer and wrong tokens for the logit difference")
         metric = logit_diff_metric(model, answer, wrong)
+        rows = "last"  # the default metric reads the last position only: skip the other rows' unembedding
     elif not callable(metric):
         raise errors.ArgumentTypeError(f"metric must be callable as metric(logits), got {type(metric).__name__}")
     short = hook.removeprefix("hook_")
@@ -75,7 +77,7 @@ def activation_patching(model, clean, corrupted, hook="resid_pre", metric=None, 
     positions = list(range(T)) if positions is None else [int(p) % T for p in positions]
     names = [template.format(layer) for layer in layers]
     clean_logits, cache = run_with_cache(model, clean_ids, names_filter=names)
-    base = float(metric(run_with_hooks(model, bad_ids)))
+    base = float(metric(run_with_hooks(model, bad_ids, logits=rows)))
     effects = []
     for layer, name in zip(layers, names):
         src = cache[name]
@@ -83,6 +85,6 @@ def activation_patching(model, clean, corrupted, hook="resid_pre", metric=None, 
         for p in positions:
             def patch(t, hook, p=p, src=src):
                 t[p].copy_(src[p])
-            row.append(float(metric(run_with_hooks(model, bad_ids, [(name, patch)]))) - base)
+            row.append(float(metric(run_with_hooks(model, bad_ids, [(name, patch)], logits=rows))) - base)
         effects.append(row)
     return PatchingResult(hook, layers, positions, effects, float(metric(clean_logits)), base, bad_ids)

@@ -121,6 +121,7 @@ class HookSet:
         self.names = list(names)
         self.points = {n: HookPoint(n) for n in self.names}
         self.active = {}  # name -> HookPoint, only points with hooks: a pass reads just these
+        self.version = 0  # bumped by every change, so a pass can reuse the last pass's grouping
 
     # ---- names ----
     def point(self, name):
@@ -170,6 +171,7 @@ class HookSet:
         e = _Entry(fn, readonly)
         p.entries.append(e)
         self.active[p.name] = p
+        self.version += 1
         return HookHandle(self, p, e)
 
     def _remove(self, p, e):
@@ -177,6 +179,7 @@ class HookSet:
             p.entries.remove(e)
         if not p.entries:
             self.active.pop(p.name, None)
+        self.version += 1
 
     def clear(self, names=None):
         """Removes every hook (names=None) or those on the given names."""
@@ -184,6 +187,7 @@ class HookSet:
             p = self.point(n)
             p.entries.clear()
             self.active.pop(n, None)
+        self.version += 1
 
     def counts(self):
         return {n: len(p.entries) for n, p in self.active.items()}

@@ -388,6 +388,24 @@ class LlamaModel(Module):
     def remove_hooks(self, names=None):
         self.hook_set.clear(names)
 
+    def _pass_hooks(self, seq_hooks, spans):
+        """The hooks of a pass grouped by layer. Decode steps with the same registered hooks and
+        the same seq_hooks lists reuse the last grouping (the key holds those lists, so their ids
+        stay theirs)."""
+        key = (self.hook_set.version, None if seq_hooks is None else tuple(seq_hooks),
+               None if seq_hooks is None else tuple(len(h) if h else 0 for h in seq_hooks))
+        last = self.__dict__.get("_last_pass_hooks")
+        if last is not None and last[0][0] == key[0] and last[0][2] == key[2] and (
+                last[0][1] is key[1] is None or (key[1] is not None and last[0][1] is not None and
+                                                 all(a is b for a, b in zip(last[0][1], key[1])))):
+            hk = last[1]
+            hk.spans = spans
+            return hk
+        hk = PassHooks(self.hook_set, seq_hooks, spans, self.config.num_hidden_layers, self._layouts)
+        if len(spans) == 1 and spans[0].rows == 1:  # only decode steps: a prompt's hooks are not kept alive
+            self.__dict__["_last_pass_hooks"] = (key, hk)
+        return hk
+
     # ---- forward ----
     def forward(self, input_ids, cache=None, logits="all"):
         """Runs new tokens of one sequence; returns logits [T, vocab] ("all"), [1, vocab] ("last"),
@@ -451,8 +469,7 @@ class LlamaModel(Module):
                                                    p.pos[a:a + t]))
             p.seqs.append(sq)
         hooked = self.hook_set.active or (seq_hooks and any(seq_hooks))
-        p.hooks = hk = (PassHooks(self.hook_set, seq_hooks, spans, c.num_hidden_layers, self._layouts)
-                        if hooked else None)
+        p.hooks = hk = self._pass_hooks(seq_hooks, spans) if hooked else None
         top = hk.top if hk else None
 
         x = self.embed_tokens(ids_t, out=s.x)                             # [N, d_model]
