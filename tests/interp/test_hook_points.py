@@ -7,6 +7,7 @@ import pytest
 from toolkit.core.engine import functional as F
 from toolkit.core.engine import modules
 from toolkit.interp import UnknownHookError, hooks_doc
+from toolkit.core.engine.tensor import Tensor
 from toolkit.models.llama.model import HOOK_POINTS
 
 from interp_common import PROMPT
@@ -167,3 +168,33 @@ def test_edited_scale_renormalises(model):
     want = model.run_with_hooks(PROMPT, fwd_hooks=[("blocks.1.ln2.hook_normalized", halve_normalized)]).to_list()
     assert max(abs(a - b) for a, b in zip(halved, want)) < 1e-3
     assert max(abs(a - b) for a, b in zip(halved, base)) > 1e-2
+
+
+def test_every_module_can_be_called_on_its_own(model):
+    lm = model.model
+    _, cache = model.run_with_cache(PROMPT, names_filter=lambda n: n.startswith(("hook_embed", "blocks.0.",
+                                                                                 "ln_final", "hook_logits")))
+    x = cache["embed"]
+
+    def close(a, b):
+        return max(abs(u - v) for u, v in zip(a.to_list(), b.to_list())) < 1e-4
+    assert close(lm.layers[0](x), cache["resid_post", 0])
+    assert x.to_list() == cache["embed"].to_list()                   # the input is not touched
+    assert close(lm.layers[0].self_attn(cache["normalized", 0, "ln1"]), cache["attn_out", 0])
+    assert close(lm.layers[0].mlp(cache["normalized", 0, "ln2"]), cache["mlp_out", 0])
+    assert close(lm.layers[0].input_layernorm(x), cache["normalized", 0, "ln1"])
+    assert close(lm.unembed(cache["normalized"]), cache["logits"])
+    ids = model.tokenizer.encode(PROMPT)
+    assert close(lm.embed_tokens(ids), x) and close(lm(ids), cache["logits"])
+    with pytest.raises(ValueError):
+        lm.layers[0].self_attn(Tensor((3, 5)))
+
+
+def test_patterns_on_every_path(model):
+    lm = model.model
+    seen = []
+    hook = ("blocks.29.attn.hook_pattern", lambda t, h: seen.append((h.ctx["seq"], t.shape)))
+    ids = model.tokenizer.encode(PROMPT)
+    model.generate_ids(ids, max_new_tokens=3, fwd_hooks=[hook], stop_at_eos=False)
+    T, H = len(ids), model.config.num_attention_heads
+    assert seen == [(0, (H, T, T)), (0, (H, 1, T + 1)), (0, (H, 1, T + 2))]

@@ -131,15 +131,19 @@ class LlamaAttention(Module):
         self.k_proj = Linear(config.hidden_size, config.kv_dim)
         self.v_proj = Linear(config.hidden_size, config.kv_dim)
         self.o_proj = Linear(config.q_dim, config.hidden_size)
+        self.config = config
         self.layer_index = layer_index
         self.n_heads, self.n_kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                         config.head_dim)
         self.rope_theta, self.rope_mode = config.rope_theta, config.rope_mode
         self.scale = config.head_dim ** -0.5
 
-    def forward(self, h, p, hk=None):
+    def forward(self, h, p=None, hk=None):
         """h [N, d_model]: the normalised rows of every sequence in pass p; appends their keys and
-        values to each sequence's KV cache; returns the attention output [N, d_model] (p.s.o)."""
+        values to each sequence's KV cache; returns the attention output [N, d_model] (p.s.o).
+        Without p, h's rows are one new sequence (positions 0..N-1, a KV cache of its own)."""
+        if p is None:
+            p = _standalone(self.config, h)
         s, D, i = p.s, self.head_dim, self.layer_index
         # q [N, H*D], k and v [N, Hkv*D]: one engine call, so a decode step starts the threads
         # once for the three (bit-identical to three matmuls)
@@ -214,9 +218,12 @@ class LlamaMLP(Module):
         self.gate_proj = Linear(config.hidden_size, config.intermediate_size)
         self.up_proj = Linear(config.hidden_size, config.intermediate_size)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size)
+        self.config = config
 
-    def forward(self, h, p, hk=None):
-        """h [N, d_model] -> down(silu(gate(h)) * up(h)) [N, d_model] (p.s.o)."""
+    def forward(self, h, p=None, hk=None):
+        """h [N, d_model] -> down(silu(gate(h)) * up(h)) [N, d_model] (p.s.o; a new tensor without p)."""
+        if p is None:
+            p = _standalone(self.config, h)
         s = p.s
         F.matmul_n(h, [self.gate_proj.weight, self.up_proj.weight], outs=s.gate_up)  # [N, d_mlp] each
         if hk:
@@ -235,10 +242,15 @@ class DecoderLayer(Module):
         self.self_attn = LlamaAttention(config, layer_index)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
+        self.config = config
         self.layer_index = layer_index
 
-    def forward(self, x, p):
-        """x [N, d_model]: the residual stream of every row of pass p, updated in place and returned."""
+    def forward(self, x, p=None):
+        """x [N, d_model]: the residual stream of every row of pass p, updated in place and returned.
+        Without p, x's rows are one new sequence (positions 0..N-1) and a new tensor is returned."""
+        if p is None:
+            p = _standalone(self.config, x)
+            x = x.clone()
         hk = p.hooks.layers[self.layer_index] if p.hooks else None       # None: nothing hooked here
         if hk:
             hk.fire("hook_resid_pre", x)
@@ -324,6 +336,23 @@ class _Pass:
     """What the blocks of one forward pass share: scratch buffers, positions, sequences, hooks."""
 
     __slots__ = ("s", "pos", "seqs", "hooks")
+
+
+def _standalone(config, x):
+    """A pass for calling a block or sublayer on its own: x's rows [T, d_model] are one new
+    sequence at positions 0..T-1 with a KV cache of its own."""
+    if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != config.hidden_size:
+        got = x.shape if isinstance(x, Tensor) else type(x).__name__
+        raise errors.ShapeError(f"expected a Tensor [tokens, {config.hidden_size}], got {got}")
+    T = x.shape[0]
+    p = _Pass()
+    p.s = s = _Scratch(config, T)
+    p.pos = Tensor((T,), "I32").load(list(range(T)))
+    sq = _Seq()
+    sq.b, sq.cache, sq.start, sq.t, sq.row0 = 0, KVCache(config, T), 0, T, 0
+    sq.q3, sq.k3, sq.v3, sq.z3, sq.pos = s.q3, s.k3, s.v3, s.z3, p.pos
+    p.seqs, p.hooks = [sq], None
+    return p
 
 
 class LlamaModel(Module):
