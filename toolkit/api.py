@@ -81,7 +81,7 @@ class Model:
     def hooks(self, fwd_hooks=(), clear_contexts=False):
         """`with m.hooks(fwd_hooks=[(name or filter, fn)]):` hooks active inside the block only,
         removed however it exits. fn(tensor, hook) may edit the tensor or return a replacement."""
-        return interp.hooks(self.model, fwd_hooks, clear_contexts=clear_contexts)
+        return interp.hooks(self, fwd_hooks, clear_contexts=clear_contexts)
 
     def add_hook(self, name_or_filter, fn):
         """Registers fn on every hook point the filter selects, until removed; returns handles."""

@@ -128,3 +128,11 @@ def test_editing_the_pattern_changes_the_output(model):
                                                 ("blocks.4.attn.hook_z", z_from_v0)]).to_list()
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-3
     assert max(abs(x - y) for x, y in zip(a, base)) > 1e-2
+
+
+def test_hooks_context_yields_the_model_and_accepts_returned_views(model):
+    base = model.logits(PROMPT).to_list()
+    with model.hooks(fwd_hooks=[("blocks.0.attn.hook_q", lambda t, h: t.permute(1, 0, 2).contiguous()
+                                 .permute(1, 0, 2))]) as m:
+        assert m is model
+        assert m.logits(PROMPT).to_list() == base  # a non-contiguous copy of q: nothing changes

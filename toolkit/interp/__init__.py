@@ -1,8 +1,10 @@
 """Looking inside models: hook registry, activation cache, logit lens, interventions.
 
-    logits, cache = m.run_with_cache("The Eiffel Tower is in", names_filter="blocks.*.hook_resid_post")
-    cache["resid_post", -1]; cache.logit_lens(k=5)
-    with m.hooks(fwd_hooks=[("blocks.3.attn.hook_z", zero_ablate_heads([(3, 0)])[0][1])]): ...
+    logits, cache = m.run_with_cache("The Eiffel Tower is in")
+    cache["resid_post", -1]; cache["pattern", 0]; print(cache.logit_lens(k=5))
+    m.run_with_hooks("The Eiffel Tower is in", fwd_hooks=zero_ablate_heads(m, [(3, 0), (3, 5)]))
+    m.generate("I think", fwd_hooks=steering_hooks(m, layer=6, vector=v, scale=8.0))
+    activation_patching(m, clean, corrupted, hook="resid_pre", answer=" Paris", wrong=" Rome")
 
 Hook functions are TransformerLens's: fn(tensor, hook) with hook.name, hook.layer(), hook.ctx; they
 may edit the tensor in place or return a replacement of the same shape. See docs/hooks.md.

@@ -121,7 +121,7 @@ def _adjacent_to_hf(view):
 
 def _hf_to_adjacent(view, t):
     R, H, D = view.shape
-    view.reshape(R * H, D // 2, 2).copy_(t.reshape(R * H, 2, D // 2).permute(0, 2, 1))
+    view.reshape(R * H, D // 2, 2).copy_(t.contiguous().reshape(R * H, 2, D // 2).permute(0, 2, 1))
 
 
 class LlamaAttention(Module):
