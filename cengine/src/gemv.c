@@ -40,15 +40,27 @@ typedef struct {
 
 #define AI static inline __attribute__((always_inline))
 
-/* ---- GEMV: P weight rows x R rows of x (P * R <= 2), weights read in their stored format ---- */
+/* Tile shapes for many rows of x (prefill), chosen here by the register file the compiler targets:
+ * P weight rows x 2 rows of x, each output with its own accumulators, so the shape changes speed
+ * only, never bits. 32 vector registers (AVX-512VL) hold 4x2 tiles of block dtypes and 2x2 of
+ * F32/F16/BF16; 16 (AVX2) hold 2x2 and 1x2. */
+#if defined(__AVX512VL__)
+enum { WIDE_PQ = 4, WIDE_PF = 2 };
+#define KEEP_IN_REG(v) __asm__("" : "+v"(v))
+#else
+enum { WIDE_PQ = 2, WIDE_PF = 1 };
+#define KEEP_IN_REG(v) __asm__("" : "+x"(v))
+#endif
+
+/* ---- GEMV: P weight rows x R rows of x, weights read in their stored format ---- */
 
 /* res[p * R + r] = w[p] . x[r]. Each output has its own four accumulators, so its value does not
  * depend on which tile shape computed it. */
 AI void dot_tile(int dtype, int P, int R, const void *const *w, const float *const *x, int64_t K,
                  const char *pf, float *res) {
     const int64_t eb = dtype == CE_F32 ? 4 : 2; /* bytes per element */
-    __m256 acc[2][4];
-    for (int t = 0; t < 2; t++)
+    __m256 acc[4][4];
+    for (int t = 0; t < P * R; t++)
         for (int i = 0; i < 4; i++) acc[t][i] = _mm256_setzero_ps();
     int64_t nb = K / 32, k = nb * 32;
     for (int64_t b = 0; b < nb; b++) {
@@ -222,7 +234,7 @@ AI void dot_tile_q(int dtype, int q4n, int P, int R, const char *w0, int64_t ws,
                    const float *const *sq, const float *us, int64_t nb, const char *pf, float *res) {
     const int64_t bb = dtype == CE_Q8_0 ? 34 : dtype == CE_Q4_0 ? 18 : 20;
     const int npf = (int)((P * bb + 63) / 64);
-    __m256 acc[4], macc[2];
+    __m256 acc[8], macc[2];
     for (int t = 0; t < P * R; t++) acc[t] = _mm256_setzero_ps();
     for (int r = 0; r < R; r++) macc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
@@ -234,8 +246,7 @@ AI void dot_tile_q(int dtype, int q4n, int P, int R, const char *w0, int64_t ws,
         for (int r = 0; r < R; r++) {
             for (int i = 0; i < 4; i++) {
                 xv[r][i] = _mm256_loadu_ps(x[r] + 32 * b + 8 * i);
-                /* keep x in registers: gcc would rather reload it for every row */
-                __asm__("" : "+x"(xv[r][i]));
+                KEEP_IN_REG(xv[r][i]); /* keep x in registers: gcc would rather reload it for every row */
             }
             if (dtype == CE_Q4_1) /* the pair (0, S_b), through a may-alias vector load */
                 sv[r] = _mm256_castsi256_ps(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)(sq[r] + 2 * b))));
@@ -299,7 +310,8 @@ AI void gemv_tile(int dtype, int q4n, int P, int R, const mm_ctx *c, int64_t n, 
         }
         dot_tile_q(dtype, q4n, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
     } else {
-        const void *w[2] = {w0, w0 + (P - 1) * c->wstride};
+        const void *w[4];
+        for (int p = 0; p < 4; p++) w[p] = w0 + (p < P ? p : 0) * c->wstride;
         dot_tile(dtype, P, R, w, c->xr + m, c->K, pf, res);
     }
 }
@@ -310,10 +322,12 @@ AI void gemv_rows(int dtype, int q4n, int R, int wide, const mm_ctx *c, int64_t 
     float res[GEMV_P * 2];
     int64_t n = lo;
     if (R == 2) {
-        if (wide && mm_is_block(dtype)) /* prefill: 2x2 tiles share both the x loads and the unpacking */
-            for (; n + 2 <= hi; n += 2) {
-                gemv_tile(dtype, q4n, 2, 2, c, n, pfhi, m, res);
-                for (int p = 0; p < 2; p++)
+        /* prefill: wider tiles share the x loads between weight rows */
+        const int wp = !wide ? 1 : mm_is_block(dtype) ? WIDE_PQ : WIDE_PF;
+        if (wp > 1)
+            for (; n + wp <= hi; n += wp) {
+                gemv_tile(dtype, q4n, wp, 2, c, n, pfhi, m, res);
+                for (int p = 0; p < wp; p++)
                     for (int r = 0; r < 2; r++) c->outr[m + r][n + p] = mm_add_bias(c, res[p * 2 + r], n + p);
             }
         for (; n < hi; n++) {
