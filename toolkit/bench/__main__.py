@@ -9,6 +9,7 @@ import sys
 _BENCHES = {
     "kernels": "toolkit.bench.kernels",    # matmul / GEMV kernels vs memory bandwidth
     "generate": "toolkit.bench.generate",  # end-to-end prefill and decode speed
+    "profiler": "toolkit.bench.profiler",  # decode speed with the profiler on, off, compiled out
 }
 
 

@@ -286,7 +286,7 @@ class Profiler:
         return own
 
     def by_layer(self):
-        """{region (hook path): calls, seconds (wall, inclusive), op_seconds (its ops and its
+        """{region (hook path): parent, calls, seconds (wall, inclusive), op_seconds (its ops and its
         subregions'), python_seconds (the rest), bytes_read, bytes_written, weight_bytes, flops,
         ops {op: seconds}}, in the order regions were first entered. "(outside modules)" holds
         ops that ran in no region (sampling, the logits row copy, ...)."""
@@ -315,14 +315,15 @@ class Profiler:
         out = {}
         for rid in range(1, n + 1):
             a = incl[rid]
+            parent = self._parents[rid - 1]
             out[self._regions[rid - 1]] = dict(
-                calls=calls[rid], seconds=wall[rid] * 1e-9, op_seconds=a[0] * 1e-9,
+                parent=self._regions[parent - 1] if parent else None, calls=calls[rid], seconds=wall[rid] * 1e-9, op_seconds=a[0] * 1e-9,
                 python_seconds=max(wall[rid] - a[0], 0) * 1e-9, bytes_read=a[1], bytes_written=a[2],
                 weight_bytes=a[3], flops=a[4], ops={k: v * 1e-9 for k, v in a[5].items()})
         if 0 in own:
             a = own[0]
             out["(outside modules)"] = dict(
-                calls=0, seconds=None, op_seconds=a[0] * 1e-9, python_seconds=None, bytes_read=a[1],
+                parent=None, calls=0, seconds=None, op_seconds=a[0] * 1e-9, python_seconds=None, bytes_read=a[1],
                 bytes_written=a[2], weight_bytes=a[3], flops=a[4], ops={k: v * 1e-9 for k, v in a[5].items()})
         return out
 
@@ -385,8 +386,52 @@ class Profiler:
                     per_token=self.per_token(), machine=lim, threads=lib.ce_get_threads(),
                     engine=build_info(), dropped_events=self._dropped)
 
+    def _layer_table(self, every):
+        rows = self.by_layer()
+        if not rows:
+            return []
+        tops, kids = [], {}                       # top-level regions; their subregions by last name
+        for path, r in rows.items():
+            rid = self._region_ids.get(path)
+            parent = self._parents[rid - 1] if rid else 0
+            if every or not parent:
+                tops.append(path)
+            if parent and not self._parents[parent - 1]:
+                kids.setdefault(self._regions[parent - 1], {})[path.rsplit(".", 1)[-1]] = r
+        kinds = list(dict.fromkeys(k for sub in kids.values() for k in sub)) if not every else []
+        ms = lambda v: "" if v is None else f"{v * 1e3:.3f}"  # noqa: E731
+        head = (f"{'region':<22}{'calls':>6}{'wall ms':>10}{'ops ms':>10}{'python ms':>10}"
+                + "".join(f"{k + ' ms':>10}" for k in kinds) + f"{'GFLOP':>9}{'MB read':>9}  top op")
+        out = ["", head, "-" * len(head)]
+
+        def line(name, r, sub):
+            top = max(r["ops"].items(), key=lambda kv: kv[1])[0] if r["ops"] else ""
+            return (f"{name:<22}{r['calls'] or '':>6}{ms(r['seconds']):>10}{ms(r['op_seconds']):>10}"
+                    f"{ms(r['python_seconds']):>10}" + "".join(f"{ms(sub[k]['seconds']) if k in sub else '':>10}" for k in kinds)
+                    + f"{r['flops'] / 1e9:>9.3f}{r['bytes_read'] / 1e6:>9.2f}  {top}")
+
+        for path in tops:
+            out.append(line(path, rows[path], kids.get(path, {})))
+        if kinds and len(kids) > 1:                # each sublayer summed over the layers
+            out.append("")
+            for k in kinds:
+                rs = [sub[k] for sub in kids.values() if k in sub]
+                tot = dict(calls=sum(r["calls"] for r in rs), seconds=sum(r["seconds"] for r in rs),
+                           op_seconds=sum(r["op_seconds"] for r in rs),
+                           python_seconds=sum(r["python_seconds"] for r in rs), flops=sum(r["flops"] for r in rs),
+                           bytes_read=sum(r["bytes_read"] for r in rs), ops={})
+                for r in rs:
+                    for op, v in r["ops"].items():
+                        tot["ops"][op] = tot["ops"].get(op, 0) + v
+                out.append(line(f"all *.{k} ({len(rs)})", tot, {}))
+        return out
+
     def table(self, roofline=True, layers=True):
-        """The per-layer and per-op tables as text (with the roofline unless roofline=False)."""
+        """The per-layer and per-op tables as text (with the roofline unless roofline=False).
+
+        layers=True: one row per top-level region (embed, blocks.N, ln_final, unembed) with its
+        sublayers' wall times as columns, then each sublayer summed over the layers; "all": a row
+        for every region; False: the op table only."""
         self._done()
         wall, ops = self.wall_seconds, self.op_seconds
         out = [f"profile: {wall * 1e3:.2f} ms wall, {ops * 1e3:.2f} ms in engine ops "
@@ -407,17 +452,7 @@ class Profiler:
                 line.append(f"decode {t} tokens in {sec * 1e3:.1f} ms = {_rate(t, sec) * 1e9:.1f} tok/s")
             out.append("steps: " + " | ".join(line))
         if layers:
-            rows = self.by_layer()
-            if rows:
-                out.append("")
-                head = f"{'region':<22}{'calls':>6}{'wall ms':>10}{'ops ms':>10}{'python ms':>10}{'GFLOP':>9}{'MB read':>9}  top op"
-                out += [head, "-" * len(head)]
-                for name, r in rows.items():
-                    top = max(r["ops"].items(), key=lambda kv: kv[1])[0] if r["ops"] else ""
-                    wall_s = "" if r["seconds"] is None else f"{r['seconds'] * 1e3:.3f}"
-                    py_s = "" if r["python_seconds"] is None else f"{r['python_seconds'] * 1e3:.3f}"
-                    out.append(f"{name:<22}{r['calls'] or '':>6}{wall_s:>10}{r['op_seconds'] * 1e3:>10.3f}{py_s:>10}"
-                               f"{r['flops'] / 1e9:>9.3f}{r['bytes_read'] / 1e6:>9.2f}  {top}")
+            out += self._layer_table(every=layers == "all")
         lim = machine_limits() if roofline else None
         rows = self.roofline(lim) if roofline else self.by_op()
         out.append("")
