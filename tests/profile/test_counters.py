@@ -145,3 +145,18 @@ def test_engine_clock_is_pythons_monotonic_clock():
     b = lib.ce_profile_now_ns()
     c = profile.now_ns()
     assert a <= b <= c
+
+
+def test_the_engine_still_compiles_without_the_profiler():
+    """TOOLKIT_NO_PROFILE=1 builds with -DCE_NO_PROFILE (the benchmark's baseline): keep it compiling."""
+    import glob
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    srcs = sorted(glob.glob(os.path.join(root, "cengine", "src", "*.c")))
+    r = subprocess.run([os.environ.get("CC", "cc"), "-fsyntax-only", "-std=c11", "-D_GNU_SOURCE",
+                        "-Werror=implicit-function-declaration", "-march=native", "-DCE_NO_PROFILE",
+                        "-I" + os.path.join(root, "cengine", "include"), "-I" + os.path.join(root, "cengine", "src")]
+                       + srcs, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]

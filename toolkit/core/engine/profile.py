@@ -99,8 +99,9 @@ def machine_limits():
     from .backend import bench_read_bandwidth
     from .tensor import Tensor
 
-    was_on = lib.ce_profile_enabled()
-    lib.ce_profile_enable(0, 0) if was_on else None  # the measurement is not part of a profile
+    paused = _active                                  # the measurement is not part of a profile
+    if paused is not None:
+        lib.ce_profile_enable(0, paused._capacity)
     try:
         nbytes = 128 << 20                                   # 4x a large L3: a DRAM stream
         read = nbytes / bench_read_bandwidth(nbytes, 3) / 1e9
@@ -115,8 +116,8 @@ def machine_limits():
                 F.matmul(x, w, out=out)
                 best = max(best, 2.0 * M * N * K / max(now_ns() - t0, 1))
     finally:
-        if was_on:
-            check(lib.ce_profile_enable(1, _active._capacity if _active else 0))
+        if paused is not None:
+            check(lib.ce_profile_enable(1, paused._capacity))
     _limits = dict(read_gb_s=read, gemm_gflop_s=best, threads=threads)
     return dict(_limits)
 
