@@ -133,3 +133,23 @@ def test_regions_close_when_a_module_raises():
     layers = prof.by_layer()
     assert layers["outer"]["calls"] == 1 and layers["outer.inner"]["calls"] == 1
     assert layers["outer.inner"]["parent"] == "outer"
+
+
+def test_a_profile_started_inside_a_module_keeps_its_regions_consistent():
+    m = _Outer()
+    m.hook_path, m.inner.hook_path = "outer", "outer.inner"
+    x = Tensor.from_list([1.0] * 8)
+    profs = []
+
+    class _Starter(Module):
+        def forward(self, x):
+            profs.append(Profiler().start())       # starts while "starter" is running
+            return m(x)
+
+    s = _Starter()
+    s.hook_path = "starter"
+    s(x)                                           # its exit is not the profile's to record
+    profs[0].stop()
+    layers = profs[0].by_layer()
+    assert set(layers) == {"outer", "outer.inner"}
+    assert layers["outer"]["calls"] == 1

@@ -150,11 +150,14 @@ class _Observer:
 
     def exit(self, module):
         try:
-            if module.hook_path:
-                stack = self.local.stack
+            stack = getattr(self.local, "stack", None)
+            # a module entered before the profile started (or exited after it stopped) is not ours
+            if module.hook_path and stack and self.prof._region_ids.get(module.hook_path) == stack[-1][0]:
                 rid, t0 = stack.pop()
-                lib.ce_profile_set_region(stack[-1][0] if stack else 0)
-                self.prof._intervals.append((rid, t0, now_ns(), len(stack), threading.get_ident()))
+                t1 = now_ns()
+                if _active is self.prof:
+                    lib.ce_profile_set_region(stack[-1][0] if stack else 0)
+                    self.prof._intervals.append((rid, t0, t1, len(stack), threading.get_ident()))
         finally:
             if self.prev is not None:
                 self.prev.exit(module)
