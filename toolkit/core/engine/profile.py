@@ -430,12 +430,12 @@ class Profiler:
                 out.append(line(f"all *.{k} ({len(rs)})", tot, {}))
         return out
 
-    def table(self, roofline=True, layers=True):
+    def table(self, roofline=True, layers=True, tokens=True):
         """The per-layer and per-op tables as text (with the roofline unless roofline=False).
 
         layers=True: one row per top-level region (embed, blocks.N, ln_final, unembed) with its
         sublayers' wall times as columns, then each sublayer summed over the layers; "all": a row
-        for every region; False: the op table only."""
+        for every region; False: no layer table. tokens: the per-token table of a generation."""
         self._done()
         wall, ops = self.wall_seconds, self.op_seconds
         out = [f"profile: {wall * 1e3:.2f} ms wall, {ops * 1e3:.2f} ms in engine ops "
@@ -455,6 +455,8 @@ class Profiler:
                 t, sec = sum(s["tokens"] for s in dec), sum(s["seconds"] for s in dec)
                 line.append(f"decode {t} tokens in {sec * 1e3:.1f} ms = {_rate(t, sec) * 1e9:.1f} tok/s")
             out.append("steps: " + " | ".join(line))
+            if tokens:
+                out += _token_table(steps)
         if layers:
             out += self._layer_table(every=layers == "all")
         lim = machine_limits() if roofline else None
@@ -538,6 +540,19 @@ class Profiler:
                 os.unlink(tmp)
             raise
         return path
+
+
+def _token_table(steps, head_rows=12, tail_rows=4):
+    head = f"{'step':>5}  {'phase':<8}{'tokens':>7}{'wall ms':>10}{'ops ms':>10}{'python ms':>10}{'sampling ms':>12}{'tok/s':>9}"
+    out = ["", head, "-" * len(head)]
+    shown = steps if len(steps) <= head_rows + tail_rows else steps[:head_rows] + [None] + steps[-tail_rows:]
+    for r in shown:
+        if r is None:
+            out.append(f"{'...':>5}")
+            continue
+        out.append(f"{r['index']:>5}  {r['phase']:<8}{r['tokens']:>7}{r['seconds'] * 1e3:>10.3f}{r['op_seconds'] * 1e3:>10.3f}"
+                   f"{r['python_seconds'] * 1e3:>10.3f}{r['between_seconds'] * 1e3:>12.3f}{r['tokens_per_s']:>9.1f}")
+    return out
 
 
 def _rate(amount, seconds):
