@@ -32,7 +32,8 @@ from ._lib import check, ffi, lib
 OPS = [ffi.string(lib.ce_op_name(i)).decode() for i in range(lib.CE_OP_COUNT)]
 DEFAULT_LOG_CAPACITY = 1 << 21          # events (56 bytes each, allocated as used)
 _EVENT = struct.Struct("<iiiiqqqqqq")   # ce_prof_event
-assert _EVENT.size == ffi.sizeof("ce_prof_event")
+if _EVENT.size != ffi.sizeof("ce_prof_event"):  # the header changed without this reader
+    raise errors.BuildError(f"ce_prof_event is {ffi.sizeof('ce_prof_event')} bytes, profile.py reads {_EVENT.size}")
 
 now_ns = time.monotonic_ns  # CLOCK_MONOTONIC, the clock of the engine's events (ce_profile_now_ns)
 
