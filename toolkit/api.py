@@ -55,14 +55,17 @@ class Model:
 
     def generate_ids(self, prompt_or_ids, max_new_tokens=64, **kwargs) -> list:
         """The newly generated token ids. With stop strings, ids run up to the token that completed one."""
-        ids = []
-        for _ in self.plugin.stream_text(prompt_or_ids, ids_out=ids, max_new_tokens=max_new_tokens, **kwargs):
-            pass
-        return ids
+        return [ev.token_id for ev in self.stream(prompt_or_ids, max_new_tokens, details=True, top=0, **kwargs)
+                if not ev.eos]
 
-    def stream(self, prompt_or_ids, max_new_tokens=64, **kwargs):
-        """An iterator of text pieces as they are generated (never splits a UTF-8 character)."""
-        return self.plugin.stream_text(prompt_or_ids, max_new_tokens=max_new_tokens, **kwargs)
+    def stream(self, prompt_or_ids, max_new_tokens=64, details=False, top=5, **kwargs):
+        """An iterator of text pieces as they are generated (never splits a UTF-8 character).
+
+        details=True yields a TokenEvent per token instead: token_id, text, prob, logprob, top
+        (the `top` likeliest (token_id, text, prob)), seconds, phase ("prefill" / "decode").
+        """
+        return self.plugin.stream_text(prompt_or_ids, details=details, top=top, max_new_tokens=max_new_tokens,
+                                       **kwargs)
 
     # ---- lifetime ----
     def close(self):
