@@ -48,6 +48,15 @@ class AttentionExplorer(W.VBox):
         if prompt:
             self.refresh()
 
+    @T.validate("layer")
+    def _valid_layer(self, proposal):
+        return session.check_layer(self.model, proposal["value"])
+
+    @T.validate("head")
+    def _valid_head(self, proposal):
+        h = proposal["value"]
+        return ALL_HEADS if h == ALL_HEADS else session.check_head(self.model, h)
+
     def patterns(self):
         """(tokens, [head][query][key]) of the current prompt and layer."""
         key = (self.prompt, self.layer)

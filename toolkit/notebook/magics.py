@@ -69,6 +69,8 @@ def _cpu_name():
 class ToolkitMagics(Magics):
     def __init__(self, shell):
         super().__init__(shell)
+        # the model the magics use: the last %tk_load. A replaced one is not closed (a variable may
+        # still hold it); its weights are unmapped once nothing refers to it.
         self.model = None
 
     def _model(self):
@@ -81,10 +83,6 @@ class ToolkitMagics(Magics):
         t0 = time.perf_counter()
         m = toolkit.load(name, threads=threads)
         dt = time.perf_counter() - t0
-        if self.model is not None and self.model is not m:
-            old = self.model
-            self.model = None
-            old.close()
         self.model = m
         return m, dt
 

@@ -102,7 +102,7 @@ class GenerationWidget(W.VBox):
         self._go.on_click(lambda _: self.generate())
         self._halt.on_click(lambda _: self.stop())
         self._clear.on_click(lambda _: self.clear())
-        self.observe(self._running_changed, "running")
+        self.observe(self._on_running, "running")
         controls = W.HBox([W.VBox([self._temperature, self._top_p, self._top_k, self._max]),
                            W.VBox([self._seed, self._chat, self._shade])])
         super().__init__([self._prompt, controls, W.HBox([self._go, self._halt, self._clear, self._status]),
@@ -115,6 +115,13 @@ class GenerationWidget(W.VBox):
         self.add_class("tk-generation")
 
     # ---- settings ----
+    @T.validate("temperature", "top_p", "top_k", "max_new_tokens")
+    def _clamp(self, proposal):
+        # as the sliders do, so the trait and its control never disagree
+        ctl = {"temperature": self._temperature, "top_p": self._top_p, "top_k": self._top_k,
+               "max_new_tokens": self._max}[proposal["trait"].name]
+        return min(max(proposal["value"], ctl.min), ctl.max)
+
     def _seed_typed(self, change):
         s = change["new"].strip()
         try:
@@ -132,7 +139,7 @@ class GenerationWidget(W.VBox):
         return dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
                     top_k=self.top_k, seed=self.seed)
 
-    def _running_changed(self, change):
+    def _on_running(self, change):
         self._go.disabled = change["new"]
         self._halt.disabled = not change["new"]
 
