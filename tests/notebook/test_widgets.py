@@ -68,6 +68,10 @@ def test_stop_ends_within_one_token(model):
 def test_each_setting_reaches_the_sampler(model):
     spy = Spy(model)
     w = GenerationWidget(spy, prompt=PROMPT)
+    defaults = dict(max_new_tokens=128, temperature=0.7, top_p=0.95, top_k=40, seed=None)
+    assert w.settings() == defaults     # the controls start at the widget's defaults, not theirs
+    assert (w._temperature.value, w._top_p.value, w._top_k.value, w._max.value, w._seed.value) == (
+        0.7, 0.95, 40, 128, "")
     w._temperature.value = 1.3           # through the controls, as a user moves them
     w._top_p.value = 0.8
     w._top_k.value = 17

@@ -88,14 +88,9 @@ class GenerationWidget(W.VBox):
         self._seed = W.Text(placeholder="random", description="seed", style=style, layout=W.Layout(width="16em"))
         self._go = W.Button(description="Generate", button_style="primary", icon="play")
         self._halt = W.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
-        self._clear = W.Button(description="New conversation", icon="eraser")
+        self._clear = W.Button(description="New conversation", icon="eraser", layout=W.Layout(width="auto"))
         self._status = W.Label("")
         self._out = W.HTML("", layout=W.Layout(width="100%", min_height="3em"))
-        for ctl, name in ((self._prompt, "prompt"), (self._chat, "chat"), (self._shade, "shade"),
-                          (self._temperature, "temperature"), (self._top_p, "top_p"), (self._top_k, "top_k"),
-                          (self._max, "max_new_tokens")):
-            T.link((ctl, "value"), (self, name))
-        T.dlink((self, "status"), (self._status, "value"))
         self._seed.observe(self._seed_typed, "value")
         self.observe(self._seed_set, "seed")
         self.observe(lambda _: self.render(force=True), ["shade", "chat"])
@@ -107,6 +102,12 @@ class GenerationWidget(W.VBox):
                            W.VBox([self._seed, self._chat, self._shade])])
         super().__init__([self._prompt, controls, W.HBox([self._go, self._halt, self._clear, self._status]),
                           self._out])
+        # the widget's traits are the source: a link first copies its source into its target
+        for ctl, name in ((self._prompt, "prompt"), (self._chat, "chat"), (self._shade, "shade"),
+                          (self._temperature, "temperature"), (self._top_p, "top_p"), (self._top_k, "top_k"),
+                          (self._max, "max_new_tokens")):
+            T.link((self, name), (ctl, "value"))
+        T.dlink((self, "status"), (self._status, "value"))
         self.prompt = prompt
         for k, v in settings.items():
             if not self.has_trait(k) or k in ("text", "n_tokens", "tokens_per_s", "running", "status"):
