@@ -22,7 +22,7 @@ def _generate(args):
                       top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                       seed=args.seed, stop=args.stop or [])
         events = []
-        for ev in m.stream(prompt, details=True, top=0, **kwargs):
+        for ev in m.plugin.stream_text(prompt, details=True, probs=False, **kwargs):
             events.append(ev)
             sys.stdout.write(ev.text)
             sys.stdout.flush()

@@ -55,8 +55,9 @@ class Model:
 
     def generate_ids(self, prompt_or_ids, max_new_tokens=64, **kwargs) -> list:
         """The newly generated token ids. With stop strings, ids run up to the token that completed one."""
-        return [ev.token_id for ev in self.stream(prompt_or_ids, max_new_tokens, details=True, top=0, **kwargs)
-                if not ev.eos]
+        events = self.plugin.stream_text(prompt_or_ids, details=True, probs=False, max_new_tokens=max_new_tokens,
+                                         **kwargs)
+        return [ev.token_id for ev in events if not ev.eos]
 
     def stream(self, prompt_or_ids, max_new_tokens=64, details=False, top=5, **kwargs):
         """An iterator of text pieces as they are generated (never splits a UTF-8 character).

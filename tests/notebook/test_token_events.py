@@ -78,3 +78,12 @@ def test_bad_top_is_a_typed_error(model):
         list(model.stream(PROMPT, max_new_tokens=2, details=True, top=-1))
     with pytest.raises(errors.ArgumentTypeError):
         list(model.stream(PROMPT, max_new_tokens=2, details=True, top=2.5))
+
+
+def test_probs_false_keeps_ids_and_timings(model):
+    full = list(model.stream(PROMPT, max_new_tokens=6, details=True))
+    lean = list(model.stream(PROMPT, max_new_tokens=6, details=True, probs=False))
+    assert [e.token_id for e in lean] == [e.token_id for e in full]
+    assert [e.text for e in lean] == [e.text for e in full]
+    assert all(math.isnan(e.prob) and math.isnan(e.logprob) and e.top == [] for e in lean)
+    assert all(e.seconds > 0 for e in lean)

@@ -121,7 +121,7 @@ class ToolkitMagics(Magics):
                         top_k=args.top_k, seed=args.seed)
         events = []
         try:
-            for ev in session.stream_events(m, prompt, top=0, **settings):
+            for ev in session.stream_events(m, prompt, top=0, probs=False, **settings):
                 events.append(ev)
                 print(ev.text, end="", flush=True)
         except KeyboardInterrupt:
@@ -230,7 +230,8 @@ def bench(model, lengths, new_tokens=32):
     out = []
     for n in lengths:
         ids = (base * (n // len(base) + 1))[:n]
-        events = list(session.stream_events(model, ids, top=0, max_new_tokens=new_tokens, stop_at_eos=False))
+        events = list(session.stream_events(model, ids, top=0, probs=False, max_new_tokens=new_tokens,
+                                             stop_at_eos=False))
         pre = events[0]
         dec = [e for e in events if e.phase == "decode"]
         ds = sum(e.seconds for e in dec)

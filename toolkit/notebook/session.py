@@ -28,7 +28,8 @@ def stream_events(model, prompt, stop=None, top=5, **settings):
     """TokenEvents of `model.stream(prompt, details=True)`, one step at a time under the model's lock.
 
     `stop` (a threading.Event) is checked before every step, so setting it ends generation after
-    at most the token being computed when it was set."""
+    at most the token being computed when it was set. `probs=False` among the settings skips the
+    probabilities where only text and timings are wanted."""
     lock = model_lock(model)
     with lock:
         gen = iter(model.stream(prompt, details=True, top=top, **settings))
