@@ -117,10 +117,27 @@ def test_tk_cache_binds_the_cache(shell, model):
 
 def test_tk_bench_measures_and_plots(shell, model):
     magics_of(shell).model = model
-    result, cap = run(shell, "%tk_bench --lengths 4,16 --new-tokens 3")
+    result, cap = run(shell, "%tk_bench --lengths 4,16 --new-tokens 3 --batch 1,2")
     assert result.success, cap.stderr
-    table, fig = cap.outputs
+    table, fig, batch = cap.outputs
     assert "prefill tok/s" in table.data["text/html"] and "tk_bench on " in table.data["text/plain"]
     rows = table.data["text/plain"].splitlines()[2:]
     assert [r.split()[0] for r in rows] == ["4", "16"] and all(r.split()[2] == "2" for r in rows)
-    assert "Figure" in fig.data["text/plain"]
+    assert "Figure" in fig.data["text/plain"] and "Figure" in batch.data["text/plain"]
+
+
+def test_tk_profile_shows_the_table_and_the_layer_chart(shell, model):
+    from nb_fakes import ProfiledModel
+
+    fake = model if hasattr(model, "profile") else ProfiledModel(model)
+    magics_of(shell).model = fake
+    result, cap = run(shell, f"%tk_profile {PROMPT} --max-new-tokens 2")
+    assert result.success, cap.stderr
+    table, chart = cap.outputs
+    assert "by op" in table.data["text/html"] and "blocks.0" in table.data["text/html"]
+    assert "Figure" in chart.data["text/plain"]
+    if fake is not model:
+        assert fake.profiled == 1
+        magics_of(shell).model = model
+        result, cap = run(shell, f"%tk_profile {PROMPT}")
+        assert not result.success and "needs model.profile()" in cap.stderr

@@ -38,6 +38,8 @@ def test_generate_streams_into_the_output(model):
     assert "Paris" in w._out.value and PROMPT in w._out.value
     assert w.tokens_per_s > 0 and w.status.startswith("12 tokens · ") and w.status.endswith("done")
     assert w._go.disabled is False and w._halt.disabled is True
+    fig = w.throughput_figure()
+    assert len(fig.axes[0].lines[0].get_xdata()) == 11          # the decode steps
 
 
 def test_browser_click_message_starts_generation(model):

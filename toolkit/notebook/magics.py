@@ -7,6 +7,7 @@ profile and benchmark from notebook cells.
     %tk_attention PROMPT --layer L [--head H]        the attention pattern (all heads without --head)
     %tk_profile PROMPT [--max-new-tokens N]          per-layer timing table and chart
     %tk_bench [--lengths 16,64,256] [--new-tokens N] prefill / decode tokens/s by prompt length
+              [--batch 1,2,4]                        (and total tokens/s by batch size)
 
 A bad argument or a failure the toolkit reports (a ToolkitError) ends the magic with one line
 (IPython's UsageError, no traceback) and leaves the kernel as it was; bugs still show a traceback.
@@ -195,18 +196,17 @@ class ToolkitMagics(Magics):
     @magic_arguments()
     @argument("--lengths", default="16,64,256", help="prompt lengths in tokens, comma-separated")
     @argument("--new-tokens", type=int, default=32, help="decode tokens after each prompt")
+    @argument("--batch", default=None, help="batch sizes (comma-separated) for a tokens/s vs batch size plot")
     @argument("--save", default=None, help="also write the figure as SAVE.png and SAVE.svg")
     @line_magic
     @_one_line
     def tk_bench(self, line):
         """Prefill and decode tokens/s at a few prompt lengths, as a table and a plot (with the CPU)."""
         args = _parse(self.tk_bench, line)
-        try:
-            lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
-        except ValueError:
-            raise UsageError(f"tk_bench: --lengths takes whole numbers separated by commas, got {args.lengths!r}") from None
-        if not lengths or min(lengths) < 1:
-            raise UsageError("tk_bench: --lengths must list positive token counts")
+        lengths = _int_list("--lengths", args.lengths)
+        batches = _int_list("--batch", args.batch) if args.batch else None
+        if args.new_tokens < 1:
+            raise UsageError("tk_bench: --new-tokens must be at least 1")
         m = self._model()
         rows = bench(m, lengths, args.new_tokens)
         cpu = _cpu_name()
@@ -220,7 +220,38 @@ class ToolkitMagics(Magics):
         if args.save:
             plots.save(fig, args.save)
         display(fig)
+        if batches:
+            rates = bench_batch(m, batches, args.new_tokens)
+            fig = plots.throughput_vs_batch_size(batches, rates, [r / b for r, b in zip(rates, batches)], cpu=cpu)
+            if args.save:
+                plots.save(fig, f"{args.save}_batch")
+            display(fig)
         return None
+
+
+def _int_list(flag, text):
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"tk_bench: {flag} takes whole numbers separated by commas, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise UsageError(f"tk_bench: {flag} must list positive numbers")
+    return out
+
+
+def bench_batch(model, sizes, new_tokens=32):
+    """Total tokens/s (prefill included) of `size` different short prompts generated together."""
+    prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "The three primary colors are",
+               "In 1969, astronauts", "Water boils at", "My favourite book is", "The quick brown fox"]
+    out = []
+    for b in sizes:
+        batch = [prompts[i % len(prompts)] + " " * (i // len(prompts)) for i in range(b)]
+        with session.model_lock(model):
+            t0 = time.perf_counter()
+            model.plugin.infer_batch(batch, max_new_tokens=new_tokens, stop_at_eos=False, temperature=0.0)
+            dt = time.perf_counter() - t0
+        out.append(b * new_tokens / dt)
+    return out
 
 
 def bench(model, lengths, new_tokens=32):

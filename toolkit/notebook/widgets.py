@@ -226,6 +226,12 @@ class GenerationWidget(W.VBox):
             self.running = False
             self.render(force=True)
 
+    def throughput_figure(self):
+        """Tokens/s at each step of the latest generation (a matplotlib Figure)."""
+        from . import plots
+
+        return plots.throughput_over_generation(self.events)
+
     # ---- view ----
     def to_html(self):
         """The transcript as HTML (what the output shows)."""
