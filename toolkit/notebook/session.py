@@ -1,10 +1,11 @@
 """What the magics and widgets share: one lock per model, streaming under it, token labels, and
 attention patterns through the public interp API.
 
-Not thread-safe by itself, a model reuses scratch buffers inside each forward pass. Every
-generation started here takes the model's lock around each step (one token), so two widgets on one
-model interleave token by token, each with its own KV cache, and never run a pass at once. Code
-that calls the model directly from another thread while a widget generates is not covered.
+Every generation started here takes the model's lock around each step (one token), so two
+widgets on one model interleave token by token, each with its own KV cache and sampler, and a
+widget generating in the background never shares a step with a magic in the foreground. (The
+model also serialises its own forward passes, which share activation buffers; this lock is the
+notebook's guarantee whatever the model does.)
 """
 import threading
 import weakref
