@@ -146,10 +146,11 @@ class TokenEvent:
 
 
 def _distribution(tokenizer, row, top):
-    """(argmax prob, log Z, top list) of logits row [1, vocab] through engine ops.
+    """(probs [1, vocab], the likeliest id, its prob, the `top` (id, text, prob)) of logits row
+    [1, vocab], through engine ops (a softmax and a top-k).
 
-    The log-probability of any token is then logit - max_logit + log(p_max): exact to float
-    precision even where the probability underflows to 0.
+    The caller takes a token's log-probability as logit - max_logit + log(p_max) = logit - log Z:
+    exact to float precision even where the probability itself underflows to 0.
     """
     probs = F.softmax(row)                                    # [1, vocab]
     values, indices = F.topk(probs, max(top, 1))              # [1, k] each
@@ -213,7 +214,7 @@ def summary_line(events):
     """prefill / decode speed of a generation's TokenEvents, the line the CLI and %%tk_generate print.
 
     Prefill is the pass over the prompt (it yields the first token); decode counts every later
-    one-token pass, the one that produced an EOS included.."""
+    one-token pass, the one that produced an EOS included."""
     pre = [e for e in events if e.phase == "prefill"]
     dec = [e for e in events if e.phase == "decode"]
     pt, ps = sum(e.n_input for e in pre), sum(e.seconds for e in pre)
