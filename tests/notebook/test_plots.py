@@ -79,6 +79,18 @@ def test_logit_lens_heatmap():
         plots.logit_lens([["a"]], [[0.1, 0.2]])
 
 
+def test_logit_lens_figure_from_a_lens():
+    class Lens:  # the shape of cache.logit_lens(): components x positions x k
+        labels = ["0_pre", "final_post"]
+        tokens = [[["a", "b"], ["c", "d"]], [["e", "f"], ["g", "h"]]]
+        probs = [[[0.5, 0.1], [0.4, 0.3]], [[0.9, 0.05], [0.8, 0.1]]]
+
+    fig = plots.logit_lens_figure(Lens(), input_tokens=["x", "y"])
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().tolist() == [[0.5, 0.4], [0.9, 0.8]]
+    assert [t.get_text() for t in ax.texts] == ["a", "c", "e", "g"] and labels(ax, "y") == ["0_pre", "final_post"]
+
+
 def test_residual_norms():
     fig = plots.residual_norms([1.0, 2.0, 4.0])
     assert list(fig.axes[0].lines[0].get_ydata()) == [1.0, 2.0, 4.0]

@@ -13,7 +13,8 @@ import os
 from toolkit import errors
 
 __all__ = ["attention_pattern", "attention_heads", "throughput_over_generation", "throughput_vs_prompt_length",
-           "throughput_vs_batch_size", "layer_timing", "logit_lens", "residual_norms", "save", "token_label"]
+           "throughput_vs_batch_size", "layer_timing", "logit_lens", "logit_lens_figure", "residual_norms", "save",
+           "to_png", "token_label"]
 
 
 def _figure(w, h):
@@ -232,6 +233,14 @@ def logit_lens(top_tokens, probs, input_tokens=None, layer_names=None, title=Non
     fig.colorbar(im, ax=ax, shrink=0.8, label="probability of the top token")
     ax.set_title(title or "logit lens: top prediction per layer", fontsize=9)
     return fig
+
+
+def logit_lens_figure(lens, input_tokens=None, title=None):
+    """`logit_lens` of a LogitLens (what `cache.logit_lens()` returns: labels, tokens[c][pos][j],
+    probs[c][pos][j]): each component's top-1 prediction per position."""
+    tops = [[row[0] for row in comp] for comp in lens.tokens]
+    probs = [[row[0] for row in comp] for comp in lens.probs]
+    return logit_lens(tops, probs, input_tokens=input_tokens, layer_names=list(lens.labels), title=title)
 
 
 def residual_norms(norms, layer_names=None, positions=None, title=None):
