@@ -72,9 +72,10 @@ def test_a_bad_argument_prints_one_line_and_the_next_cell_works(shell, model):
 
 
 def test_reload_ext_keeps_the_magics_working(shell, model):
+    magics_of(shell).model = model
     result, _ = run(shell, "%reload_ext toolkit")
     assert result.success
-    magics_of(shell).model = model
+    assert magics_of(shell).model is model
     result, cap = run(shell, f"%%tk_generate --max-new-tokens 2\n{PROMPT}")
     assert result.success and cap.stdout.startswith(" Paris")
 

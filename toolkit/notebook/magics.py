@@ -292,7 +292,10 @@ def layer_seconds(by_layer):
 
 
 def load_ipython_extension(ip):
-    ip.register_magics(ToolkitMagics)
+    old = ip.magics_manager.registry.get("ToolkitMagics")
+    magics = ToolkitMagics(ip)
+    magics.model = getattr(old, "model", None)  # %reload_ext keeps the loaded model
+    ip.register_magics(magics)
     tk_display.register(ip)
 
 
