@@ -32,3 +32,11 @@ def test_summary_is_html_and_text():
     s = display.Summary([("a", 1), ("bb", 2.5)], header=("k", "v"), caption="cap")
     assert "<td class=\"num\">2.500</td>" in s._repr_html_()
     assert repr(s).splitlines() == ["cap", "k   v", "a   1", "bb  2.500"]
+
+
+def test_a_closed_model_shows_as_closed(smollm2_gguf_path):
+    import toolkit
+
+    m = toolkit.load(smollm2_gguf_path)
+    m.close()
+    assert "closed" in display.model_html(m)

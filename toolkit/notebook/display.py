@@ -94,7 +94,9 @@ def model_summary(model, load_seconds=None):
 
 
 def model_html(model, load_seconds=None):
-    if getattr(model.plugin, "_model", True) is None:
+    from .session import is_open
+
+    if not is_open(model):
         return f"<code>{html.escape(repr(model))}</code>"
     return _table(model_summary(model, load_seconds), caption="toolkit.Model")
 
@@ -167,7 +169,8 @@ def profile_html(prof):
 
 
 # ---- registration ----
-def _register_type(fmt, cls, fn):
+def register_type(fmt, cls, fn):
+    """Has IPython formatter `fmt` show instances of cls with fn, unless cls has its own _repr_html_."""
     if cls is not None and not hasattr(cls, "_repr_html_"):
         fmt.for_type(cls, fn)
 
@@ -177,9 +180,9 @@ def register(ip, cache_type=None, profile_type=None):
     from toolkit.api import Model
 
     fmt = ip.display_formatter.formatters["text/html"]
-    _register_type(fmt, Model, model_html)
-    _register_type(fmt, cache_type, cache_html)
-    _register_type(fmt, profile_type, profile_html)
+    register_type(fmt, Model, model_html)
+    register_type(fmt, cache_type, cache_html)
+    register_type(fmt, profile_type, profile_html)
 
 
 def unregister(ip):

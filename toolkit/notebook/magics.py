@@ -75,7 +75,7 @@ class ToolkitMagics(Magics):
         self.model = None
 
     def _model(self):
-        if self.model is None or getattr(self.model.plugin, "_model", True) is None:
+        if self.model is None or not session.is_open(self.model):
             print(f"(no model loaded: loading {DEFAULT_MODEL}; %tk_load picks another)")
             self._load(DEFAULT_MODEL, None)
         return self.model
@@ -146,7 +146,7 @@ class ToolkitMagics(Magics):
             _, cache = run(" ".join(args.prompt), **({} if names is None else {"names_filter": names}))
         self.shell.user_ns[args.out] = cache
         fmt = self.shell.display_formatter.formatters["text/html"]
-        tk_display._register_type(fmt, type(cache), tk_display.cache_html)
+        tk_display.register_type(fmt, type(cache), tk_display.cache_html)
         print(f"bound to `{args.out}`")
         display(HTML(tk_display.cache_html(cache)))
 
@@ -185,7 +185,7 @@ class ToolkitMagics(Magics):
             with profile() as prof:
                 m.generate(" ".join(args.prompt), max_new_tokens=args.max_new_tokens)
         fmt = self.shell.display_formatter.formatters["text/html"]
-        tk_display._register_type(fmt, type(prof), tk_display.profile_html)
+        tk_display.register_type(fmt, type(prof), tk_display.profile_html)
         display(HTML(tk_display.profile_html(prof)))
         names, secs, attn, mlp = layer_seconds(prof.by_layer())
         if names:

@@ -46,6 +46,15 @@ def stream_events(model, prompt, stop=None, top=5, **settings):
             gen.close()
 
 
+def is_open(model):
+    """False once the model was closed (its weights unmapped)."""
+    try:
+        model.model
+    except errors.ToolkitError:
+        return False
+    return True
+
+
 def prompt_ids(model, prompt):
     if isinstance(prompt, str):
         if not prompt:
