@@ -87,3 +87,10 @@ def test_probs_false_keeps_ids_and_timings(model):
     assert [e.text for e in lean] == [e.text for e in full]
     assert all(math.isnan(e.prob) and math.isnan(e.logprob) and e.top == [] for e in lean)
     assert all(e.seconds > 0 for e in lean)
+
+
+def test_hooks_apply_to_every_step_of_the_stream(model):
+    seen = []
+    events = list(model.plugin.stream_text(PROMPT, details=True, max_new_tokens=3,
+                                           hooks=[("blocks.0.hook_resid_post", lambda t, hook: seen.append(t.shape))]))
+    assert len(events) == 3 and seen == [(5, 576), (1, 576), (1, 576)]

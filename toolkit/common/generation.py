@@ -160,11 +160,12 @@ def _distribution(tokenizer, row, top):
 
 
 def generate_events(model, prompt_ids, params: SamplingParams, cache=None, top=0, probs=True,
-                    tokenizer=None) -> Iterator[TokenEvent]:
+                    tokenizer=None, hooks=None) -> Iterator[TokenEvent]:
     """Yields a TokenEvent (text "") per sampled token until a stop condition; stop strings are
     not handled here (they need text; see `stream_text`). With stop_at_eos, the EOS token that
     ends generation comes last as an event with eos=True. probs=False skips the probability work
-    (prob/logprob are nan, top empty) for callers that only want ids and timings."""
+    (prob/logprob are nan, top empty) for callers that only want ids and timings. hooks, a list of
+    (name, fn), apply to this sequence in prefill and every decode step."""
     if isinstance(top, bool) or not isinstance(top, int):
         raise errors.ArgumentTypeError(f"top must be an int, got {top!r}")
     if not 0 <= top <= model.config.vocab_size:
@@ -179,10 +180,11 @@ def generate_events(model, prompt_ids, params: SamplingParams, cache=None, top=0
     if tokenizer is None:
         tokenizer = getattr(model, "tokenizer", None)
     sampler = Sampler(params, prompt_ids, eos_ids(model))
+    seq_hooks = [hooks] if hooks else None
     feed, phase, index = list(prompt_ids), "prefill", 0
     while True:
         t0 = time.perf_counter()
-        logits = model.forward_batch([(feed, cache)], logits="last")   # [1, vocab]
+        logits = model.forward_batch([(feed, cache)], logits="last", seq_hooks=seq_hooks)   # [1, vocab]
         if probs:
             # before the sampler: the repetition penalty rewrites the row in place
             p_all, best, p_best, alts = _distribution(tokenizer, logits, top)
@@ -203,9 +205,9 @@ def generate_events(model, prompt_ids, params: SamplingParams, cache=None, top=0
         feed, phase, index = [tok], "decode", index + 1
 
 
-def generate_ids(model, prompt_ids, params: SamplingParams, cache=None) -> Iterator[int]:
+def generate_ids(model, prompt_ids, params: SamplingParams, cache=None, hooks=None) -> Iterator[int]:
     """Yields new token ids one by one (EOS excluded when stop_at_eos) until a stop condition."""
-    for ev in generate_events(model, prompt_ids, params, cache=cache, probs=False):
+    for ev in generate_events(model, prompt_ids, params, cache=cache, probs=False, hooks=hooks):
         if not ev.eos:
             yield ev.token_id
 
@@ -268,7 +270,8 @@ class StopMatcher:
         return out
 
 
-def stream_text(model, tokenizer, prompt_ids, params: SamplingParams, details=False, top=5, probs=True) -> Iterator:
+def stream_text(model, tokenizer, prompt_ids, params: SamplingParams, details=False, top=5, probs=True,
+                hooks=None) -> Iterator:
     """Yields text pieces as tokens are generated; never splits a UTF-8 character; stops at stop strings.
 
     details=True yields a TokenEvent per token instead (with `top` alternatives), its text the
@@ -280,7 +283,7 @@ def stream_text(model, tokenizer, prompt_ids, params: SamplingParams, details=Fa
     matcher = StopMatcher(params.stop)
     held = None  # the final event waits for the text the decoder and the stop matcher still hold
     for ev in generate_events(model, prompt_ids, params, top=top, probs=details and probs,
-                              tokenizer=tokenizer):
+                              tokenizer=tokenizer, hooks=hooks):
         if ev.eos:
             held = ev
             continue

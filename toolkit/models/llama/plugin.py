@@ -166,13 +166,14 @@ class Llama_Plugin(TextModelPluginInterface):
 
         return _as_id_list(prompt)
 
-    def stream_text(self, prompt, details=False, top=5, probs=True, **kwargs):
+    def stream_text(self, prompt, details=False, top=5, probs=True, hooks=None, **kwargs):
         """Text pieces as generated, or with details=True a TokenEvent per token (id, text, prob,
-        logprob, `top` alternatives, step time, phase): see toolkit.common.generation."""
+        logprob, `top` alternatives, step time, phase): see toolkit.common.generation. hooks (a
+        list of (name, fn)) apply in prefill and in every decode step."""
         from ...common.generation import stream_text
 
         return stream_text(self.model, self.tokenizer, self._prompt_ids(prompt), self._params(**kwargs), details, top,
-                           probs)
+                           probs, hooks)
 
     def generate_text(self, prompt: str, max_new_tokens: int = None, **kwargs) -> str:
         """The newly generated text for `prompt` (a string or token ids)."""
