@@ -198,16 +198,17 @@ class GenerationWidget(W.VBox):
 
     def _run(self, prompt, settings, turn):
         stopped = failed = False
+        dec_n, dec_s = 0, 0.0  # decode steps so far and their seconds (running sums: O(1) a token)
         try:
             for ev in session.stream_events(self.model, prompt, stop=self._stop, top=5, **settings):
                 self.events.append(ev)
                 self.text += ev.text
                 if not ev.eos:
                     self.n_tokens += 1
-                dec = [e for e in self.events if e.phase == "decode"]
-                ds = sum(e.seconds for e in dec)
-                self.tokens_per_s = len(dec) / ds if ds > 0 else 0.0
-                self.status = rate_line(self.events, running=True)
+                if ev.phase == "decode":
+                    dec_n, dec_s = dec_n + 1, dec_s + ev.seconds
+                    self.tokens_per_s = dec_n / dec_s if dec_s > 0 else 0.0
+                self.status = f"{self.n_tokens} tokens · {self.tokens_per_s:.1f} tok/s · generating..."
                 self.render()
             stopped = self._stop.is_set()
         except errors.ToolkitError as exc:
