@@ -28,6 +28,25 @@ def _generate(args):
             sys.stdout.flush()
         sys.stdout.write("\n")
         print(summary_line(events) + f", {backend.get_threads()} threads", file=sys.stderr)
+        dec = [e for e in events if e.phase == "decode"]
+        ds = sum(e.seconds for e in dec)
+        _speed_guard(m.model, len(dec) / ds if ds else 0.0, len(dec))
+
+
+def _speed_guard(model, decode_tps, decode_tokens):
+    """Warns when decode ran under a tenth of what the weight bytes per token and this machine's
+    read bandwidth allow: a kernel has collapsed on this CPU (as Q4 on subnormals did on Intel)."""
+    if decode_tokens < 4:  # too few to time
+        return
+    from toolkit.bench.bandwidth import decode_bytes_per_token, read_bandwidth
+
+    bw, per_token = read_bandwidth(), decode_bytes_per_token(model)
+    ceiling = bw / per_token
+    if decode_tps < 0.1 * ceiling:
+        print(f"WARNING: decode ran at {decode_tps:.1f} tok/s, under a tenth of the {ceiling:.0f} tok/s that "
+              f"{per_token / 1e6:.0f} MB of weights per token at {bw / 1e9:.1f} GB/s of read bandwidth allow: "
+              "something is far slower on this CPU than it should be (or other programs kept the cores "
+              "busy); `python -m toolkit.bench kernels` shows which kernel", file=sys.stderr)
 
 
 def _convert(args):
