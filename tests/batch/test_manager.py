@@ -24,6 +24,16 @@ def test_results_by_id_match_generate(model, prompts):
     assert bm.run() == {} and bm.step() is None and bm.pending == 0
 
 
+def test_unchunked_prefill(model, prompts):
+    bm = BatchManager(model.model, prefill_chunk=None)
+    for i in (3, 1):
+        bm.add_request(i, prompts[i], max_new_tokens=2)
+    bm.forward_step()
+    assert bm.status(3).state == bm.status(1).state == "decode"  # both whole prompts in one pass
+    res = bm.run()
+    assert [res[i].token_ids for i in (3, 1)] == [model.generate_ids(prompts[i], max_new_tokens=2) for i in (3, 1)]
+
+
 def test_step_keeps_the_guide_shape(model, prompts):
     bm = BatchManager(model.model)
     bm.add_request(1000, [float(t) for t in prompts[1]], max_new_tokens=6)  # floats, as tokenize returns
@@ -208,4 +218,8 @@ def test_bad_requests_and_duplicates(model, prompts):
         bm.stream("never-added")
     with pytest.raises(errors.InvalidArgumentError):
         BatchManager(model.model, max_batch_size=0)
+    with pytest.raises(errors.InvalidArgumentError, match="twice"):
+        bm.wait(["x", "x"])
+    with pytest.raises(errors.ArgumentTypeError):
+        bm.wait([["x"]])
     assert set(bm.run()) == {"x"}

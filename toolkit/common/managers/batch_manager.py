@@ -8,7 +8,8 @@ per request over its own KV cache. Requests join as others leave, between any tw
   hooks that see only their rows. A stop string is matched here, by generation's StopMatcher, so a
   stopped request leaves the batch in the pass that completed it.
 - Prefill is chunked (`prefill_chunk` prompt tokens per pass, shared by the requests being prefilled
-  in arrival order), so a long prompt does not stall the running requests' decoding for long.
+  in arrival order; None: whole prompts), so a long prompt does not stall the running requests'
+  decoding for long.
 - KV memory: a request reserves, and its cache holds, exactly prompt + max_new_tokens slots. With a
   budget (`kv_budget_tokens` or `kv_budget_bytes`) requests that do not fit wait in FIFO order; one
   that could never fit is refused at `add_request`. Finished and cancelled requests free their slots
@@ -22,6 +23,7 @@ per request over its own KV cache. Requests join as others leave, between any tw
   other rows (the engine's contract); the scheduling here never changes what a request computes.
 """
 import inspect
+import sys
 import threading
 from collections import OrderedDict, deque
 
@@ -198,6 +200,8 @@ class BatchManager:
         request_ids has finished; returns their BatchResults in the order given."""
         rids = list(request_ids)
         with self._cond:
+            if len(set(map(check_request_id, rids))) != len(rids):
+                raise errors.InvalidArgumentError("wait() was given the same request id twice")
             for rid in rids:
                 self._lookup(rid)
                 if rid in self._waited:
@@ -265,7 +269,7 @@ class BatchManager:
     def _plan(self):
         """(request, new tokens) for the next pass: every decoding request, and prompt chunks within
         prefill_chunk tokens in admission order."""
-        left = self.prefill_chunk if self.prefill_chunk is not None else float("inf")
+        left = self.prefill_chunk if self.prefill_chunk is not None else sys.maxsize
         plan = []
         for req in self._active:
             if req.prefilled < len(req.prompt):
