@@ -81,3 +81,45 @@ def test_a_failing_pass_leaves_the_requests_runnable(model, prompts):
     with pytest.raises(RuntimeError, match="hook failed"):
         bm.forward_step()
     assert bm.run()["a"].token_ids == model.generate_ids(prompts[1], max_new_tokens=3)
+
+
+def _alone_hooked(lm, prompt, n, hooks):
+    cache = lm.new_cache(len(prompt) + n)
+    feed, out = prompt, []
+    for _ in range(n):
+        logits = lm.forward_batch([(feed, cache)], logits="last", seq_hooks=[hooks])
+        from toolkit.core.engine import functional as F
+
+        out.append(F.sample(logits.reshape(-1), 0.0))
+        feed = [out[-1]]
+    return out
+
+
+def test_real_model_hooks_touch_only_their_request(model, prompts):
+    lm = model.model
+    rows = []
+
+    def record(t, hook):
+        rows.append(t.shape[0])
+
+    def ablate(t, hook):
+        from toolkit.core.engine.backend import Tensor
+
+        return Tensor(t.shape)  # zeros: this request's MLP output of block 3 removed
+
+    bm = BatchManager(lm, prefill_chunk=4)
+    bm.add_request("a", prompts[1], max_new_tokens=3, hooks=[("blocks.0.hook_resid_post", record)],
+                   stop_at_eos=False)
+    bm.add_request("b", prompts[2], max_new_tokens=3, stop_at_eos=False)
+    bm.add_request("c", prompts[6], max_new_tokens=3, hooks=[("blocks.3.hook_mlp_out", ablate)],
+                   stop_at_eos=False, keep_logits=True)
+    res = bm.run()
+    n = len(prompts[1])
+    assert rows == [4] * (n // 4) + ([n % 4] if n % 4 else []) + [1, 1]  # a's rows only, chunk by chunk
+    assert res["a"].token_ids == model.generate_ids(prompts[1], max_new_tokens=3, stop_at_eos=False)
+    assert res["b"].token_ids == model.generate_ids(prompts[2], max_new_tokens=3, stop_at_eos=False)
+    assert res["c"].token_ids == _alone_hooked(lm, prompts[6], 3, [("blocks.3.hook_mlp_out", ablate)])
+    plain = lm.forward_batch([(prompts[6], lm.new_cache(len(prompts[6])))], logits="last").to_list()[0]
+    assert res["c"].logits[0].to_list() != plain  # the ablation did act on c
+    with pytest.raises(errors.InvalidArgumentError, match="no_such_hook"):
+        bm.add_request("d", prompts[1], hooks=[("blocks.0.no_such_hook", record)])

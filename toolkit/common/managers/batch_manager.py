@@ -88,6 +88,10 @@ class BatchManager:
             raise errors.UnsupportedError(
                 f"request {request_id!r} has hooks, but {type(self.model).__name__}.forward_batch takes no "
                 "seq_hooks (per-sequence hooks)")
+        resolve = getattr(getattr(self.model, "hook_set", None), "resolve", None)
+        for name, _ in hooks or ():
+            if resolve is not None:
+                resolve(name)  # an unknown hook name fails here, not in the middle of a shared pass
         if params.stop and self.tokenizer is None:
             raise errors.InvalidArgumentError(f"request {request_id!r} has stop strings but the manager has no "
                                               "tokenizer to decode text with")

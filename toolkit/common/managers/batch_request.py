@@ -62,9 +62,9 @@ def check_hooks(rid, hooks):
         raise errors.ArgumentTypeError(f"request {rid!r}: hooks must be a list of (name, fn) pairs")
     out = []
     for h in hooks:
-        if not (isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str) and callable(h[1])):
+        if not (isinstance(h, (tuple, list)) and len(h) == 2 and callable(h[1])):
             raise errors.ArgumentTypeError(f"request {rid!r}: each hook must be a (name, fn) pair, got {h!r}")
-        out.append(h)
+        out.append(tuple(h))
     return out or None
 
 
