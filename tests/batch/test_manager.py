@@ -223,3 +223,44 @@ def test_bad_requests_and_duplicates(model, prompts):
     with pytest.raises(errors.ArgumentTypeError):
         bm.wait([["x"]])
     assert set(bm.run()) == {"x"}
+
+
+class _FailOn:
+    """A tokenizer whose stream decoder fails on one token id (as an id the vocab lacks would)."""
+
+    def __init__(self, tok, bad):
+        self.tok, self.bad = tok, bad
+
+    def stream(self, skip_special_tokens=False):
+        inner, bad = self.tok.stream(skip_special_tokens=skip_special_tokens), self.bad
+
+        class _Dec:
+            def step(self, t):
+                if t == bad:
+                    raise errors.TokenizerError(f"cannot decode {t}")
+                return inner.step(t)
+
+            def flush(self):
+                return inner.flush()
+        return _Dec()
+
+
+def test_one_failing_request_does_not_disturb_the_others(model, prompts):
+    bad = model.generate_ids(prompts[1], max_new_tokens=1)[0]
+    good = model.generate_ids(prompts[2], max_new_tokens=3)
+    assert bad not in good
+    bm = BatchManager(model.model, tokenizer=_FailOn(model.tokenizer, bad))
+    bm.add_request("bad", prompts[1], max_new_tokens=3)
+    bm.add_request("good", prompts[2], max_new_tokens=3)
+    res = bm.run()
+    assert res["bad"].finish_reason == "error" and isinstance(res["bad"].error, errors.TokenizerError)
+    assert bm.kv_usage.tokens == 0
+    assert res["good"].token_ids == good and res["good"].finish_reason == "length"
+    bm.add_request("bad", prompts[1], max_new_tokens=3)
+    bm.add_request("good", prompts[2], max_new_tokens=3)
+    with pytest.raises(errors.TokenizerError):
+        bm.wait(["good", "bad"])
+    assert bm.pending == 0 and bm.run() == {}  # both collected
+    bm.add_request("bad", prompts[1], max_new_tokens=3)
+    with pytest.raises(errors.TokenizerError):
+        bm.step()

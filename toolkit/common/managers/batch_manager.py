@@ -182,14 +182,18 @@ class BatchManager:
                 for rid in self._finished:
                     if rid not in self._claimed:
                         self._last_rid = rid
-                        return self._collect(rid).tensor()
+                        res = self._collect(rid)
+                        if res.error is not None:
+                            raise res.error
+                        return res.tensor()
                 if not (self._queued or self._active):
                     return None
             self.forward_step()
 
     def run(self):
         """Runs every request to completion; returns {request id: BatchResult} for every request
-        finished and not yet collected (cancelled ones included)."""
+        finished and not yet collected (cancelled ones included; one that failed has
+        finish_reason 'error' and the exception in `error`)."""
         results = {}
         while True:
             with self._cond:
@@ -201,7 +205,8 @@ class BatchManager:
 
     def wait(self, request_ids):
         """Runs (or, while another thread steps, waits for) passes until every request in
-        request_ids has finished; returns their BatchResults in the order given."""
+        request_ids has finished; returns their BatchResults in the order given, or raises the
+        error of the first that failed (all of them are collected either way)."""
         rids = list(request_ids)
         with self._cond:
             if len(set(map(check_request_id, rids))) != len(rids):
@@ -215,10 +220,14 @@ class BatchManager:
         try:
             self._run_until(lambda: all(self._requests[r].done for r in rids))
             with self._cond:
-                return [self._collect(r) for r in rids]
+                results = [self._collect(r) for r in rids]
         finally:
             with self._cond:
                 self._waited.difference_update(rids)
+        for r in results:
+            if r.error is not None:
+                raise r.error
+        return results
 
     # ---- internals (the caller holds self._cond unless said otherwise) ----
     def _lookup(self, rid):
@@ -323,10 +332,16 @@ class BatchManager:
                     if req.prefilled < len(req.prompt):
                         continue  # more of the prompt to come: this chunk's logits are not needed
                     req.state = DECODE
-                row = logits[b]
-                if req.logits is not None:
-                    req.logits.append(row.clone())  # before the sampler's penalty edits it in place
-                reason = req.accept(req.sampler.next(row))
+                try:
+                    row = logits[b]
+                    if req.logits is not None:
+                        req.logits.append(row.clone())  # before the sampler's penalty edits it in place
+                    reason = req.accept(req.sampler.next(row))
+                except Exception as exc:  # noqa: BLE001 - handed to the request's owner, not dropped
+                    # one request's failure (say, logits a hook made NaN) must not stop the others
+                    # mid-update: it ends with the error, which its collector re-raises
+                    req.error = exc
+                    reason = "error"
                 if reason:
                     self._finish(req, reason)
                     finished.append(req.rid)

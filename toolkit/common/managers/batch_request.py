@@ -84,7 +84,7 @@ class RequestStatus:
     prefilled_tokens: int       # prompt tokens already in the KV cache
     generated_tokens: int
     kv_tokens: int              # KV slots reserved for it now (0 once finished or cancelled)
-    finish_reason: Optional[str]  # eos | length | stop | cancelled, None while it runs
+    finish_reason: Optional[str]  # eos | length | stop | cancelled | error, None while it runs
 
 
 @dataclass
@@ -98,6 +98,7 @@ class BatchResult:
     finish_reason: str
     prompt_tokens: int
     logits: Optional[List[Tensor]] = None  # with keep_logits: the [vocab] row each token was drawn from
+    error: Optional[BaseException] = None  # why it ended, when finish_reason is "error"
 
     def to_list(self):
         """The generated ids, as `to_list()` of the Tensor `step()` returns."""
@@ -126,6 +127,7 @@ class Request:
         self.prefilled = 0
         self.in_flight = False      # its cache is being written by the pass now running
         self.result = None
+        self.error = None
 
     @property
     def need(self):
@@ -144,7 +146,8 @@ class Request:
         return [self.sampler.generated[-1]]
 
     def accept(self, tok):
-        """Records a drawn token (None = EOS); returns whether the request is now done, and why."""
+        """Records a drawn token (None = EOS); returns why the request is now done (eos, stop,
+        length), or None while it goes on."""
         if tok is None:
             return "eos"
         piece = ""
@@ -176,4 +179,4 @@ class Request:
     def make_result(self):
         text = "".join(self.text_parts) if self.text_parts is not None else None
         return BatchResult(self.rid, list(self.sampler.generated), text, self.finish_reason, len(self.prompt),
-                           self.logits)
+                           self.logits, self.error)
