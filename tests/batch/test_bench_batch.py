@@ -16,6 +16,15 @@ def test_batch_bench_prints_a_row_per_size(capsys):
     assert float(rows[1][0]) > 0 and rows[1][1] == "1.00x" and float(rows[3][1].rstrip("x")) > 0
 
 
+def test_batch_bench_can_turn_invariance_off_for_the_run(capsys):
+    from toolkit.core.engine import backend
+
+    assert batch.main(["--sizes", "2", "--new", "2", "--prompt", "3", "--repeats", "1", "--no-peer",
+                       "--not-invariant"]) == 0
+    assert "batch invariance OFF" in capsys.readouterr().out
+    assert backend.get_batch_invariant() is True  # restored
+
+
 def test_batch_bench_rejects_bad_sizes():
     with pytest.raises(SystemExit):
         batch.main(["--sizes", "1,x"])

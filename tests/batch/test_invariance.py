@@ -7,6 +7,12 @@ from toolkit.common.managers.batch_manager import BatchManager
 from batch_helpers import alone, row_bytes, sampling_for
 
 
+def test_engine_batch_invariance_is_on_by_default():
+    from toolkit.core.engine import backend
+
+    assert backend.get_batch_invariant() is True  # what makes every matmul row independent of M
+
+
 def test_references_match_generate(model, prompts, references):
     # the reference runner is the library's own generation, logits aside
     for i in (0, 1, 3):

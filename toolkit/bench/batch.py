@@ -117,6 +117,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="sizes 1,2,4,8, 32 new tokens, one run")
     p.add_argument("--no-peer", action="store_true", help="skip llama.cpp even if it is installed")
+    p.add_argument("--not-invariant", action="store_true",
+                   help="turn the engine's batch invariance off (packed GEMM for many rows: faster prefill, "
+                        "but a request's logits then depend on what shares its pass)")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.new, args.repeats = "1,2,4,8", 32, 1
@@ -134,6 +137,9 @@ def main(argv=None):
     path = str(resolve_model(args.model))
     m = toolkit.load(path, threads=args.threads)
     threads = backend.get_threads()
+    invariant = backend.get_batch_invariant()
+    if args.not_invariant:
+        backend.set_batch_invariant(False)
     prompts = _prompts(m.tokenizer, max(sizes), args.prompt)
     peer = None
     if not args.no_peer:
@@ -145,7 +151,7 @@ def main(argv=None):
             print(f"llama.cpp's batched API is not usable with this llama-cpp-python ({e}); our figures only")
     print(f"model {path}\nCPU {_cpu_name()}, threads {threads}; {args.prompt}-token prompts, {args.new} new tokens "
           f"per sequence (greedy, EOS ignored)")
-    print(f"engine: {backend.build_info()}")
+    print(f"engine: {backend.build_info()}; batch invariance {'on' if backend.get_batch_invariant() else 'OFF'}")
     _ours(m, prompts[:2], 4)  # warm up: page in the weights, start the pool
     if peer:
         peer.run(prompts[:2], 4)
@@ -170,6 +176,7 @@ def main(argv=None):
         print(line)
     print("targets: 8 sequences >= 3x our batch 1" + (", >= 1.5x llama.cpp at 8" if peer else ""))
     print(f"(medians of {args.repeats} interleaved runs; the CPU is shared, so figures drift between runs)")
+    backend.set_batch_invariant(invariant)
     m.close()
     return 0
 
