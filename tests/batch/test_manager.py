@@ -264,3 +264,23 @@ def test_one_failing_request_does_not_disturb_the_others(model, prompts):
     bm.add_request("bad", prompts[1], max_new_tokens=3)
     with pytest.raises(errors.TokenizerError):
         bm.step()
+
+
+def test_a_cache_that_cannot_be_allocated_fails_only_its_request(model, prompts):
+    class NoBigCaches:
+        def __init__(self, lm):
+            self.lm, self.config, self.tokenizer = lm, lm.config, lm.tokenizer
+            self.forward_batch = lm.forward_batch
+
+        def new_cache(self, n):
+            if n > 20:
+                raise errors.OutOfMemoryError(f"no memory for {n} slots")
+            return self.lm.new_cache(n)
+
+    bm = BatchManager(NoBigCaches(model.model))
+    bm.add_request("big", prompts[1], max_new_tokens=30)
+    bm.add_request("small", prompts[2], max_new_tokens=2)
+    res = bm.run()
+    assert res["big"].finish_reason == "error" and isinstance(res["big"].error, errors.OutOfMemoryError)
+    assert res["small"].token_ids == model.generate_ids(prompts[2], max_new_tokens=2)
+    assert bm.kv_usage.tokens == 0 and bm.kv_usage.peak_tokens == len(prompts[2]) + 2

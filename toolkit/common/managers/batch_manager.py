@@ -273,9 +273,14 @@ class BatchManager:
             if not self._budget.can_reserve(req.need):
                 return  # FIFO: nothing overtakes the head of the queue
             self._queued.popleft()
+            try:
+                req.cache = self.model.new_cache(req.need)
+            except (errors.ToolkitError, MemoryError) as exc:  # the request fails, not the pass
+                req.error = exc
+                self._finish(req, "error")
+                continue
             self._budget.reserve(req.need)
             req.kv_tokens = req.need
-            req.cache = self.model.new_cache(req.need)
             req.state = PREFILL
             self._active.append(req)
 
