@@ -1,4 +1,5 @@
 """Llama_Plugin: the plugin-guide interface over LlamaModel, for GGUF files and HF directories."""
+import dataclasses
 import logging
 import os
 from typing import Any, List
@@ -201,32 +202,34 @@ class Llama_Plugin(TextModelPluginInterface):
 
     def infer_batch(self, requests: List[Any], **kwargs) -> List[Any]:
         """Generates for every prompt together through the BatchManager; returns the new texts in
-        request order. Stop strings cut each text at the first match."""
+        request order, each exactly what generate_text would return for it alone. Safe to call from
+        several threads at once: their requests share the batch, and each caller gets its own."""
         if self.batch_manager is None:
             raise errors.ToolkitError("infer_batch() needs initialize() first")
         if not isinstance(requests, (list, tuple)):
             raise errors.ArgumentTypeError("infer_batch() takes a list of prompt strings")
-        params = self._params(**kwargs)
-        rids = []
+        params = dataclasses.asdict(self._params(**kwargs))
+        prompts = []
         for prompt in requests:
             if not isinstance(prompt, str):
                 raise errors.ArgumentTypeError(f"infer_batch() prompts must be strings, got {type(prompt).__name__}")
-            rid = object()  # unique even across concurrent batches
-            self.batch_manager.add_request(rid, self._prompt_ids(prompt), **{
-                k: getattr(params, k) for k in SAMPLING_KEYS if k != "stop"})
-            rids.append(rid)
-        done = {}
-        while len(done) < len(rids):
-            out = self.batch_manager.step()
-            if out is None:
-                raise errors.ToolkitError("the batch manager went idle before every request finished")
-            done[self.batch_manager.last_request_id] = out
-        texts = []
-        for rid in rids:
-            text = self.tokenizer.decode(done[rid].to_list())
-            cuts = [i for i in (text.find(s) for s in params.stop) if i >= 0]
-            texts.append(text[:min(cuts)] if cuts else text)
-        return texts
+            prompts.append(self.prompt_ids(prompt))
+        bm = self.batch_manager
+        rids = []
+        try:
+            for ids in prompts:
+                rid = object()  # unique even across concurrent callers
+                bm.add_request(rid, ids, private=True, **params)
+                rids.append(rid)
+            return [r.text for r in bm.wait(rids)]
+        except BaseException:
+            for rid in rids:  # leave nothing of this call running or uncollected in the shared manager
+                try:
+                    bm.cancel(rid)
+                    bm.wait([rid])
+                except errors.InvalidArgumentError:
+                    pass  # unknown id: its result was already collected
+            raise
 
 
 def create_llama_plugin() -> Llama_Plugin:
