@@ -10,6 +10,7 @@ from collections import OrderedDict, deque
 from toolkit import errors
 
 from ...core.engine.backend import Tensor
+from .. import validate
 from ..generation import Sampler, SamplingParams, check_request, eos_ids
 
 
@@ -37,13 +38,9 @@ class BatchManager:
 
     def add_request(self, request_id, token_ids, **sampling):
         """Queues a request: token_ids are the prompt (ints, or whole-number floats as tokenize returns)."""
-        if request_id in self._ids:
+        if validate.request_id(request_id) in self._ids:
             raise errors.InvalidArgumentError(f"request id {request_id!r} is already in use")
-        prompt = []
-        for t in token_ids:
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or int(t) != t:
-                raise errors.ArgumentTypeError(f"request {request_id!r}: token ids must be whole numbers, got {t!r}")
-            prompt.append(int(t))
+        prompt = validate.token_ids(token_ids, self.model.config.vocab_size, f"request {request_id!r} token ids")
         params = SamplingParams.from_kwargs(self.defaults, **sampling)
         check_request(self.model, prompt, params)
         vocab = self.model.config.vocab_size
