@@ -90,8 +90,19 @@ class Runner:
             cmd += ["--kind", self.args.kind]
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", RAYON_NUM_THREADS="1",
                    OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="")
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-                                preexec_fn=_limit(self.args.mem_gib << 30))
+        err = open(os.path.join(self.workdir, f"worker-{start}.err"), "wb")
+        try:
+            return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env,
+                                    preexec_fn=_limit(self.args.mem_gib << 30))
+        finally:
+            err.close()
+
+    def _stderr(self, start):
+        try:
+            with open(os.path.join(self.workdir, f"worker-{start}.err"), "rb") as f:
+                return f.read()[-3000:].decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     def _record(self, i, status, info, detail):
         with self.lock:
@@ -122,7 +133,8 @@ class Runner:
                     p.kill()
                     p.wait()
                     if current is None:
-                        raise RuntimeError(f"fuzz worker for cases {start}..{stop} did not start")
+                        raise RuntimeError(f"fuzz worker for cases {start}..{stop} did not start:\n"
+                                           f"{self._stderr(start)}")
                     self._record(current["start"], "hang", current, f"no answer in {self.args.timeout} s")
                     start = current["start"] + 1
                     break
@@ -131,10 +143,12 @@ class Runner:
                     rc = p.wait()
                     if current is not None:
                         self._record(current["start"], "signal", current,
-                                     f"worker died with {'signal ' + str(-rc) if rc < 0 else 'exit ' + str(rc)}")
+                                     f"worker died with {'signal ' + str(-rc) if rc < 0 else 'exit ' + str(rc)}\n"
+                                     f"{self._stderr(start)}")
                         start = current["start"] + 1
                     elif rc != 0:
-                        raise RuntimeError(f"fuzz worker for cases {start}..{stop} failed with exit {rc}")
+                        raise RuntimeError(f"fuzz worker for cases {start}..{stop} failed with exit {rc}:\n"
+                                           f"{self._stderr(start)}")
                     else:
                         start = stop
                     break

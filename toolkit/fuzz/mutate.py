@@ -39,7 +39,7 @@ class Base:
 
     def hf(self, scratch):
         if not self.hf_files:
-            d = tiny.write_tiny_hf_dir(os.path.join(scratch, "base-hf"))
+            d = tiny.write_tiny_hf_dir(os.path.join(scratch, f"base-hf-{os.getpid()}"))  # workers share scratch
             for name in os.listdir(d):
                 with open(os.path.join(d, name), "rb") as f:
                     self.hf_files[name] = f.read()

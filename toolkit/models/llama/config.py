@@ -39,9 +39,11 @@ def _field(src, key, kind, default=..., where="config.json"):
     v = src[key]
     ok = {"int": isinstance(v, int) and not isinstance(v, bool),
           "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+          "f32": isinstance(v, float),  # GGUF metadata is typed: a float field stored as an int is broken
           "bool": isinstance(v, bool)}[kind]
     if not ok:
-        raise errors.FormatError(f"{where}: {key} must be {'an' if kind == 'int' else 'a'} {kind}, "
+        raise errors.FormatError(f"{where}: {key} must be {'an' if kind == 'int' else 'a'} "
+                                 f"{'float' if kind == 'f32' else kind}, "
                                  f"got {type(v).__name__} {v!r:.40}")
     return v
 
@@ -96,7 +98,7 @@ class LlamaConfig:
             raise errors.FormatError(f"config: rope_mode must be 'half' or 'adjacent', got {self.rope_mode!r}")
         # eps outside (0, 1) and theta <= 1 give NaN or meaningless rotations; 1e12 is far above any
         # published model's base (Llama 3: 5e5) yet keeps theta^(-2i/d) representable.
-        _check_float("rms_norm_eps", self.rms_norm_eps, 0.0, 1.0)
+        _check_float("rms_norm_eps", self.rms_norm_eps, 0.0, 0.5)
         _check_float("rope_theta", self.rope_theta, 1.0, 1e12)
         if not isinstance(self.tie_word_embeddings, bool):
             raise errors.FormatError(
@@ -129,6 +131,8 @@ class LlamaConfig:
         archs = cfg.get("architectures") or []
         if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
             raise errors.FormatError(f"config.json: architectures must be a list of strings, got {archs!r:.60}")
+        if not isinstance(cfg.get("model_type"), (str, type(None))):
+            raise errors.FormatError(f"config.json: model_type must be a string, got {cfg['model_type']!r:.60}")
         if cfg.get("model_type") not in (None, "llama", "mistral", "smollm", "smollm2") and \
                 not any("Llama" in a for a in archs):
             raise errors.UnsupportedError(f"config.json: model_type {cfg.get('model_type')!r:.60} is not a Llama-family model")
@@ -190,8 +194,8 @@ class LlamaConfig:
             num_key_value_heads=_field(md, "llama.attention.head_count_kv", "int", heads, where=w),
             head_dim=head_dim,
             max_position_embeddings=_field(md, "llama.context_length", "int", 2048, where=w),
-            rms_norm_eps=_field(md, "llama.attention.layer_norm_rms_epsilon", "float", 1e-5, where=w),
-            rope_theta=_field(md, "llama.rope.freq_base", "float", 10000.0, where=w),
+            rms_norm_eps=_field(md, "llama.attention.layer_norm_rms_epsilon", "f32", 1e-5, where=w),
+            rope_theta=_field(md, "llama.rope.freq_base", "f32", 10000.0, where=w),
             rope_mode="adjacent",
             tie_word_embeddings=not has_output_weight,
             bos_token_id=_field(md, "tokenizer.ggml.bos_token_id", "int", None, where=w),
