@@ -69,7 +69,8 @@ def worker(seed: int, start: int, stop: int, workdir: str, kind: str | None) -> 
 
 def _limit(mem_bytes: int):
     def apply():
-        resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
+        if mem_bytes:
+            resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     return apply
 
@@ -212,7 +213,10 @@ def parse_args(argv=None):
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--batch", type=int, default=50, help="cases per worker process")
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds per case before it is a hang")
-    ap.add_argument("--mem-gib", type=int, default=4, help="address-space cap per worker (GiB)")
+    # ASan reserves terabytes of address space for its shadow memory: no cap under a sanitizer.
+    asan = "libasan" in os.environ.get("LD_PRELOAD", "")
+    ap.add_argument("--mem-gib", type=int, default=0 if asan else 4,
+                    help="address-space cap per worker in GiB (0: none; the default under ASan)")
     ap.add_argument("--kind", default=None, help="only this mutation kind (see toolkit.fuzz.mutate.KINDS)")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
