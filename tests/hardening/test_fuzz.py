@@ -66,3 +66,17 @@ def test_runner_isolates_crashes_and_hangs(tmp_path, monkeypatch, behaviour, sta
     assert s["counts"] == {"typed": 2, status: 1} and s["failures"] == [1]
     saved = sorted(os.listdir(tmp_path / "out"))
     assert f"{status}-0-1-k.bin" in saved and f"{status}-0-1-k.txt" in saved
+
+
+FUZZ_DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "fuzz")
+SAVED = sorted(n for n in os.listdir(FUZZ_DATA) if n != "README.md")
+
+
+@pytest.mark.parametrize("name", SAVED)
+def test_saved_fuzz_inputs(name):
+    from toolkit.errors import ToolkitError
+
+    try:
+        fuzz.run_case(os.path.join(FUZZ_DATA, name))
+    except ToolkitError:
+        pass
