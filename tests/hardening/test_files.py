@@ -1,6 +1,5 @@
 """Broken weight, config and tokenizer files: typed errors, never a silent load (issue 17)."""
 import json
-import os
 import shutil
 import struct
 

@@ -100,7 +100,7 @@ def test_use_after_close_is_closed_error(tiny_gguf):
     m = toolkit.load(tiny_gguf, threads=1)
     m.close()
     for call in (lambda: m.logits([1]), lambda: m.generate("a"), lambda: m.tokenizer,
-                 lambda: m.model, lambda: list(m.stream("a"))):
+                 lambda: m.model, lambda: list(m.stream("a")), lambda: m.plugin.infer_batch(["a"])):
         with pytest.raises(errors.ClosedError, match="closed"):
             call()
     m.close()  # twice is fine

@@ -188,6 +188,7 @@ class Llama_Plugin(TextModelPluginInterface):
         """Generates for every prompt together through the BatchManager; returns the new texts in
         request order. Stop strings cut each text at the first match."""
         if self.batch_manager is None:
+            self.model  # ClosedError after close(), else the error below
             raise errors.ToolkitError("infer_batch() needs initialize() first")
         if not isinstance(requests, (list, tuple)):
             raise errors.ArgumentTypeError("infer_batch() takes a list of prompt strings")
