@@ -3,13 +3,13 @@
 The checks live here so `add_request` can refuse a malformed request before it touches the
 scheduler: a bad id or token found in the middle of a batched pass would sink every request in it.
 """
-import math
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
 from toolkit import errors
 
 from ...core.engine.backend import Tensor
+from .. import validate
 from ..generation import Sampler, StopMatcher
 
 # States a request passes through; the last two are final.
@@ -17,41 +17,12 @@ QUEUED, PREFILL, DECODE, FINISHED, CANCELLED = "queued", "prefill", "decode", "f
 
 
 def check_request_id(rid):
-    """Request ids are dict keys that must stay findable: hashable, not None, bool or NaN."""
-    if rid is None or isinstance(rid, bool):
-        raise errors.ArgumentTypeError(f"a request id must be a hashable value other than None or a bool, got {rid!r}")
-    try:
-        hash(rid)
-    except TypeError:
-        raise errors.ArgumentTypeError(f"a request id must be hashable, got a {type(rid).__name__}") from None
-    if isinstance(rid, float) and not math.isfinite(rid):
-        # NaN != NaN, so such an id could never be looked up again
-        raise errors.InvalidArgumentError(f"a request id must not be NaN or infinite, got {rid!r}")
-    return rid
+    return validate.request_id(rid)
 
 
 def check_token_ids(rid, token_ids, vocab_size):
     """The prompt as a list of ints: ints or whole-number floats (as the guide's tokenize returns), or a Tensor."""
-    if isinstance(token_ids, Tensor):
-        token_ids = token_ids.to_list()
-    if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, (list, tuple, range)):
-        raise errors.ArgumentTypeError(
-            f"request {rid!r}: token ids must be a list of ints or a Tensor, got {type(token_ids).__name__}")
-    prompt = []
-    for t in token_ids:
-        if isinstance(t, bool) or not isinstance(t, (int, float)):
-            raise errors.ArgumentTypeError(f"request {rid!r}: token ids must be whole numbers, got {t!r}")
-        if isinstance(t, float) and not math.isfinite(t):
-            raise errors.InvalidArgumentError(f"request {rid!r}: token id {t!r} is not a finite number")
-        if int(t) != t:
-            raise errors.ArgumentTypeError(f"request {rid!r}: token ids must be whole numbers, got {t!r}")
-        t = int(t)
-        if not 0 <= t < vocab_size:
-            raise errors.IndexOutOfRangeError(f"request {rid!r}: token id {t} is outside 0..{vocab_size - 1}")
-        prompt.append(t)
-    if not prompt:
-        raise errors.InvalidArgumentError(f"request {rid!r}: the prompt is empty: give at least one token")
-    return prompt
+    return validate.token_ids(token_ids, vocab_size, f"request {rid!r}: token ids", allow_empty=False)
 
 
 def check_hooks(rid, hooks):
