@@ -271,11 +271,12 @@ class PassHooks:
 
     def run(self, short, entries, t, spans, detect):
         changed = False
+        only = spans[0].seq if len(spans) == 1 else None  # the pass's one sequence (decode steps)
         for fn, point, seq, readonly in entries:
-            if seq is None:
+            if seq is None or seq == only:
                 view = t
                 point.ctx["spans"] = spans
-                point.ctx["seq"] = spans[0].seq if len(spans) == 1 else None
+                point.ctx["seq"] = only
             else:
                 sp = next((s for s in spans if s.seq == seq), None)
                 if sp is None:
