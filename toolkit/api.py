@@ -102,6 +102,17 @@ class Model:
         """Logits [n_tokens, vocab] like logits(), with fwd_hooks applied to this pass only."""
         return interp.run_with_hooks(self.model, self._ids(prompt_or_ids), fwd_hooks)
 
+    # ---- profiling ----
+    def profile(self, log_capacity=None):
+        """`with m.profile() as prof:` counts every engine op run inside the block, per op, per
+        module region (hook paths: blocks.3.attn, blocks.3.mlp, unembed, ...) and per generated
+        token; afterwards prof.table(), by_op(), by_layer(), per_token(), to_dict() and
+        export_chrome_trace(path) report it. Results are bit-identical with or without it."""
+        from .core.engine.profile import DEFAULT_LOG_CAPACITY, Profiler
+
+        self.plugin.model  # raises if closed
+        return Profiler(DEFAULT_LOG_CAPACITY if log_capacity is None else log_capacity)
+
     # ---- lifetime ----
     def close(self):
         self.plugin.cleanup()

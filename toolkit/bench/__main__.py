@@ -10,6 +10,7 @@ _BENCHES = {
     "kernels": "toolkit.bench.kernels",    # matmul / GEMV kernels vs memory bandwidth
     "generate": "toolkit.bench.generate",  # end-to-end prefill and decode speed
     "hooks": "toolkit.bench.hooks",        # decode speed with hooks and caches on
+    "profiler": "toolkit.bench.profiler",  # decode speed with the profiler on, off, compiled out
 }
 
 
