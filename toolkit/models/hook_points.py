@@ -139,7 +139,7 @@ class HookSet:
 
     def resolve(self, name_filter):
         """The hook names a filter selects, in forward order: a name, a glob ("blocks.*.hook_resid_post"),
-        a list of names, or a predicate name -> bool. An unknown name, or a filter selecting none,
+        a list of names and globs, or a predicate name -> bool. An unknown name, or a filter selecting none,
         raises."""
         if isinstance(name_filter, str):
             if name_filter in self.points:
@@ -151,9 +151,11 @@ class HookSet:
                 return out
             raise self.unknown(name_filter)
         if isinstance(name_filter, (list, tuple, set, frozenset)):
+            wanted = set()
             for n in name_filter:
-                self.point(n)
-            wanted = set(name_filter)
+                if not isinstance(n, str):
+                    raise errors.ArgumentTypeError(f"hook names are strings, got {n!r}")
+                wanted.update(self.resolve(n))
             return [n for n in self.names if n in wanted]
         if callable(name_filter):
             out = [n for n in self.names if name_filter(n)]
