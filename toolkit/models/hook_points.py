@@ -225,11 +225,13 @@ class _Hooks:
         if not mine:
             return False
         span = [Span(b, 0, t.shape[1], pos0)]
+        # t is made for this call alone: hooks that only read can all have it, uncopied
+        share = all(e[3] for e in mine)
         changed = False
         for fn, point, seq, readonly in mine:
             point.ctx["spans"] = span
             point.ctx["seq"] = b
-            changed |= self.p.call(short, fn, point, readonly, t, detect)
+            changed |= self.p.call(short, fn, point, readonly, t, detect, share)
         return changed
 
 
@@ -289,9 +291,9 @@ class PassHooks:
             changed |= self.call(short, fn, point, readonly, view, detect)
         return changed
 
-    def call(self, short, fn, point, readonly, view, detect):
+    def call(self, short, fn, point, readonly, view, detect, share=False):
         layout = self.layouts.get(short)
-        cur = layout[0](view) if layout else view.clone()
+        cur = view if share else layout[0](view) if layout else view.clone()
         try:
             r = fn(cur, point)
         except Exception as exc:
