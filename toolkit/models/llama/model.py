@@ -562,3 +562,6 @@ def _as_id_list(input_ids):
             raise errors.ArgumentTypeError(f"token id {v!r} is not a whole number")
         out.append(iv)
     return out
+
+
+as_id_list = _as_id_list  # public name for the layers above (toolkit.interp)
