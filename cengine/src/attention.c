@@ -1,11 +1,11 @@
 /* attention.c - causal grouped-query attention of T queries against a KV cache.
  *
- * Per query t the n = pos[t] + 1 visible keys are cut into fixed chunks of KC keys. A work unit is
+ * Per query t the n = pos[t] + 1 visible keys are cut into fixed chunks of ATTN_KC keys. A work unit is
  * (query t, kv head hk, chunk): it serves all G = Hq / Hkv query heads that share kv head hk, so each
  * K and V row is read once per group. Within a unit:
  *   s_gj = scale * q_g.k_j,  m_g = max_j s_gj,  e_gj = exp(s_gj - m_g),  z_g = sum_j e_gj,
  *   a_g = sum_j e_gj v_j
- * When n <= KC (one chunk) the unit writes out = a / z and probs = e / z directly. Otherwise each
+ * When n <= ATTN_KC (one chunk) the unit writes out = a / z and probs = e / z directly. Otherwise each
  * chunk leaves (a, m, z) in a partial buffer and a combine pass merges the chunks in chunk order:
  *   M = max m_c, w_c = exp(m_c - M), out = (sum_c w_c a_c) / (sum_c w_c z_c).
  * The chunking depends only on pos (never on the thread count) and every unit and every combined
@@ -27,7 +27,7 @@
 #include "internal.h"
 
 
-#define KC 256 /* keys per chunk (fixed: part of the result's definition) */
+#define ATTN_KC 256 /* keys per chunk (fixed: part of the result's definition) */
 #define VB 32  /* keys per block of V kept in L1 by the SIMD e.V kernel */
 
 typedef struct {
@@ -45,7 +45,7 @@ typedef struct {
 
 #define AT(t, i, j) ((char *)(t)->data + (i) * (t)->stride[0] + (j) * (t)->stride[1])
 
-static inline int64_t n_chunks(int64_t n) { return (n + KC - 1) / KC; }
+static inline int64_t n_chunks(int64_t n) { return (n + ATTN_KC - 1) / ATTN_KC; }
 
 /* ---- dot and axpy on one row of k or v (F32 or F16) ---- */
 static float dot_scalar(const float *q, const void *k, int dtype, int64_t n) {
@@ -136,7 +136,7 @@ static inline const float *row_f32(const char *r, int dtype, float *dst, int64_t
     return dst;
 }
 
-/* S[r * KC + i] = scale * q_r . k_i for NR (<= 3) query rows and 4 keys: 12 accumulators, each
+/* S[r * ATTN_KC + i] = scale * q_r . k_i for NR (<= 3) query rows and 4 keys: 12 accumulators, each
  * loaded k vector feeds NR FMAs */
 static inline __attribute__((always_inline)) void qk_tile(float *S, const float *q0, const float *q1,
                                                           const float *q2, const float *k0, const float *k1,
@@ -162,8 +162,8 @@ static inline __attribute__((always_inline)) void qk_tile(float *S, const float 
 #undef QK_KEY
     }
     _mm_storeu_ps(S, _mm_mul_ps(vs, reduce4(a00, a01, a02, a03)));
-    if (NR > 1) _mm_storeu_ps(S + KC, _mm_mul_ps(vs, reduce4(a10, a11, a12, a13)));
-    if (NR > 2) _mm_storeu_ps(S + 2 * KC, _mm_mul_ps(vs, reduce4(a20, a21, a22, a23)));
+    if (NR > 1) _mm_storeu_ps(S + ATTN_KC, _mm_mul_ps(vs, reduce4(a10, a11, a12, a13)));
+    if (NR > 2) _mm_storeu_ps(S + 2 * ATTN_KC, _mm_mul_ps(vs, reduce4(a20, a21, a22, a23)));
 }
 
 static void qk_tile_n(float *S, const float *const *q, const float *const *k, int64_t D, __m128 vs, int nr) {
@@ -172,7 +172,7 @@ static void qk_tile_n(float *S, const float *const *q, const float *const *k, in
     else qk_tile(S, q[0], q[0], q[0], k[0], k[1], k[2], k[3], D, vs, 1);
 }
 
-/* S[g * KC + j] = scale * q_g . k_(j0 + j) for the G heads of group hk, j < L */
+/* S[g * ATTN_KC + j] = scale * q_g . k_(j0 + j) for the G heads of group hk, j < L */
 static void scores_avx2(const attn_ctx *c, int64_t t, int64_t hk, int64_t j0, int64_t L, float *S,
                         float *buf) {
     int64_t G = c->G, D = c->D, ks = c->k->stride[0];
@@ -187,7 +187,7 @@ static void scores_avx2(const attn_ctx *c, int64_t t, int64_t hk, int64_t j0, in
         int64_t j = 0;
         for (; j + 4 <= L; j += 4, krow += 4 * ks) {
             for (int i = 0; i < 4; i++) kr[i] = row_f32(krow + i * ks, kt, buf + i * D, D);
-            qk_tile_n(S + g * KC + j, qr, kr, D, vs, nr);
+            qk_tile_n(S + g * ATTN_KC + j, qr, kr, D, vs, nr);
         }
         for (; j < L; j++, krow += ks) {
             const float *k = row_f32(krow, kt, buf, D);
@@ -200,13 +200,13 @@ static void scores_avx2(const attn_ctx *c, int64_t t, int64_t hk, int64_t j0, in
                     a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8), _mm256_loadu_ps(k + d + 8), a1);
                 }
                 if (d < D) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + d), a0);
-                S[(g + r) * KC + j] = c->scale * hsum(_mm256_add_ps(a0, a1));
+                S[(g + r) * ATTN_KC + j] = c->scale * hsum(_mm256_add_ps(a0, a1));
             }
         }
     }
 }
 
-/* acc[r * D + d0 + ..] += sum_j P[r * KC + j] * V_j[d0 + ..] for NR (<= 3) heads and 32 dims (NW = 4)
+/* acc[r * D + d0 + ..] += sum_j P[r * ATTN_KC + j] * V_j[d0 + ..] for NR (<= 3) heads and 32 dims (NW = 4)
  * or 8 dims (NW = 1): up to 12 accumulators in registers, each loaded v vector feeds NR FMAs */
 static inline __attribute__((always_inline)) void pv_tile(float *acc, int64_t D, const float *P,
                                                           const float *const *vr, int64_t nb, int64_t d0,
@@ -222,8 +222,8 @@ static inline __attribute__((always_inline)) void pv_tile(float *acc, int64_t D,
     PV_ACC(PV_LOAD)
     for (int64_t j = 0; j < nb; j++) {
         __m256 p0 = _mm256_broadcast_ss(P + j), p1 = z, p2 = z, x;
-        if (NR > 1) p1 = _mm256_broadcast_ss(P + KC + j);
-        if (NR > 2) p2 = _mm256_broadcast_ss(P + 2 * KC + j);
+        if (NR > 1) p1 = _mm256_broadcast_ss(P + ATTN_KC + j);
+        if (NR > 2) p2 = _mm256_broadcast_ss(P + 2 * ATTN_KC + j);
         const float *v = vr[j] + d0;
 #define PV_W(w)                                                        \
         if (NW > w) {                                                  \
@@ -254,7 +254,7 @@ static void pv_tile_n(float *acc, int64_t D, const float *P, const float *const 
     }
 }
 
-/* acc[g * D + d] = sum_j E[g * KC + j] * v_(j0 + j)[d], j < L */
+/* acc[g * D + d] = sum_j E[g * ATTN_KC + j] * v_(j0 + j)[d], j < L */
 static void pv_avx2(const attn_ctx *c, int64_t hk, int64_t j0, int64_t L, const float *E, float *acc,
                     float *buf) {
     int64_t G = c->G, D = c->D, vs = c->v->stride[0];
@@ -268,8 +268,8 @@ static void pv_avx2(const attn_ctx *c, int64_t hk, int64_t j0, int64_t L, const 
         for (int64_t g = 0; g < G; g += 3) {
             int nr = G - g < 3 ? (int)(G - g) : 3;
             int64_t d0 = 0;
-            for (; d0 + 32 <= D; d0 += 32) pv_tile_n(acc + g * D, D, E + g * KC + jb, vr, nb, d0, nr, 4);
-            for (; d0 < D; d0 += 8) pv_tile_n(acc + g * D, D, E + g * KC + jb, vr, nb, d0, nr, 1);
+            for (; d0 + 32 <= D; d0 += 32) pv_tile_n(acc + g * D, D, E + g * ATTN_KC + jb, vr, nb, d0, nr, 4);
+            for (; d0 < D; d0 += 8) pv_tile_n(acc + g * D, D, E + g * ATTN_KC + jb, vr, nb, d0, nr, 1);
         }
     }
 }
@@ -308,11 +308,11 @@ static float softmax_row_scalar(float *s, int64_t L, float *m_out) {
     return z;
 }
 
-/* one unit: query t, kv head hk, keys j0 .. j0 + L - 1 (chunk ch of nch). Scratch: S [G * KC],
+/* one unit: query t, kv head hk, keys j0 .. j0 + L - 1 (chunk ch of nch). Scratch: S [G * ATTN_KC],
  * acc [G * D] followed by (m, z) per head [2 * G], buf [VB * D]. */
 static void attn_unit(attn_ctx *c, int64_t t, int64_t hk, int64_t ch, float *S, float *acc, float *buf) {
     int64_t G = c->G, D = c->D, n = (int64_t)c->pos[t] + 1, nch = n_chunks(n);
-    int64_t j0 = ch * KC, L = n - j0 < KC ? n - j0 : KC;
+    int64_t j0 = ch * ATTN_KC, L = n - j0 < ATTN_KC ? n - j0 : ATTN_KC;
     float m[1], z;
 #if CE_HAVE_AVX2
     if (c->simd) scores_avx2(c, t, hk, j0, L, S, buf);
@@ -325,11 +325,11 @@ static void attn_unit(attn_ctx *c, int64_t t, int64_t hk, int64_t ch, float *S, 
 #endif
         for (int64_t g = 0; g < G; g++) {
             const float *q = (const float *)AT(c->q, t, hk * G + g);
-            for (int64_t j = 0; j < L; j++) S[g * KC + j] = c->scale * dot(q, AT(c->k, j0 + j, hk), c->k->dtype, D);
+            for (int64_t j = 0; j < L; j++) S[g * ATTN_KC + j] = c->scale * dot(q, AT(c->k, j0 + j, hk), c->k->dtype, D);
         }
     }
     for (int64_t g = 0; g < G; g++) {
-        float *s = S + g * KC;
+        float *s = S + g * ATTN_KC;
 #if CE_HAVE_AVX2
         if (ce_simd_on) z = softmax_row_avx2(s, L, m);
         else
@@ -351,12 +351,12 @@ static void attn_unit(attn_ctx *c, int64_t t, int64_t hk, int64_t ch, float *S, 
         for (int64_t i = 0; i < G * D; i++) acc[i] = 0.0f;
         for (int64_t j = 0; j < L; j++) {
             const void *vj = AT(c->v, j0 + j, hk);
-            for (int64_t g = 0; g < G; g++) axpy(acc + g * D, S[g * KC + j], vj, c->v->dtype, D);
+            for (int64_t g = 0; g < G; g++) axpy(acc + g * D, S[g * ATTN_KC + j], vj, c->v->dtype, D);
         }
     }
     for (int64_t g = 0; g < G; g++) {
         int64_t h = hk * G + g;
-        const float *s = S + g * KC, *a = acc + g * D;
+        const float *s = S + g * ATTN_KC, *a = acc + g * D;
         float mg = acc[G * D + 2 * g], zg = acc[G * D + 2 * g + 1];
         float *pp = c->probs ? (float *)AT(c->probs, h, t) : NULL;
         if (nch == 1) {
@@ -388,10 +388,10 @@ static void attn_task(void *p, int ith, int nth) {
                 if (u != mine) continue; /* claims only grow: walk on to the one we hold */
                 mine = atomic_fetch_add(&c->next_unit, 1);
                 if (!scr) {
-                    scr = malloc((size_t)(G * KC + G * D + 2 * G + VB * D) * sizeof(float));
+                    scr = malloc((size_t)(G * ATTN_KC + G * D + 2 * G + VB * D) * sizeof(float));
                     if (!scr) { atomic_store(&c->nomem, 1); return; }
                 }
-                attn_unit(c, t, hk, ch, scr, scr + G * KC, scr + G * KC + G * D + 2 * G);
+                attn_unit(c, t, hk, ch, scr, scr + G * ATTN_KC, scr + G * ATTN_KC + G * D + 2 * G);
             }
     }
     free(scr);
@@ -425,8 +425,8 @@ static void combine_task(void *p, int ith, int nth) {
                 float *pp = (float *)AT(c->probs, h, t);
                 for (int64_t ch = 0; ch < nch; ch++) {
                     float f = expf(e[ch * (D + 2) + D] - M) * inv;
-                    int64_t j1 = (ch + 1) * KC < n ? (ch + 1) * KC : n;
-                    for (int64_t j = ch * KC; j < j1; j++) pp[j] *= f;
+                    int64_t j1 = (ch + 1) * ATTN_KC < n ? (ch + 1) * ATTN_KC : n;
+                    for (int64_t j = ch * ATTN_KC; j < j1; j++) pp[j] *= f;
                 }
                 for (int64_t j = n; j < c->n_kv; j++) pp[j] = 0.0f;
             }

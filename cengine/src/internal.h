@@ -3,6 +3,7 @@
 #ifndef CE_INTERNAL_H
 #define CE_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 #include "cengine.h"
@@ -36,6 +37,21 @@ void ce_parallel_n(ce_task_fn fn, void *ctx, int max_threads);
  * threads than cores, another busy program) then costs nothing. fn must still give the same
  * bits whichever thread takes which piece. */
 void ce_parallel_dyn(ce_task_fn fn, void *ctx, int max_threads);
+
+/* ---- range stealing (steal.c) ----
+ * Rows [lo, hi) per thread, taken a piece at a time by their owner and stolen from by threads
+ * that run out, on any subset of the threads (for ce_parallel_dyn jobs). Piece bounds are
+ * multiples of `align`; rows must fit in 32 bits. */
+typedef struct {
+    _Alignas(64) _Atomic uint64_t v; /* a cache line each: owners never share theirs until the end */
+} ce_steal_range;
+void ce_steal_init(ce_steal_range *r, int64_t lo, int64_t hi);
+/* fn(ctx, lo, hi, ahead, first): compute rows [lo, hi); the thread's own rows run on to `ahead`
+ * (worth prefetching), and `first` is set for the first piece of a stretch (nothing prefetched it). */
+typedef void (*ce_steal_fn)(void *ctx, int64_t lo, int64_t hi, int64_t ahead, int first);
+/* Thread ith's part of a job over ranges[0..nranges): its own range, then the others' rests. */
+void ce_steal_run(ce_steal_range *ranges, int nranges, int ith, int64_t align, int64_t min_piece,
+                  ce_steal_fn fn, void *ctx);
 
 /* Tasks for an op over `units` independent rows costing `work` element-steps: one per `grain` of
  * work, at least 1, at most one per row and at most 256 (small ops are not worth waking the pool). */

@@ -2,7 +2,7 @@
  *
  * Times three inner loops over the same 4 weight rows x 32 blocks (7.7 KiB, L1-resident), so
  * memory plays no part:
- *   exact   the engine's Q4_1 GEMV loop (matmul.c dot_tile_q, P = 4): nibbles read in place as
+ *   exact   the engine's Q4_1 GEMV loop (gemv.c dot_tile_q, P = 4): nibbles read in place as
  *           subnormal floats (4 ANDs, a shift, a 128-bit broadcast per block row), 4 F32 products
  *           against x, d from the f16 table, and the shared (d, m) conversion for the m term;
  *   floor   the same loop without the nibble unpacking (x stands in for the weights): what the

@@ -1,4 +1,4 @@
-"""ce_matmul (cengine/src/matmul.c) against a pure-Python reference on dequantized weights.
+"""ce_matmul (cengine/src/matmul.c: checks and dispatch; gemv.c, gemm.c, matmul_scalar.c: kernels) against a pure-Python reference on dequantized weights.
 
 out[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]) is computed in float64 from the weights as the
 engine stores them (decoded here with struct, independently of the engine), and the engine must
@@ -92,7 +92,7 @@ def make(m, n, k, dtype, seed):
 
 
 # shapes: (M, N, K). Block dtypes need K % 32 == 0. (7, 9, 1536): a Q4 GEMV whose permuted x is
-# too big for the per-thread copy, so the caller builds one shared copy (matmul.c, XQ_LOCAL).
+# too big for the per-thread copy, so the caller builds one shared copy (gemv.c, XQ_LOCAL).
 BLOCK_SHAPES = [(1, 17, 32), (2, 3, 64), (3, 33, 96), (5, 16, 576), (17, 40, 1536), (64, 33, 96),
                 (1, 1536, 576), (4, 576, 1536), (7, 9, 1536)]
 FLOAT_SHAPES = [(1, 1, 1), (1, 3, 17), (2, 17, 3), (3, 33, 33), (5, 1, 576), (17, 3, 1536), (64, 17, 33),
@@ -163,7 +163,7 @@ def test_simd_agrees_with_scalar_and_threads_are_bit_identical(dtype):
 @pytest.mark.parametrize("dtype", ["Q4_0", "Q4_1"])
 def test_q4_gemv_holds_at_any_activation_scale(dtype):
     """The Q4 GEMV reads nibbles as subnormal floats and rescales x by a power of two chosen from
-    its largest |x| (matmul.c, build_xq): results must not depend on the magnitude of x."""
+    its largest |x| (gemv.c, build_xq): results must not depend on the magnitude of x."""
     m, n, k = 1, 37, 576
     x, xt, wt = make(m, n, k, dtype, 11)
     w_rows = decode_weights(wt)
@@ -252,7 +252,7 @@ def test_threads_bit_identical_on_model_shapes():
 
 @pytest.mark.parametrize("dtype", ["Q8_0", "Q4_1", "F16"])
 def test_gemv_work_stealing_covers_every_row_once(dtype):
-    """GEMV threads take their rows piece by piece and steal from each other (matmul.c,
+    """GEMV threads take their rows piece by piece and steal from each other (gemv.c and steal.c,
     rng_take): with more threads than cores (so they fall behind one another at random) every
     output row must still be written once, with the same bits as one thread gives."""
     m, n, k = 1, 2000, 576  # not a multiple of the 16-row alignment
@@ -349,7 +349,7 @@ def test_matmul_n_matches_separate_calls_bit_for_bit(m):
 
 def test_matmul_n_with_a_shared_xq_and_against_the_reference():
     """K = 4096 with Q4_0 and Q4_1 weights and 3 rows of x: their permuted copies of x are too big
-    for the per-thread stack copy, so the caller builds one of each (matmul.c, gemv_run)."""
+    for the per-thread stack copy, so the caller builds one of each (gemv.c, mm_gemv_run)."""
     m, k = 3, 4096
     ws = [Tensor.from_list(rand_list(n * k, 40 + n), (n, k), dt) for n, dt in [(9, "Q4_0"), (7, "Q4_1"), (5, "Q4_0")]]
     x = rand_list(m * k, 41)

@@ -10,9 +10,20 @@ from toolkit import errors
 from . import functional as F
 from .tensor import Tensor
 
+# The profiler (toolkit.core.engine.profile) sets this to an object with enter(module) and
+# exit(module) to tag the time spent in each module; None (the default) costs one global read per
+# module call.
+_call_observer = None
+
 
 class Module:
-    """Base class: attribute-registered parameters and submodules; `m(x)` calls `m.forward(x)`."""
+    """Base class: attribute-registered parameters and submodules; `m(x)` calls `m.forward(x)`.
+
+    `hook_path` is the module's TransformerLens-style name in its model ("blocks.3.attn",
+    "blocks.3.mlp", "blocks.3", "embed", "ln_final", "unembed"); "" until a model names it.
+    """
+
+    hook_path = ""
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -36,7 +47,14 @@ class Module:
         object.__setattr__(self, name, value)
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        obs = _call_observer
+        if obs is None:
+            return self.forward(*args, **kwargs)
+        obs.enter(self)
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            obs.exit(self)
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
