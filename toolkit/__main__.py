@@ -1,5 +1,4 @@
-"""Command line: `python -m toolkit generate "PROMPT"`, `python -m toolkit convert IN.gguf OUT_DIR`,
-`python -m toolkit repro check MANIFEST`.
+"""Command line: `python -m toolkit generate "PROMPT"`, `python -m toolkit convert IN.gguf OUT_DIR`.
 
 `generate` streams the model's text to stdout and prints prefill/decode speed to stderr.
 """
