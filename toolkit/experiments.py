@@ -29,6 +29,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -92,15 +93,24 @@ def cpu_info():
 def _engine_info():
     from toolkit.core.engine import backend
 
-    return {"version": backend.engine_version(), "build_info": backend.build_info(),
+    info = {"version": backend.engine_version(), "build_info": backend.build_info(),
             "simd": backend.get_simd(), "threads": backend.get_threads()}
+    q4_path = getattr(backend, "get_q4_path", None)  # engines that pick a Q4 kernel path at start-up
+    if q4_path is not None:
+        info["q4_path"] = q4_path()
+    return info
+
+
+def _build_flags(build_info):
+    """build_info without its parenthesised remarks (start-up probe timings vary from run to run)."""
+    return None if build_info is None else re.sub(r"\s*\([^)]*\)", "", build_info)
 
 
 def _kernel_key(manifest):
     """What selects the kernels (and so the rounding): build, SIMD switch, CPU flags."""
     e, c = manifest.get("engine", {}), manifest.get("cpu", {})
-    return (e.get("build_info"), e.get("simd"), tuple(c.get("flags") or ()), e.get("version"),
-            (manifest.get("toolkit", {}).get("git") or {}).get("commit"))
+    return (_build_flags(e.get("build_info")), e.get("simd"), e.get("q4_path"), tuple(c.get("flags") or ()),
+            e.get("version"), (manifest.get("toolkit", {}).get("git") or {}).get("commit"))
 
 
 # ---- hashes ---------------------------------------------------------------------------------------
@@ -459,7 +469,9 @@ def _compare(manifest, model):
     for name, recorded, now in (
             ("engine.threads", manifest["engine"].get("threads"), env["engine"]["threads"]),
             ("engine.simd", manifest["engine"].get("simd"), env["engine"]["simd"]),
-            ("engine.build_info", manifest["engine"].get("build_info"), env["engine"]["build_info"]),
+            ("engine.build_info", _build_flags(manifest["engine"].get("build_info")),
+             _build_flags(env["engine"]["build_info"])),
+            ("engine.q4_path", manifest["engine"].get("q4_path"), env["engine"].get("q4_path")),
             ("engine.version", manifest["engine"].get("version"), env["engine"]["version"]),
             ("cpu.flags", (manifest.get("cpu") or {}).get("flags"), env["cpu"]["flags"]),
             ("toolkit.git.commit", ((manifest.get("toolkit") or {}).get("git") or {}).get("commit"),
