@@ -7,6 +7,7 @@ the binding cannot drift from the C API.
 Environment switches:
   TOOLKIT_PORTABLE=1   no -march=native (a wheel to ship to other CPUs; scalar kernels only)
   TOOLKIT_DEBUG=1      -O0 -g, with AddressSanitizer-friendly frame pointers
+  TOOLKIT_NO_PROFILE=1 -DCE_NO_PROFILE: the profiler compiled out (to measure what it costs off)
 """
 import os
 import subprocess
@@ -74,7 +75,9 @@ def _flags():
     if not portable and _cc_accepts("-march=native"):
         cflags.append("-march=native")
     cflags.append("-pthread")
-    desc = "cc=%s %s" % (os.environ.get("CC", "cc"), " ".join(f for f in cflags if f[:2] in ("-O", "-m")))
+    if os.environ.get("TOOLKIT_NO_PROFILE") == "1":
+        cflags.append("-DCE_NO_PROFILE")
+    desc = "cc=%s %s" % (os.environ.get("CC", "cc"), " ".join(f for f in cflags if f[:2] in ("-O", "-m") or f == "-DCE_NO_PROFILE"))
     cflags += ['-DCE_SOURCE_HASH="%s"' % source_hash(), '-DCE_BUILD_FLAGS="%s"' % desc]
     return cflags, ["-pthread"]
 

@@ -17,6 +17,7 @@
 static _Thread_local char err_buf[512];
 
 ce_status ce_fail(ce_status status, const char *fmt, ...) {
+    ce_fail_count++;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err_buf, sizeof err_buf, fmt, ap);
@@ -28,6 +29,7 @@ const char *ce_last_error(void) { return err_buf; }
 
 void ce_internal_error(const char *file, int line, const char *what) {
     /* Invariants only: a message, not a crash of the user's kernel. The caller still returns. */
+    ce_fail_count++;
     snprintf(err_buf, sizeof err_buf, "cengine internal error at %s:%d: %s", file, line, what);
     fprintf(stderr, "%s\n", err_buf);
 }
@@ -47,7 +49,8 @@ _Static_assert(sizeof dtype_names / sizeof dtype_names[0] == CE_DTYPE_COUNT, "dt
 
 static const char *op_names[] = {"matmul", "embedding", "rmsnorm", "rope", "softmax", "silu", "gelu",
                                  "silu_mul", "add", "mul", "scale", "attention", "argmax", "topk",
-                                 "copy"};
+                                 "copy", "matmul_n", "copy_rows", "convert", "repetition_penalty",
+                                 "sample"};
 _Static_assert(sizeof op_names / sizeof op_names[0] == CE_OP_COUNT, "op name table");
 
 const char *ce_dtype_name(int dtype) {
@@ -59,7 +62,8 @@ int ce_abi_version(void) { return CE_ABI_VERSION; }
 const char *ce_source_hash(void) { return CE_SOURCE_HASH; }
 
 const char *ce_build_info(void) {
-    return CE_BUILD_FLAGS
+    static _Thread_local char buf[512]; /* the Q4 path can change: rebuilt per call, per thread */
+    size_t n = (size_t)snprintf(buf, sizeof buf, "%s", CE_BUILD_FLAGS
 #if CE_HAVE_AVX2
         " simd=avx2+fma+f16c"
 #else
@@ -71,7 +75,9 @@ const char *ce_build_info(void) {
 #ifdef __AVX512BF16__
         " avx512bf16"
 #endif
-        ;
+    );
+    if (n < sizeof buf) ce_q4_describe(buf + n, sizeof buf - n);
+    return buf;
 }
 
 double ce_now(void) {
