@@ -244,9 +244,12 @@ class TinyModel(Module):
         ids = [int(i) for i in ids]
         return self.forward_batch([(ids, cache or self.new_cache(len(ids)))], logits=logits)
 
-    def forward_batch(self, seqs, logits="last"):
+    def forward_batch(self, seqs, logits="last", seq_hooks=None):
         """seqs: [(new token ids, TinyCache)]; logits for the last token of each ("last", [B, vocab])
-        or for every new token ("all", [sum T, vocab])."""
+        or for every new token ("all", [sum T, vocab]). This model declares no hook points, so
+        per-sequence hooks (seq_hooks, which generation passes through) are refused."""
+        if seq_hooks is not None and any(seq_hooks):
+            raise errors.UnsupportedError("TinyModel has no hook points")
         ids, pos, spans = [], [], []
         for new, cache in seqs:
             if not new or len(new) > cache.free:

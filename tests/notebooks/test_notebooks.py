@@ -77,3 +77,22 @@ def test_notebook_runs_and_reproduces(path, kernel_env, tmp_path):
                        text=True, cwd=tmp_path, env={**os.environ}, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "reproduces" in r.stdout
+    check = FINDINGS.get(path.stem)
+    if check:
+        check(json.loads(manifest.read_text())["extra"])
+
+
+def _induction_heads_stand_out(extra):
+    # a measurement on the real model: the best head's score is far above the median head's
+    assert extra["top_score"] > 5 * extra["median_score"], extra
+    assert extra["loss_second_half"] < extra["loss_first_half"], extra
+
+
+def _ablating_induction_heads_hurts_most(extra):
+    # zeroing the top induction heads raises the repeated-half loss more than any random set
+    increases = [loss - extra["loss_base"] for loss in extra["loss_random_ablated"]]
+    assert extra["loss_increase_top"] > max(increases), extra
+    assert extra["steering"]["steered"] != extra["steering"]["plain"]
+
+
+FINDINGS = {"03_induction_heads": _induction_heads_stand_out, "04_interventions": _ablating_induction_heads_hurts_most}

@@ -17,12 +17,12 @@ model_name = "smollm2-135m-instruct"
 threads = 2
 seed = 0
 seq_len = 40              # random tokens, repeated once (as in notebook 03)
-n_seqs = 4
+n_seqs = 3
 k_heads = 5               # how many top induction heads to ablate
-n_random_draws = 5        # random head sets of the same size, for comparison
+n_random_draws = 3        # random head sets of the same size, for comparison
 steer_layer = 3
 steer_coeff = 2.0
-patch_layer_step = 2      # patch every 2nd layer (every layer: 1; slower)
+patch_layer_step = 3      # patch every 3rd layer (every layer: 1; slower)
 out_dir = "results/04_interventions"
 
 # %%
