@@ -68,7 +68,7 @@ def test_load_generate_close_cycles_do_not_leak(tmp_path):
 
 def test_default_model_cycles_do_not_leak(smollm2_gguf_path):
     rss = []
-    for _ in range(6):
+    for _ in range(12):
         m = toolkit.load(smollm2_gguf_path)
         m.generate("Hi", max_new_tokens=2)
         m.close()
@@ -76,5 +76,8 @@ def test_default_model_cycles_do_not_leak(smollm2_gguf_path):
         gc.collect()
         rss.append(_rss_mib())
     assert _maps_of(smollm2_gguf_path) == 0
-    # a leak raises the floor; single samples swing by ~8 MiB as malloc's arenas come and go
-    assert min(rss[-3:]) - min(rss[1:3]) < 8.0, rss
+    # A leak adds to every cycle; malloc's arenas add a one-off step of up to ~9 MiB now and then
+    # (seen in the middle of a run as well as at its start), so the typical cycle must add nothing.
+    steps = sorted(b - a for a, b in zip(rss[2:], rss[3:]))
+    assert steps[len(steps) // 2] < 0.25, rss
+    assert rss[-1] - rss[2] < 20.0, rss
