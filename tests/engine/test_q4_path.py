@@ -1,7 +1,7 @@
 """The two Q4 GEMV unpackings (gemv.c, simd_load.h): nibbles read in place as subnormal floats
 (q4_bits, fast on AMD Zen) and converted to normal floats (q4_ints, fast on Intel, whose cores take
-a microcode assist per subnormal FMA operand). They must give the same bits on any machine, agree
-with the scalar reference, and be selectable from Python and the environment; the start-up probe's
+a microcode assist per subnormal FMA operand). They must give the same bits on any machine, the
+same bits as the scalar twin and the float64 reference's tolerance, and be selectable from Python and the environment; the start-up probe's
 choice and timings must show in build_info()."""
 import math
 import os
@@ -66,12 +66,9 @@ def test_paths_bit_identical_and_match_reference(dtype):
                         scale = math.fsum(abs(a) * (abs(b - ms[j][q // 32]) + abs(ms[j][q // 32]))
                                           for q, (a, b) in enumerate(zip(xr, w_rows[j])))
                         assert abs(norm[r * n + j] - want) <= 2e-6 * scale + 1e-30
-        B.set_simd(False)
-        scalar = F.matmul(xt, wt).to_list()
+        B.set_simd(False)  # the scalar twin (matmul_scalar.c): the same bits, lane by lane
+        assert F.matmul(xt, wt).to_list() == norm, (dtype, m, n, k)
         B.set_simd(True)
-        row_l1 = [math.fsum(abs(v) for v in x[r * k:(r + 1) * k]) for r in range(m)]
-        for j, (a, b) in enumerate(zip(scalar, norm)):
-            assert abs(a - b) <= 4e-6 * row_l1[j // n] * 2, (dtype, m, n, k, j, a, b)
 
 
 @pytest.mark.parametrize("scale", [-26, -10, 0, 40, 100])
