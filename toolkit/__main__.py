@@ -1,4 +1,5 @@
-"""Command line: `python -m toolkit generate "PROMPT"`, `python -m toolkit convert IN.gguf OUT_DIR`.
+"""Command line: `python -m toolkit generate "PROMPT"`, `python -m toolkit profile "PROMPT"`,
+`python -m toolkit convert IN.gguf OUT_DIR`.
 
 `generate` streams the model's text to stdout and prints prefill/decode speed to stderr.
 """
@@ -10,6 +11,7 @@ from toolkit import errors
 
 def _generate(args):
     import toolkit
+    from toolkit.common.generation import summary_line
     from toolkit.core.engine import backend
 
     with toolkit.load(args.model, threads=args.threads) as m:
@@ -17,21 +19,19 @@ def _generate(args):
             prompt = m.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
         else:
             prompt = args.prompt
-        stats = {}
         kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                       top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                       seed=args.seed, stop=args.stop or [])
-        ids = []
-        for piece in m.plugin.stream_text(prompt, ids_out=ids, stats=stats, **kwargs):
-            sys.stdout.write(piece)
+        events = []
+        for ev in m.plugin.stream_text(prompt, details=True, probs=False, **kwargs):
+            events.append(ev)
+            sys.stdout.write(ev.text)
             sys.stdout.flush()
         sys.stdout.write("\n")
-        pt, ps = stats.get("prefill_tokens", 0), stats.get("prefill_seconds", 0.0)
-        dt, ds = stats.get("decode_tokens", 0), stats.get("decode_seconds", 0.0)
-        print(f"[prefill] {pt} tokens in {ps * 1e3:.1f} ms = {pt / ps if ps else 0:.1f} tok/s | "
-              f"[decode] {dt} tokens in {ds * 1e3:.1f} ms = {dt / ds if ds else 0:.1f} tok/s | "
-              f"{len(ids)} new tokens, {backend.get_threads()} threads", file=sys.stderr)
-        _speed_guard(m.model, dt / ds if ds else 0.0, dt)
+        print(summary_line(events) + f", {backend.get_threads()} threads", file=sys.stderr)
+        dec = [e for e in events if e.phase == "decode"]
+        ds = sum(e.seconds for e in dec)
+        _speed_guard(m.model, len(dec) / ds if ds else 0.0, len(dec))
 
 
 def _speed_guard(model, decode_tps, decode_tokens):
@@ -48,6 +48,22 @@ def _speed_guard(model, decode_tps, decode_tokens):
               f"{per_token / 1e6:.0f} MB of weights per token at {bw / 1e9:.1f} GB/s of read bandwidth allow: "
               "something is far slower on this CPU than it should be (or other programs kept the cores "
               "busy); `python -m toolkit.bench kernels` shows which kernel", file=sys.stderr)
+
+
+def _profile(args):
+    import toolkit
+
+    with toolkit.load(args.model, threads=args.threads) as m:
+        prompt = args.prompt
+        if args.chat:
+            prompt = m.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)
+        with m.profile() as prof:
+            text = m.generate(prompt, max_new_tokens=args.new_tokens, temperature=0.0)
+        print(f"generated: {text!r}\n")
+        print(prof.table())
+        if args.trace:
+            prof.export_chrome_trace(args.trace)
+            print(f"\nwrote {args.trace} (open it in https://ui.perfetto.dev or chrome://tracing)")
 
 
 def _convert(args):
@@ -75,6 +91,14 @@ def main(argv=None):
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--threads", type=int, default=None)
     g.set_defaults(fn=_generate)
+    pr = sub.add_parser("profile", help="generate greedily under the profiler; print per-layer and per-op tables")
+    pr.add_argument("prompt")
+    pr.add_argument("--new-tokens", type=int, default=16)
+    pr.add_argument("--trace", default=None, help="also write a Chrome trace (JSON) here")
+    pr.add_argument("--model", default="smollm2-135m-instruct", help="model name, .gguf file or HF directory")
+    pr.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    pr.add_argument("--threads", type=int, default=None)
+    pr.set_defaults(fn=_profile)
     c = sub.add_parser("convert", help="convert a GGUF file to a Hugging Face model directory")
     c.add_argument("src", help=".gguf file (or the default model's name)")
     c.add_argument("out_dir")

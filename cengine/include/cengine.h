@@ -70,7 +70,8 @@ typedef enum {
     CE_ROPE_HALF = 1      /* rotate pairs (x[i], x[i+d/2]): Hugging Face layout */
 } ce_rope_mode;
 
-/* Ops, for timing and hook bookkeeping. The name table in tensor.c is checked against CE_OP_COUNT. */
+/* Every public op, for the profiler's counters (ce_profile_read) and traces. The name table in
+ * tensor.c (ce_op_name) is checked against CE_OP_COUNT. */
 typedef enum {
     CE_OP_MATMUL = 0,
     CE_OP_EMBEDDING,
@@ -87,6 +88,11 @@ typedef enum {
     CE_OP_ARGMAX,
     CE_OP_TOPK,
     CE_OP_COPY,
+    CE_OP_MATMUL_N,
+    CE_OP_COPY_ROWS,
+    CE_OP_CONVERT,
+    CE_OP_REPETITION_PENALTY,
+    CE_OP_SAMPLE,
     CE_OP_COUNT
 } ce_op;
 
@@ -217,6 +223,51 @@ ce_status ce_repetition_penalty(ce_tensor *logits, const ce_tensor *ids, float p
  * token at cumulative mass r * total (r uniform in [0, 1)). Ties keep the lower id first. */
 ce_status ce_sample(const ce_tensor *logits, float temperature, int64_t top_k, float top_p, float min_p,
                     double r, int32_t *out_id);
+
+/* ---- profiler ----
+ * When enabled, every op above (the ce_op enum) adds to its counters on return: calls, wall time
+ * as the caller sees it (monotonic ns, threads included), bytes read and written (weights by
+ * their stored dtype; each operand once, as a kernel streaming it from memory would), FLOPs (a
+ * multiply-add is 2; attention counts its two dot products, 4 * D per query, head and key). A
+ * call from inside another op (ce_copy_rows converting through ce_convert) is part of the outer
+ * one. With an event log, each call also appends one ce_prof_event, tagged with the calling
+ * thread's region (ce_profile_set_region; the caller gives regions their meaning). Calls that
+ * fail count only in `failed`. Off, an op pays one predictable branch on entry and one on exit;
+ * built with -DCE_NO_PROFILE (TOOLKIT_NO_PROFILE=1), not even that, and ce_profile_enable fails.
+ * Counters are updated by the calling thread under a lock (never by pool workers), so calls
+ * from several threads are counted correctly. */
+typedef struct ce_prof_stats {
+    int64_t calls, failed;     /* successful calls; failed calls (not in the other fields) */
+    int64_t ns;                /* wall time, caller's view */
+    int64_t bytes_read, bytes_written;
+    int64_t weight_bytes;      /* the part of bytes_read that is weights (matmul w, embedding rows, norm w) */
+    int64_t flops;
+} ce_prof_stats;
+
+typedef struct ce_prof_event {
+    int32_t op;                /* ce_op */
+    int32_t region;            /* the calling thread's region when the call began */
+    int32_t thread;            /* 1, 2, ...: the order in which threads first recorded an event */
+    int32_t pad_;
+    int64_t t0_ns, dur_ns;     /* start (ce_profile_now_ns's clock) and wall time */
+    int64_t bytes_read, bytes_written, weight_bytes, flops;
+} ce_prof_event;
+
+/* on: count (1) or stop counting (0; counters and log are kept). log_capacity: the most events
+ * kept until the next reset (0: counters only); later events are counted in ce_profile_dropped. */
+ce_status ce_profile_enable(int on, int64_t log_capacity);
+int ce_profile_enabled(void);
+void ce_profile_reset(void);           /* zero the counters, empty the log */
+/* Copies the counters of ops 0..n-1 into out[n] (n <= CE_OP_COUNT). */
+ce_status ce_profile_read(ce_prof_stats *out, int n);
+/* Copies up to max logged events, from event `first` on, into out; returns how many (< 0: error). */
+int64_t ce_profile_events(ce_prof_event *out, int64_t first, int64_t max);
+int64_t ce_profile_event_count(void);
+int64_t ce_profile_dropped(void);      /* events not logged because the log was full */
+void ce_profile_set_region(int32_t region); /* this thread's region tag for events (0 = none) */
+int32_t ce_profile_region(void);
+int64_t ce_profile_now_ns(void);       /* CLOCK_MONOTONIC in ns: the events' clock */
+int ce_profile_compiled(void);         /* 0 when built with -DCE_NO_PROFILE */
 
 /* ---- benchmarks ---- */
 /* Streams a buffer of nbytes, reps times, over all pool threads; returns seconds (<0 on error). */

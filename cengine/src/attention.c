@@ -443,6 +443,7 @@ static ce_status check3(const ce_tensor *t, const char *name, int dtype) {
 
 ce_status ce_attention(ce_tensor *out, const ce_tensor *q, const ce_tensor *k, const ce_tensor *v,
                        const ce_tensor *pos, int64_t n_kv, float scale, ce_tensor *probs) {
+    CE_PROFILE(CE_OP_ATTENTION, .t = {out, q, k, v, pos, probs}, .n = {n_kv});
     ce_status st;
     if ((st = check3(out, "out", CE_F32)) || (st = check3(q, "q", CE_F32)) || (st = check3(k, "k", -1)) ||
         (st = check3(v, "v", -1)))

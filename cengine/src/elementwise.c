@@ -195,28 +195,34 @@ static ce_status run(const char *op, const char *na, const char *nb, row_fn scal
 #endif
 
 ce_status ce_silu(ce_tensor *out, const ce_tensor *x) {
+    CE_PROFILE(CE_OP_SILU, .t = {out, x});
     return run("silu", "x", NULL, silu_scalar, SIMD(silu_avx2), out, x, NULL, 0.0f);
 }
 
 ce_status ce_gelu(ce_tensor *out, const ce_tensor *x) {
+    CE_PROFILE(CE_OP_GELU, .t = {out, x});
     return run("gelu", "x", NULL, gelu_scalar, NULL, out, x, NULL, 0.0f);
 }
 
 /* up must have gate's shape (no broadcasting): SwiGLU's two projections. */
 ce_status ce_silu_mul(ce_tensor *out, const ce_tensor *gate, const ce_tensor *up) {
+    CE_PROFILE(CE_OP_SILU_MUL, .t = {out, gate, up});
     if (gate && up && ce_tensor_numel(gate) != ce_tensor_numel(up))
         return ce_check_same(up, gate, "silu_mul", "up", "gate");
     return run("silu_mul", "gate", "up", silu_mul_scalar, SIMD(silu_mul_avx2), out, gate, up, 0.0f);
 }
 
 ce_status ce_add(ce_tensor *out, const ce_tensor *a, const ce_tensor *b) {
+    CE_PROFILE(CE_OP_ADD, .t = {out, a, b});
     return run("add", "a", "b", add_scalar, SIMD(add_avx2), out, a, b, 0.0f);
 }
 
 ce_status ce_mul(ce_tensor *out, const ce_tensor *a, const ce_tensor *b) {
+    CE_PROFILE(CE_OP_MUL, .t = {out, a, b});
     return run("mul", "a", "b", mul_scalar, SIMD(mul_avx2), out, a, b, 0.0f);
 }
 
 ce_status ce_scale(ce_tensor *out, const ce_tensor *x, float s) {
+    CE_PROFILE(CE_OP_SCALE, .t = {out, x});
     return run("scale", "x", NULL, scale_scalar, SIMD(scale_avx2), out, x, NULL, s);
 }

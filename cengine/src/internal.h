@@ -160,4 +160,6 @@ void ce_vexp(float *y, const float *x, int64_t n);
 void ce_dequantize_row(int dtype, const void *src, float *dst, int64_t n);
 void ce_quantize_row(int dtype, const float *src, void *dst, int64_t n);
 
+#include "profile.h" /* CE_PROFILE: the line that opens every public op */
+
 #endif

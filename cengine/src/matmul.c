@@ -149,6 +149,7 @@ static ce_status matmul_checked(ce_tensor *out, const ce_tensor *x, const ce_ten
 }
 
 ce_status ce_matmul(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, const ce_tensor *bias) {
+    CE_PROFILE(CE_OP_MATMUL, .t = {out, x, w, bias});
     ce_status st = check_matmul("matmul", out, x, w, bias);
     return st ? st : matmul_checked(out, x, w, bias);
 }
@@ -221,6 +222,7 @@ static ce_status matmul_n_checked(int n, ce_tensor *const *out, const ce_tensor 
 
 ce_status ce_matmul_n(int n, ce_tensor *const *out, const ce_tensor *x, const ce_tensor *const *w,
                       const ce_tensor *const *bias) {
+    CE_PROFILE(CE_OP_MATMUL_N, .t = {out, x, w, bias}, .n = {n});
     ce_status st = check_matmul_n(n, out, x, w, bias);
     return st ? st : matmul_n_checked(n, out, x, w, bias);
 }

@@ -217,6 +217,7 @@ void ce_quantize_row(int dtype, const float *src, void *dst, int64_t n) {
 /* ---- ce_convert ---- */
 
 ce_status ce_convert(int dst_dtype, void *dst, int src_dtype, const void *src, int64_t n) {
+    CE_PROFILE(CE_OP_CONVERT, .n = {n, dst_dtype, src_dtype});
     if (src_dtype < 0 || src_dtype >= CE_DTYPE_COUNT)
         return ce_fail(CE_ERR_DTYPE, "ce_convert: unknown source dtype %d", src_dtype);
     if (dst_dtype < 0 || dst_dtype >= CE_DTYPE_COUNT)

@@ -61,6 +61,7 @@ static void rope_task(void *p, int ith, int nth) {
 
 ce_status ce_rope(ce_tensor *x, const ce_tensor *pos, int64_t head_dim, int64_t n_rot, float theta,
                   int mode) {
+    CE_PROFILE(CE_OP_ROPE, .t = {x, pos}, .n = {head_dim, n_rot});
     ce_status st;
     if ((st = ce_check(x, "rope", "x", CE_F32))) return st;
     if ((st = ce_check(pos, "rope", "pos", CE_I32))) return st;

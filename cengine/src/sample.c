@@ -9,6 +9,7 @@
 #include "internal.h"
 
 ce_status ce_repetition_penalty(ce_tensor *logits, const ce_tensor *ids, float penalty) {
+    CE_PROFILE(CE_OP_REPETITION_PENALTY, .t = {logits, ids});
     ce_status st;
     if ((st = ce_check(logits, "repetition_penalty", "logits", CE_F32))) return st;
     if ((st = ce_check(ids, "repetition_penalty", "ids", CE_I32))) return st;
@@ -47,6 +48,7 @@ static int cand_desc(const void *a, const void *b) {
 
 ce_status ce_sample(const ce_tensor *logits, float temperature, int64_t top_k, float top_p, float min_p,
                     double r, int32_t *out_id) {
+    CE_PROFILE(CE_OP_SAMPLE, .t = {logits});
     ce_status st;
     if ((st = ce_check(logits, "sample", "logits", CE_F32))) return st;
     if (!out_id) return ce_fail(CE_ERR_ARG, "sample: out_id is NULL");

@@ -17,6 +17,7 @@
 static _Thread_local char err_buf[512];
 
 ce_status ce_fail(ce_status status, const char *fmt, ...) {
+    ce_fail_count++;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err_buf, sizeof err_buf, fmt, ap);
@@ -28,6 +29,7 @@ const char *ce_last_error(void) { return err_buf; }
 
 void ce_internal_error(const char *file, int line, const char *what) {
     /* Invariants only: a message, not a crash of the user's kernel. The caller still returns. */
+    ce_fail_count++;
     snprintf(err_buf, sizeof err_buf, "cengine internal error at %s:%d: %s", file, line, what);
     fprintf(stderr, "%s\n", err_buf);
 }
@@ -47,7 +49,8 @@ _Static_assert(sizeof dtype_names / sizeof dtype_names[0] == CE_DTYPE_COUNT, "dt
 
 static const char *op_names[] = {"matmul", "embedding", "rmsnorm", "rope", "softmax", "silu", "gelu",
                                  "silu_mul", "add", "mul", "scale", "attention", "argmax", "topk",
-                                 "copy"};
+                                 "copy", "matmul_n", "copy_rows", "convert", "repetition_penalty",
+                                 "sample"};
 _Static_assert(sizeof op_names / sizeof op_names[0] == CE_OP_COUNT, "op name table");
 
 const char *ce_dtype_name(int dtype) {

@@ -219,13 +219,14 @@ def test_hook_edits_flow_into_the_computation(model):
 
         return Tensor(t.shape)  # zeros: ablate layer 3's MLP output
 
-    lm.hooks["blocks.3.hook_mlp_out"] = [identity]
+    handle = lm.add_hook("blocks.3.hook_mlp_out", identity)
     try:
         same = lm.forward(ids, logits="last").to_list()
-        lm.hooks["blocks.3.hook_mlp_out"] = [zero_mlp]
+        handle.remove()
+        lm.add_hook("blocks.3.hook_mlp_out", zero_mlp)
         ablated = lm.forward(ids, logits="last").to_list()
     finally:
-        lm.hooks.clear()
+        lm.remove_hooks()
     assert same == base
     assert max(abs(a - b) for a, b in zip(ablated, base)) > 0.1
     assert lm.forward(ids, logits="last").to_list() == base  # nothing left behind

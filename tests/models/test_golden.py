@@ -65,13 +65,12 @@ def test_residual_norms_and_attention_patterns(model, golden_hidden):
 
     names = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(n_layers)]
     names += ["blocks.0.attn.hook_pattern", "blocks.29.attn.hook_pattern", "ln_final.hook_normalized"]
-    for name in names:
-        lm.hooks.setdefault(name, []).append(keep(name))
+    handles = [lm.add_hook(name, keep(name)) for name in names]
     try:
         model.logits(golden_hidden["input_ids"])
     finally:
-        for name in names:
-            lm.hooks.pop(name)
+        for h in handles:
+            h.remove()
     gold = golden_hidden["hidden_state_l2_norms"]
     ours = [[_norm(r) for r in seen["hook_embed"]]]
     ours += [[_norm(r) for r in seen[f"blocks.{i}.hook_resid_post"]] for i in range(n_layers - 1)]
@@ -91,4 +90,4 @@ def test_residual_norms_and_attention_patterns(model, golden_hidden):
 
 
 def test_no_hooks_left_behind(model):
-    assert model.model.hooks == {}
+    assert model.model.hook_set.active == {}

@@ -21,20 +21,20 @@ def _prompt_ids(tokenizer, n):
 
 
 def _ours(m, ids, n_decode):
+    # timed with the profiler's steps, the clock generation's tokens/s and `m.profile()` read
+    from toolkit.core.engine import functional as F
+    from toolkit.core.engine import profile
+
     lm = m.model
     cache = lm.new_cache(len(ids) + n_decode + 1)
-    t0 = time.perf_counter()
-    logits = lm.forward_batch([(ids, cache)], logits="last")
-    t1 = time.perf_counter()
-    from toolkit.core.engine import functional as F
-
+    with profile.step("prefill", len(ids)) as pre:
+        logits = lm.forward_batch([(ids, cache)], logits="last")
     tok = F.sample(logits.reshape(-1), 0.0)
-    t2 = time.perf_counter()
-    for _ in range(n_decode):
-        logits = lm.forward_batch([([tok], cache)], logits="last")
-        tok = F.sample(logits.reshape(-1), 0.0)
-    t3 = time.perf_counter()
-    return len(ids) / (t1 - t0), n_decode / (t3 - t2)
+    with profile.step("decode", n_decode) as dec:
+        for _ in range(n_decode):
+            logits = lm.forward_batch([([tok], cache)], logits="last")
+            tok = F.sample(logits.reshape(-1), 0.0)
+    return len(ids) / pre.seconds, n_decode / dec.seconds
 
 
 class _LlamaCpp:
