@@ -23,13 +23,45 @@ SHAPES = [(1, 1, 32), (1, 5, 64), (1, 17, 96), (2, 3, 32), (3, 33, 160), (5, 50,
           (1, 2001, 576), (2, 7, 8192), (7, 9, 1536)]
 
 
+def have_512():
+    try:
+        B.set_vector_bits(512)
+    except errors.InvalidArgumentError as exc:
+        return str(exc)
+    B.set_vector_bits(256)
+    return ""
+
+
+WIDTHS = [256] + ([] if have_512() else [512])
+
+
 def both_paths(fn):
+    """fn() with each Q4 path and each vector width compiled in; every width must agree, so the
+    results of the 256-bit kernels are returned"""
     out = {}
-    for path in ("subnormal", "normal"):
-        B.set_q4_path(path)
-        assert B.get_q4_path() == path
-        out[path] = fn()
-    return out["subnormal"], out["normal"]
+    for bits in WIDTHS:
+        B.set_vector_bits(bits)
+        for path in ("subnormal", "normal"):
+            B.set_q4_path(path)
+            assert B.get_q4_path() == path
+            out[path, bits] = fn()
+    B.set_vector_bits(256)
+    for key, value in out.items():
+        assert value == out["subnormal", 256], key
+    return out["subnormal", 256], out["normal", 256]
+
+
+def test_512_bit_kernels_run_where_the_cpu_has_them():
+    why = have_512()
+    if why:
+        pytest.skip(f"512-bit kernels not tested here: {why}")
+    assert 512 in WIDTHS
+    B.set_vector_bits(512)
+    assert B.get_vector_bits() == 512 and "vec=512" in B.build_info()
+    with pytest.raises(errors.InvalidArgumentError):
+        B.set_vector_bits(384)
+    with pytest.raises(errors.ArgumentTypeError):
+        B.set_vector_bits("512")
 
 
 def x_with_zeros_and_range(m, k, seed):
