@@ -1,6 +1,7 @@
-/* gemv.c - out = x @ w^T for few rows of x (M < GEMM_MIN_M: the decode step).
+/* gemv.c - out = x @ w^T with the GEMV's arithmetic: the decode step (few rows of x) and, since
+ * every row must get the same bits whatever M (batch invariance, matmul.c), prefill too.
  *
- * Memory bound, so weights are read once, straight from their stored format. F32/F16/BF16 are
+ * Decode is memory bound, so weights are read once, straight from their stored format. F32/F16/BF16 are
  * widened in registers and FMA'd against x; for Q8_0/Q4_0/Q4_1 a block's integers are converted
  * to F32, dotted with x (exact products), and the sum is scaled by d once per block (plus
  * m * sum(x) for Q4_1). Activations are never quantized: the result matches an F32 matmul on the
@@ -110,8 +111,8 @@ AI void dot_tile(int dtype, int P, int R, const void *const *w, const float *con
  * sum |w x| (for Q4_1, of sum |d q x| + |m| sum |x|, as the m term is summed apart). Each lane
  * of the m accumulator belongs to one row and sums its blocks in order, so it too is the same for
  * any P.
- * Q4 nibbles are never moved or converted: q4_bits reads them in place as subnormal floats (see
- * there), so the x of Q4 rows is the permuted, power-of-two scaled copy xq built once per call
+ * Q4 nibbles are never moved: q4_bits reads them in place as subnormal floats, q4_ints converts
+ * them to normal ones (the path q4path.c picks; both give the same bits), so the x of Q4 rows is the permuted, power-of-two scaled copy xq built once per call
  * (per thread), and S and the result carry the same scaling.
  * The loop is bound by instruction throughput: a tile's P weight rows share the x loads (held in
  * registers), the P dependency chains are independent, and all rows are addressed from one moving
