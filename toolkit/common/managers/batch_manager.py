@@ -122,6 +122,21 @@ class BatchManager:
             self._finish(req, "cancelled")
             return True
 
+    def discard(self, request_id):
+        """Cancels a request if it still runs and forgets it and its result, whoever would have
+        collected it. Returns False if no such request is known (never added, or collected)."""
+        with self._cond:
+            check_request_id(request_id)
+            req = self._requests.get(request_id)
+            if req is None:
+                return False
+            if not req.done:
+                if req.state == QUEUED:
+                    self._queued.remove(req)
+                self._finish(req, "cancelled")
+            self._collect(request_id)
+            return True
+
     def status(self, request_id):
         """A RequestStatus: state (queued, prefill, decode, finished, cancelled) and progress."""
         with self._cond:
