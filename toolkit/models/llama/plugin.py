@@ -227,11 +227,7 @@ class Llama_Plugin(TextModelPluginInterface):
             return [r.text for r in bm.wait(rids)]
         except BaseException:
             for rid in rids:  # leave nothing of this call running or uncollected in the shared manager
-                try:
-                    bm.cancel(rid)
-                    bm.wait([rid])
-                except errors.InvalidArgumentError:
-                    pass  # unknown id: its result was already collected
+                bm.discard(rid)
             raise
 
 
