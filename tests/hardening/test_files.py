@@ -207,3 +207,26 @@ def test_aligned_gguf_tensors_stay_zero_copy(tiny_gguf):
     with toolkit.load(tiny_gguf, threads=1) as m:
         w = m.model.layers[0].self_attn.q_proj.weight
         assert w.dtype == "Q4_1" and w._owner is not None  # borrowed from the mapping
+
+
+def test_gguf_merge_of_unknown_token_is_format_error(tmp_path):
+    p = tmp_path / "merge.gguf"
+    tiny.write_tiny_gguf(p, metadata={"tokenizer.ggml.merges": ["Ġ a", "q zz"]})
+    with pytest.raises(errors.FormatError, match="inconsistent"):
+        toolkit.load(str(p))
+
+
+def test_tokenizer_that_cannot_encode_is_typed(tiny_hf, tmp_path):
+    # A WordPiece model without an unknown token loads, then fails on the first unknown word.
+    d = _copy_hf(tiny_hf, tmp_path)
+    tj = json.loads((d / "tokenizer.json").read_text())
+    tj["model"] = {"type": "WordPiece", "vocab": tj["model"]["vocab"], "unk_token": "[UNK]",
+                   "continuing_subword_prefix": "##", "max_input_chars_per_word": 100}
+    (d / "tokenizer.json").write_text(json.dumps(tj))
+    try:
+        m = toolkit.load(str(d), threads=1)
+    except errors.FormatError:
+        return
+    with m:
+        with pytest.raises(errors.TokenizerError):
+            m.generate("zzz ???", max_new_tokens=1)
