@@ -32,6 +32,23 @@ def _generate(args):
         print(f"[prefill] {pt} tokens in {ps * 1e3:.1f} ms = {pt / ps if ps else 0:.1f} tok/s | "
               f"[decode] {dt} tokens in {ds * 1e3:.1f} ms = {dt / ds if ds else 0:.1f} tok/s | "
               f"{len(ids)} new tokens, {backend.get_threads()} threads", file=sys.stderr)
+        _speed_guard(m.model, dt / ds if ds else 0.0, dt)
+
+
+def _speed_guard(model, decode_tps, decode_tokens):
+    """Warns when decode ran under a tenth of what the weight bytes per token and this machine's
+    read bandwidth allow: a kernel has collapsed on this CPU (as Q4 on subnormals did on Intel)."""
+    if decode_tokens < 4:  # too few to time
+        return
+    from toolkit.bench.bandwidth import decode_bytes_per_token, read_bandwidth
+
+    bw, per_token = read_bandwidth(), decode_bytes_per_token(model)
+    ceiling = bw / per_token
+    if decode_tps < 0.1 * ceiling:
+        print(f"WARNING: decode ran at {decode_tps:.1f} tok/s, under a tenth of the {ceiling:.0f} tok/s that "
+              f"{per_token / 1e6:.0f} MB of weights per token at {bw / 1e9:.1f} GB/s of read bandwidth allow: "
+              "something is far slower on this CPU than it should be (or other programs kept the cores "
+              "busy); `python -m toolkit.bench kernels` shows which kernel", file=sys.stderr)
 
 
 def _profile(args):

@@ -7,6 +7,7 @@ Everything here delegates to the model plugin; nothing here does math.
 """
 from toolkit import errors
 
+from . import interp
 from .models.llama.plugin import Llama_Plugin
 
 
@@ -40,7 +41,7 @@ class Model:
 
     # ---- compute ----
     def _ids(self, prompt_or_ids):
-        return self.plugin._prompt_ids(prompt_or_ids)
+        return self.plugin.prompt_ids(prompt_or_ids)
 
     def logits(self, ids):
         """Logits at every position: Tensor [n_tokens, vocab] for a text or a list of token ids."""
@@ -49,20 +50,57 @@ class Model:
             raise errors.InvalidArgumentError("logits() needs at least one token")
         return self.model.forward(ids, logits="all")
 
-    def generate(self, prompt_or_ids, max_new_tokens=64, **kwargs) -> str:
-        """The newly generated text (the prompt is not repeated)."""
-        return self.plugin.generate_text(prompt_or_ids, max_new_tokens=max_new_tokens, **kwargs)
+    def generate(self, prompt_or_ids, max_new_tokens=64, fwd_hooks=None, **kwargs) -> str:
+        """The newly generated text (the prompt is not repeated). fwd_hooks [(name or filter, fn)]
+        apply to the prompt and to every generated token (the KV cache keeps what they edit)."""
+        return "".join(self.stream(prompt_or_ids, max_new_tokens=max_new_tokens, fwd_hooks=fwd_hooks, **kwargs))
 
-    def generate_ids(self, prompt_or_ids, max_new_tokens=64, **kwargs) -> list:
+    def generate_ids(self, prompt_or_ids, max_new_tokens=64, fwd_hooks=None, **kwargs) -> list:
         """The newly generated token ids. With stop strings, ids run up to the token that completed one."""
-        ids = []
-        for _ in self.plugin.stream_text(prompt_or_ids, ids_out=ids, max_new_tokens=max_new_tokens, **kwargs):
-            pass
-        return ids
+        hooks = interp.registry.expand(self.model, fwd_hooks)
+        if kwargs.get("stop", self.plugin.sampling_defaults.get("stop")):
+            ids = []  # stop strings are matched on text: decode
+            for _ in self.plugin.stream_text(prompt_or_ids, ids_out=ids, max_new_tokens=max_new_tokens,
+                                             hooks=hooks, **kwargs):
+                pass
+            return ids
+        return list(self.plugin.generate_token_ids(prompt_or_ids, max_new_tokens=max_new_tokens, hooks=hooks,
+                                                   **kwargs))
 
-    def stream(self, prompt_or_ids, max_new_tokens=64, **kwargs):
-        """An iterator of text pieces as they are generated (never splits a UTF-8 character)."""
-        return self.plugin.stream_text(prompt_or_ids, max_new_tokens=max_new_tokens, **kwargs)
+    def stream(self, prompt_or_ids, max_new_tokens=64, fwd_hooks=None, **kwargs):
+        """An iterator of text pieces as they are generated (never splits a UTF-8 character).
+        fwd_hooks apply as in generate()."""
+        hooks = interp.registry.expand(self.model, fwd_hooks)
+        return self.plugin.stream_text(prompt_or_ids, max_new_tokens=max_new_tokens, hooks=hooks, **kwargs)
+
+    # ---- looking inside (toolkit.interp; docs/hooks.md) ----
+    def hook_names(self):
+        """Every hook point's name ("blocks.3.attn.hook_pattern", ...) in forward order."""
+        return self.model.hook_names()
+
+    def hooks(self, fwd_hooks=(), clear_contexts=False):
+        """`with m.hooks(fwd_hooks=[(name or filter, fn)]):` hooks active inside the block only,
+        removed however it exits. fn(tensor, hook) may edit the tensor or return a replacement."""
+        return interp.hooks(self, fwd_hooks, clear_contexts=clear_contexts)
+
+    def add_hook(self, name_or_filter, fn):
+        """Registers fn on every hook point the filter selects, until removed; returns handles."""
+        return interp.add_hook(self.model, name_or_filter, fn)
+
+    def remove_hooks(self, name_or_filter=None):
+        """Removes every registered hook, or those on the hook points a filter selects."""
+        interp.remove_hooks(self.model, name_or_filter)
+
+    reset_hooks = remove_hooks
+
+    def run_with_cache(self, prompt_or_ids, names_filter=None, fwd_hooks=()):
+        """(logits [n_tokens, vocab], ActivationCache): copies of the activations names_filter
+        selects (a name, glob, list or predicate; None: all)."""
+        return interp.run_with_cache(self.model, self._ids(prompt_or_ids), names_filter, fwd_hooks)
+
+    def run_with_hooks(self, prompt_or_ids, fwd_hooks=()):
+        """Logits [n_tokens, vocab] like logits(), with fwd_hooks applied to this pass only."""
+        return interp.run_with_hooks(self.model, self._ids(prompt_or_ids), fwd_hooks)
 
     # ---- profiling ----
     def profile(self, log_capacity=None):
@@ -86,7 +124,7 @@ class Model:
         self.close()
 
     def __repr__(self):
-        if self.plugin._model is None:
+        if not self.plugin.is_loaded:
             return "<toolkit.Model (closed)>"
         c = self.config
         return (f"<toolkit.Model {self.path}: {c.num_hidden_layers} layers, d_model {c.hidden_size}, "

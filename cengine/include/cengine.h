@@ -122,6 +122,20 @@ int ce_get_threads(void);
 int ce_default_threads(void);          /* online cores */
 void ce_set_simd(int enabled);         /* 0: scalar reference kernels (tests), 1: SIMD if present */
 int ce_get_simd(void);                 /* 1 when SIMD kernels are selected and available */
+/* Q4 GEMV unpacking. Both paths give the same bits; CE_Q4_SUBNORMAL (nibbles read in place as
+ * subnormal floats) is fastest where the CPU takes subnormal FMA operands at full speed (AMD Zen),
+ * CE_Q4_NORMAL (converted to normal floats) where it does not (Intel). CE_Q4_AUTO: the start-up
+ * probe's choice (the default; env TOOLKIT_Q4_PATH=normal|subnormal|auto sets the start value). */
+enum { CE_Q4_AUTO = 0, CE_Q4_NORMAL = 1, CE_Q4_SUBNORMAL = 2 };
+ce_status ce_set_q4_path(int path);
+int ce_get_q4_path(void);              /* the path in use: CE_Q4_NORMAL or CE_Q4_SUBNORMAL */
+int ce_get_q4_path_setting(void);      /* CE_Q4_AUTO or the forced path */
+double ce_q4_probe_ns(int path);       /* the probe's ns per FMA with that path's operands */
+/* 1 (default): every matmul row's result has the same bits whatever the number of rows M of x and
+ * its position (a sequence's logits do not depend on what shares its batch). 0: M >= 8 may run a
+ * packed GEMM whose rounding differs (for comparisons; not used by the models). */
+void ce_set_batch_invariant(int enabled);
+int ce_get_batch_invariant(void);
 
 /* ---- dtypes ---- */
 int ce_dtype_is_block(int dtype);      /* 1 for Q8_0, Q4_0, Q4_1 */

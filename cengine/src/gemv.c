@@ -31,6 +31,7 @@ typedef struct {
     mm_ctx *seg;               /* [nseg] one per weight, sharing x */
     int nseg;
     int q4;                    /* some weight is Q4_0/Q4_1: xq per thread, MXCSR */
+    int q4n;                   /* Q4 unpacking with normal floats (q4_ints), for the whole call */
     int64_t start[CE_MATMUL_MAX + 1];
     ce_steal_range *ranges;    /* [nranges] rows each thread has left */
     int nranges;               /* or 0 (ranges NULL): one thread runs all rows */
@@ -39,15 +40,27 @@ typedef struct {
 
 #define AI static inline __attribute__((always_inline))
 
-/* ---- GEMV: P weight rows x R rows of x (P * R <= 2), weights read in their stored format ---- */
+/* Tile shapes for many rows of x (prefill), chosen here by the register file the compiler targets:
+ * P weight rows x 2 rows of x, each output with its own accumulators, so the shape changes speed
+ * only, never bits. 32 vector registers (AVX-512VL) hold 4x2 tiles of block dtypes and 2x2 of
+ * F32/F16/BF16; 16 (AVX2) hold 2x2 and 1x2. */
+#if defined(__AVX512VL__)
+enum { WIDE_PQ = 4, WIDE_PF = 2 };
+#define KEEP_IN_REG(v) __asm__("" : "+v"(v))
+#else
+enum { WIDE_PQ = 2, WIDE_PF = 1 };
+#define KEEP_IN_REG(v) __asm__("" : "+x"(v))
+#endif
+
+/* ---- GEMV: P weight rows x R rows of x, weights read in their stored format ---- */
 
 /* res[p * R + r] = w[p] . x[r]. Each output has its own four accumulators, so its value does not
  * depend on which tile shape computed it. */
 AI void dot_tile(int dtype, int P, int R, const void *const *w, const float *const *x, int64_t K,
                  const char *pf, float *res) {
     const int64_t eb = dtype == CE_F32 ? 4 : 2; /* bytes per element */
-    __m256 acc[2][4];
-    for (int t = 0; t < 2; t++)
+    __m256 acc[4][4];
+    for (int t = 0; t < P * R; t++)
         for (int i = 0; i < 4; i++) acc[t][i] = _mm256_setzero_ps();
     int64_t nb = K / 32, k = nb * 32;
     for (int64_t b = 0; b < nb; b++) {
@@ -119,8 +132,14 @@ static inline float pow2f(int e) {
  * which cost Zen 3 extra cycles: this form measured +13-24% for Q4_0). E puts the largest |x|
  * near 2^100, so the products q * x * 2^(E - 149) are normal unless |x| is below ~2^-76 of the
  * largest. Returns the factor 2^(149 - E) that undoes the scaling (E stays in [22, 127], so both
- * are finite floats). */
-static float build_xq(const float *x, int64_t K, float *xq, float *sq, float *cq) {
+ * are finite floats).
+ * For q4_ints (q4n: lanes q * 2^sh, 2^149 times q4_bits') x is scaled by 2^(E - Q4N_SHIFT - sh)
+ * and the sums by 2^(E - Q4N_SHIFT): every product, sum and partial result is then the q4_bits
+ * path's times 2^(149 - Q4N_SHIFT) exactly, all normal and far from overflow (|products| < 2^78),
+ * so both paths give the same bits whenever the q4_bits path's products are normal, i.e. unless
+ * some |x| is below ~2^-76 of the largest (there q4_ints is the more accurate one). */
+enum { Q4N_SHIFT = 26 };
+static float build_xq(const float *x, int64_t K, float *xq, float *sq, float *cq, int q4n) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 mx = _mm256_setzero_ps();
     for (int64_t k = 0; k < K; k += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)));
@@ -133,7 +152,8 @@ static float build_xq(const float *x, int64_t K, float *xq, float *sq, float *cq
     if (ab >= 0x00800000u && ab < 0x7F800000u) e = (int)(ab >> 23) - 126;
     else if (amax > 0.0f && amax <= 0x1p127f) frexpf(amax, &e); /* subnormal amax */
     int E = 100 - e < 22 ? 22 : 100 - e > 127 ? 127 : 100 - e;
-    const float pE = pow2f(E), fs = pow2f(E - 149);
+    const int pe = q4n ? E - Q4N_SHIFT : E - 149; /* the products' scale is 2^pe */
+    const float pE = pow2f(q4n ? pe : E), fs = pow2f(pe);
     __m256 sv[4];
     for (int k = 0; k < 4; k++) {
         float lo = pE * pow2f(k < 3 ? -8 * k : -16), hi = lo * 0x1p-4f;
@@ -155,21 +175,26 @@ static float build_xq(const float *x, int64_t K, float *xq, float *sq, float *cq
         if (cq) /* Q4_0: -8 x on the products' scale, so fma(q, xq, cq) = (q - 8) x rounded once */
             for (int k = 0; k < 4; k++) _mm256_storeu_ps(cq + 32 * b + 8 * k, _mm256_mul_ps(v[k], _mm256_set1_ps(-8.0f * fs)));
     }
-    return pow2f(149 - E);
+    return pow2f(-pe);
 }
 
 /* floats of sq per row of x: Q4_1's (0, S) pair per block, Q4_0's offset per element */
 static inline int64_t sq_floats(int dtype, int64_t K) { return dtype == CE_Q4_1 ? 2 * (K / 32) : K; }
 
-/* xq of every row of x into buf ([M][K]), then their sq ([M][sq_floats]); points c at them */
-static void build_xqs(mm_ctx *c, float *buf) {
+/* floats of xq, sq and the unscaling factor per row of x */
+static inline int64_t xq_row_floats(int dtype, int64_t K) { return K + sq_floats(dtype, K) + 1; }
+
+/* xq of every row of x into buf ([M][K]), then their sq ([M][sq_floats]) and unscaling factors
+ * ([M]); points c at them */
+static void build_xqs(mm_ctx *c, float *buf, int q4n) {
     const int64_t ex = sq_floats(c->dtype, c->K);
-    float *sq = buf + c->M * c->K;
+    float *sq = buf + c->M * c->K, *us = sq + c->M * ex;
     for (int64_t m = 0; m < c->M; m++)
-        c->xq_unscale[m] = build_xq(c->xr[m], c->K, buf + m * c->K, c->dtype == CE_Q4_1 ? sq + m * ex : NULL,
-                                    c->dtype == CE_Q4_0 ? sq + m * ex : NULL);
+        us[m] = build_xq(c->xr[m], c->K, buf + m * c->K, c->dtype == CE_Q4_1 ? sq + m * ex : NULL,
+                                    c->dtype == CE_Q4_0 ? sq + m * ex : NULL, q4n);
     c->xq = buf;
     c->sq = sq;
+    c->xq_unscale = us;
 }
 
 /* floats of xq and sq that the weights seg[0..n) need: one copy per Q4 dtype among them */
@@ -178,23 +203,21 @@ static int64_t xq_floats(const mm_ctx *seg, int n) {
     for (int s = 0, seen = 0; s < n; s++)
         if (mm_is_q4(seg[s].dtype) && !(seen & 1 << seg[s].dtype)) {
             seen |= 1 << seg[s].dtype;
-            f += seg[s].M * (seg[s].K + sq_floats(seg[s].dtype, seg[s].K));
+            f += seg[s].M * xq_row_floats(seg[s].dtype, seg[s].K);
         }
     return f;
 }
 
 /* xq for every Q4 weight of seg[0..n) that has none, into buf (xq_floats of them): weights of
  * one dtype share a copy */
-static void build_seg_xqs(mm_ctx *seg, int n, float *buf) {
+static void build_seg_xqs(mm_ctx *seg, int n, float *buf, int q4n) {
     for (int s = 0; s < n; s++) {
         if (!mm_is_q4(seg[s].dtype) || seg[s].xq) continue;
-        build_xqs(&seg[s], buf);
-        buf += seg[s].M * (seg[s].K + sq_floats(seg[s].dtype, seg[s].K));
+        build_xqs(&seg[s], buf, q4n);
+        buf += seg[s].M * xq_row_floats(seg[s].dtype, seg[s].K);
         for (int t = s + 1; t < n; t++)
-            if (seg[t].dtype == seg[s].dtype) {
-                seg[t].xq = seg[s].xq, seg[t].sq = seg[s].sq;
-                memcpy(seg[t].xq_unscale, seg[s].xq_unscale, sizeof seg[s].xq_unscale);
-            }
+            if (seg[t].dtype == seg[s].dtype)
+                seg[t].xq = seg[s].xq, seg[t].sq = seg[s].sq, seg[t].xq_unscale = seg[s].xq_unscale;
     }
 }
 
@@ -207,11 +230,11 @@ static inline int ld_i32(const void *p) {
 
 /* res[p * R + r] = w[p] . x[r] for the P weight rows of a tile starting at w0 (row stride ws) and
  * R rows of x (Q4: xq rows, with their block sums sq and unscaling factors us). */
-AI void dot_tile_q(int dtype, int P, int R, const char *w0, int64_t ws, const float *const *x,
+AI void dot_tile_q(int dtype, int q4n, int P, int R, const char *w0, int64_t ws, const float *const *x,
                    const float *const *sq, const float *us, int64_t nb, const char *pf, float *res) {
     const int64_t bb = dtype == CE_Q8_0 ? 34 : dtype == CE_Q4_0 ? 18 : 20;
     const int npf = (int)((P * bb + 63) / 64);
-    __m256 acc[4], macc[2];
+    __m256 acc[8], macc[2];
     for (int t = 0; t < P * R; t++) acc[t] = _mm256_setzero_ps();
     for (int r = 0; r < R; r++) macc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
@@ -223,8 +246,7 @@ AI void dot_tile_q(int dtype, int P, int R, const char *w0, int64_t ws, const fl
         for (int r = 0; r < R; r++) {
             for (int i = 0; i < 4; i++) {
                 xv[r][i] = _mm256_loadu_ps(x[r] + 32 * b + 8 * i);
-                /* keep x in registers: gcc would rather reload it for every row */
-                __asm__("" : "+x"(xv[r][i]));
+                KEEP_IN_REG(xv[r][i]); /* keep x in registers: gcc would rather reload it for every row */
             }
             if (dtype == CE_Q4_1) /* the pair (0, S_b), through a may-alias vector load */
                 sv[r] = _mm256_castsi256_ps(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)(sq[r] + 2 * b))));
@@ -239,7 +261,7 @@ AI void dot_tile_q(int dtype, int P, int R, const char *w0, int64_t ws, const fl
         }
         for (int p = 0; p < P; p++) {
             __m256 v[4], d;
-            ld32_ints(dtype, blk + p * ws, 0, v, &d);
+            ld32_ints(dtype, q4n, blk + p * ws, 0, v, &d);
             for (int r = 0; r < R; r++) {
                 __m256 s;
                 if (dtype == CE_Q4_0) {
@@ -271,7 +293,7 @@ enum { XQ_LOCAL = 8192 }; /* floats: Q4 GEMVs whose xq fits build it per thread 
 
 /* res[p * R + r] = w[n + p] . x[m + r] for P weight rows and R rows of x; the thread's rows end
  * at hi. */
-AI void gemv_tile(int dtype, int P, int R, const mm_ctx *c, int64_t n, int64_t hi, int64_t m, float *res) {
+AI void gemv_tile(int dtype, int q4n, int P, int R, const mm_ctx *c, int64_t n, int64_t hi, int64_t m, float *res) {
     const char *w0 = mm_w_at(c, n, 0);
     /* The kernels prefetch the tile PF_TILES (block dtypes; 1 otherwise) ahead of this one. Past
      * the thread's rows that would fetch another thread's rows (or the next tensor) from DRAM for
@@ -286,21 +308,30 @@ AI void gemv_tile(int dtype, int P, int R, const mm_ctx *c, int64_t n, int64_t h
             x[0] = c->xq + m * c->K, x[1] = c->xq + (m + R - 1) * c->K;
             sq[0] = c->sq + m * ex, sq[1] = c->sq + (m + R - 1) * ex;
         }
-        dot_tile_q(dtype, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
+        dot_tile_q(dtype, q4n, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
     } else {
-        const void *w[2] = {w0, w0 + (P - 1) * c->wstride};
+        const void *w[4];
+        for (int p = 0; p < 4; p++) w[p] = w0 + (p < P ? p : 0) * c->wstride;
         dot_tile(dtype, P, R, w, c->xr + m, c->K, pf, res);
     }
 }
 
 /* Outputs [lo, hi) of rows m, m + 1 (R = 2) or m alone (R = 1) of x: pairs of x rows share each
  * weight row; a single x row takes weight rows in tiles. */
-AI void gemv_rows(int dtype, int R, const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi, int64_t m) {
+AI void gemv_rows(int dtype, int q4n, int R, int wide, const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi, int64_t m) {
     float res[GEMV_P * 2];
     int64_t n = lo;
     if (R == 2) {
+        /* prefill: wider tiles share the x loads between weight rows */
+        const int wp = !wide ? 1 : mm_is_block(dtype) ? WIDE_PQ : WIDE_PF;
+        if (wp > 1)
+            for (; n + wp <= hi; n += wp) {
+                gemv_tile(dtype, q4n, wp, 2, c, n, pfhi, m, res);
+                for (int p = 0; p < wp; p++)
+                    for (int r = 0; r < 2; r++) c->outr[m + r][n + p] = mm_add_bias(c, res[p * 2 + r], n + p);
+            }
         for (; n < hi; n++) {
-            gemv_tile(dtype, 1, 2, c, n, pfhi, m, res);
+            gemv_tile(dtype, q4n, 1, 2, c, n, pfhi, m, res);
             c->outr[m][n] = mm_add_bias(c, res[0], n);
             c->outr[m + 1][n] = mm_add_bias(c, res[1], n);
         }
@@ -308,34 +339,60 @@ AI void gemv_rows(int dtype, int R, const mm_ctx *c, int64_t lo, int64_t hi, int
     }
     if (mm_is_block(dtype))
         for (; n + GEMV_P <= hi; n += GEMV_P) {
-            gemv_tile(dtype, GEMV_P, 1, c, n, pfhi, m, res);
+            gemv_tile(dtype, q4n, GEMV_P, 1, c, n, pfhi, m, res);
             for (int p = 0; p < GEMV_P; p++) c->outr[m][n + p] = mm_add_bias(c, res[p], n + p);
         }
     for (; n + 2 <= hi; n += 2) {
-        gemv_tile(dtype, 2, 1, c, n, pfhi, m, res);
+        gemv_tile(dtype, q4n, 2, 1, c, n, pfhi, m, res);
         c->outr[m][n] = mm_add_bias(c, res[0], n);
         c->outr[m][n + 1] = mm_add_bias(c, res[1], n + 1);
     }
     if (n < hi) {
-        gemv_tile(dtype, 1, 1, c, n, pfhi, m, res);
+        gemv_tile(dtype, q4n, 1, 1, c, n, pfhi, m, res);
         c->outr[m][n] = mm_add_bias(c, res[0], n);
     }
 }
 
-AI void gemv_range(int dtype, const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) {
-    for (int64_t m = 0; m < c->M; m += 2) gemv_rows(dtype, c->M - m >= 2 ? 2 : 1, c, lo, hi, pfhi, m);
+/* Many rows of x (prefill): blocks of GEMV_MB_BYTES of x, and within a block stretches of
+ * GEMV_NB weight rows that every pair of its x rows runs over while they are in L1/L2, so the
+ * weights are read from memory once per block of x and unpacked once per pair of x rows. The loop
+ * order changes nothing in any output's arithmetic. */
+enum { GEMV_NB = 32, GEMV_MB_BYTES = 256 << 10 };
+
+AI void gemv_range(int dtype, int q4n, const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) {
+    if (c->M <= 2) { /* decode: one stream over the weights */
+        for (int64_t m = 0; m < c->M; m += 2) gemv_rows(dtype, q4n, c->M - m >= 2 ? 2 : 1, 0, c, lo, hi, pfhi, m);
+        return;
+    }
+    int64_t mb = GEMV_MB_BYTES / (4 * c->K) / 2 * 2;
+    if (mb < 2) mb = 2;
+    for (int64_t m0 = 0; m0 < c->M; m0 += mb) {
+        int64_t m1 = c->M - m0 < mb ? c->M : m0 + mb;
+        for (int64_t n0 = lo; n0 < hi; n0 += GEMV_NB) {
+            int64_t n1 = hi - n0 < GEMV_NB ? hi : n0 + GEMV_NB;
+            for (int64_t m = m0; m < m1; m += 2) gemv_rows(dtype, q4n, m1 - m >= 2 ? 2 : 1, 1, c, n0, n1, n1, m);
+        }
+    }
 }
 
 typedef void (*gemv_fn)(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi);
-#define GEMV_FN(T, DT) \
-    static void gemv_##T(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) { gemv_range(DT, c, lo, hi, pfhi); }
-GEMV_FN(f32, CE_F32)
-GEMV_FN(f16, CE_F16)
-GEMV_FN(bf16, CE_BF16)
-GEMV_FN(q8_0, CE_Q8_0)
-GEMV_FN(q4_0, CE_Q4_0)
-GEMV_FN(q4_1, CE_Q4_1)
-static const gemv_fn gemvs[] = {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0, gemv_q4_1};
+#define GEMV_FN(T, DT, Q4N) \
+    static void gemv_##T(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) { gemv_range(DT, Q4N, c, lo, hi, pfhi); }
+GEMV_FN(f32, CE_F32, 0)
+GEMV_FN(f16, CE_F16, 0)
+GEMV_FN(bf16, CE_BF16, 0)
+GEMV_FN(q8_0, CE_Q8_0, 0)
+GEMV_FN(q4_0_sub, CE_Q4_0, 0)
+GEMV_FN(q4_1_sub, CE_Q4_1, 0)
+GEMV_FN(q4_0_norm, CE_Q4_0, 1)
+GEMV_FN(q4_1_norm, CE_Q4_1, 1)
+
+/* The GEMV kernel of each weight dtype, by Q4 unpacking path ([0]: q4_bits, subnormal lanes;
+ * [1]: q4_ints, normal lanes; the choice is ce_q4_normal, q4path.c): the one place that picks. */
+static const gemv_fn gemvs[2][CE_I32] = {
+    {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0_sub, gemv_q4_1_sub},
+    {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0_norm, gemv_q4_1_norm},
+};
 
 /* Block dtypes: the first tiles of a stretch of rows [lo, hi), before the kernels' own prefetch
  * distance: nothing else fetches them early. */
@@ -365,7 +422,7 @@ static void run_rows(const gemv_job *j, int64_t lo, int64_t hi, int64_t pfhi) {
     for (int s = seg_of(j, lo); lo < hi; s++) {
         int64_t a = j->start[s], b = j->start[s + 1], e = hi < b ? hi : b;
         if (e < hi) prefetch_start(&j->seg[s + 1], 0, (hi < j->start[s + 2] ? hi : j->start[s + 2]) - b);
-        gemvs[j->seg[s].dtype](&j->seg[s], lo - a, e - a, (pfhi < b ? pfhi : b) - a);
+        gemvs[j->q4n][j->seg[s].dtype](&j->seg[s], lo - a, e - a, (pfhi < b ? pfhi : b) - a);
         lo = e;
     }
 }
@@ -442,7 +499,7 @@ static void gemv_task(void *p, int ith, int nth) {
         _Alignas(64) float buf[XQ_LOCAL];
         mm_ctx seg[CE_MATMUL_MAX];
         memcpy(seg, j->seg, (size_t)j->nseg * sizeof *seg);
-        build_seg_xqs(seg, j->nseg, buf);
+        build_seg_xqs(seg, j->nseg, buf, j->q4n);
         gemv_job lj = *j;
         lj.seg = seg;
         gemv_chunks(&lj, ith);
@@ -456,7 +513,7 @@ static void gemv_task(void *p, int ith, int nth) {
 
 /* The GEMV of seg[0..n) (filled in but for xq): split between up to nth threads. */
 ce_status mm_gemv_run(mm_ctx *seg, int n, int nth) {
-    gemv_job j = {.seg = seg, .nseg = n};
+    gemv_job j = {.seg = seg, .nseg = n, .q4n = ce_q4_normal};
     for (int s = 0; s < n; s++) {
         j.start[s + 1] = j.start[s] + seg[s].N;
         j.q4 |= mm_is_q4(seg[s].dtype);
@@ -468,7 +525,7 @@ ce_status mm_gemv_run(mm_ctx *seg, int n, int nth) {
     if (xq_floats(seg, n) > XQ_LOCAL) {
         xq = aligned_alloc(64, (size_t)((xq_floats(seg, n) * 4 + 63) / 64 * 64));
         if (!xq) return ce_fail(CE_ERR_NOMEM, "matmul: out of memory");
-        build_seg_xqs(seg, n, xq);
+        build_seg_xqs(seg, n, xq, j.q4n);
     }
     ce_steal_range ranges[GEMV_MAX_THREADS];
     if (nth > GEMV_MAX_THREADS) nth = GEMV_MAX_THREADS;

@@ -74,6 +74,10 @@ static inline void ce_split(int64_t n, int ith, int nth, int64_t align, int64_t 
 /* 1 when SIMD kernels should run (compiled in, supported by the CPU, not disabled for tests). */
 extern int ce_simd_on;
 
+/* Q4 GEMV unpacking (q4path.c): 1 for normal floats (q4_ints), 0 for subnormal (q4_bits). */
+extern int ce_q4_normal;
+void ce_q4_describe(char *buf, size_t n); /* " q4=... (probe timings)" for ce_build_info */
+
 /* ---- half precision ---- */
 static inline float ce_fp32_from_bits(uint32_t w) { float f; memcpy(&f, &w, 4); return f; }
 static inline uint32_t ce_fp32_to_bits(float f) { uint32_t w; memcpy(&w, &f, 4); return w; }

@@ -5,6 +5,7 @@
  * with ce_simd_on == 0). The choice depends on the number of rows M of x, never on the thread
  * count, and every kernel gives bits that do not depend on the thread count.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include "matmul.h"
@@ -81,11 +82,20 @@ static inline int small_work(int64_t M, int64_t N, int64_t K) { return (double)M
 
 typedef enum { MM_SCALAR, MM_GEMV, MM_GEMM } mm_kernel;
 
+/* Batch invariance: every row of out gets the same bits whatever M and its position. The GEMV
+ * computes each output in an order that depends on K only, so with it on, every M runs the GEMV
+ * (rows blocked so the weights are unpacked once per pair of rows, gemv.c); off, M >= GEMM_MIN_M
+ * runs the packed GEMM, whose sums round differently from the GEMV's. */
+static _Atomic int batch_invariant = 1;
+
+void ce_set_batch_invariant(int enabled) { atomic_store(&batch_invariant, enabled != 0); }
+int ce_get_batch_invariant(void) { return atomic_load(&batch_invariant); }
+
 /* The one place that chooses a matmul kernel family (the dtype, instruction set and Q4 unpacking
  * path are chosen inside gemv.c's table, once per process). */
 static mm_kernel mm_pick(int64_t M) {
 #if CE_HAVE_AVX2
-    if (ce_simd_on) return M < GEMM_MIN_M ? MM_GEMV : MM_GEMM;
+    if (ce_simd_on) return M < GEMM_MIN_M || atomic_load_explicit(&batch_invariant, memory_order_relaxed) ? MM_GEMV : MM_GEMM;
 #endif
     (void)M;
     return MM_SCALAR;
@@ -175,17 +185,33 @@ static ce_status matmul_n_checked(int n, ce_tensor *const *out, const ce_tensor 
                                   const ce_tensor *const *bias) {
     const int64_t M = ce_rows(x), K = ce_cols(x);
     if (mm_pick(M) == MM_GEMV && M > 0 && K > 0) {
-        const float *xr[GEMM_MIN_M];
-        float *orow[CE_MATMUL_MAX][GEMM_MIN_M];
+        const float *xr_small[GEMM_MIN_M];
+        float *or_small[CE_MATMUL_MAX * GEMM_MIN_M];
+        const float **xr = xr_small;
+        float **orow = or_small;
+        if (M > GEMM_MIN_M) {
+            xr = malloc((size_t)M * sizeof *xr);
+            orow = malloc((size_t)(n * M) * sizeof *orow);
+            if (!xr || !orow) {
+                free(xr);
+                free(orow);
+                return ce_fail(CE_ERR_NOMEM, "matmul_n: out of memory for %lld row pointers", (long long)M);
+            }
+        }
         mm_ctx seg[CE_MATMUL_MAX];
         int64_t N = 0;
         for (int64_t m = 0; m < M; m++) xr[m] = (const float *)ce_row_ptr(x, m);
         for (int i = 0; i < n; i++) {
-            for (int64_t m = 0; m < M; m++) orow[i][m] = (float *)ce_row_ptr(out[i], m);
-            seg[i] = mm_setup(x, w[i], bias ? bias[i] : NULL, xr, orow[i]);
+            for (int64_t m = 0; m < M; m++) orow[i * M + m] = (float *)ce_row_ptr(out[i], m);
+            seg[i] = mm_setup(x, w[i], bias ? bias[i] : NULL, xr, orow + i * M);
             N += w[i]->shape[0];
         }
-        return mm_run(MM_GEMV, seg, n, small_work(M, N, K) ? 1 : ce_get_threads());
+        ce_status st = mm_run(MM_GEMV, seg, n, small_work(M, N, K) ? 1 : ce_get_threads());
+        if (xr != xr_small) {
+            free(xr);
+            free(orow);
+        }
+        return st;
     }
     for (int i = 0; i < n; i++) {
         ce_status st = matmul_checked(out[i], x, w[i], bias ? bias[i] : NULL);

@@ -25,7 +25,7 @@ typedef struct mm_ctx {
     const float *xq;           /* GEMV on Q4_0/Q4_1: [M][K] x permuted and scaled for the Q4 unpacking */
     const float *sq;           /* and for Q4_1 [M][K / 32] pairs (0, scaled sum of x over a block),
                                   for Q4_0 [M][K] the offsets -8 x (gemv.c's build_xq) */
-    float xq_unscale[GEMM_MIN_M]; /* and per row of x, the factor that undoes the scaling */
+    const float *xq_unscale;   /* and per row of x, the factor that undoes the scaling */
     float *scratch;            /* GEMM / scalar: per-thread work areas */
     int64_t scratch_floats;    /* floats per thread */
     int split_rows;            /* GEMM with few columns: threads split M instead of N */

@@ -85,11 +85,12 @@ CE_INLINE void ld32_q4_1(const void *row, int64_t b, __m256 v[4]) {
  * smallest normal binade), so lane i of vector k holds q * 2^(sh - 149), sh = 8k + 4h (16 + 4h
  * for k = 3), and element 4j + k + 16h of the block (dword j, byte 4j + k, high nibble when h).
  * The caller scales x by 2^(E - sh) and the dot product by 2^(149 - E): powers of two, so every
- * product and sum rounds exactly as q * x would (build_xq picks E to keep them normal). Zen 3 and
- * recent Intel cores take subnormal FMA inputs at full speed; denormals-are-zero and
- * flush-to-zero modes must be off (the GEMV clears them for its own duration). Q4_0's - 8 is
+ * product and sum rounds exactly as q * x would (build_xq picks E to keep them normal). AMD Zen
+ * cores take subnormal FMA inputs at full speed; Intel cores take a microcode assist for each
+ * (~25x slower), so there q4_ints runs instead (q4path.c picks by measuring). Denormals-are-zero
+ * and flush-to-zero modes must be off (the GEMV clears them for its own duration). Q4_0's - 8 is
  * not applied here: subtracting on this grid gives subnormal results, which cost Zen 3 extra
- * cycles; the GEMV folds -8 x into each product's FMA instead (matmul.c, build_xq). */
+ * cycles; the GEMV folds -8 x into each product's FMA instead (gemv.c, build_xq). */
 CE_INLINE void q4_bits(const uint8_t *qs, __m256 v[4]) {
     const __m256i m0 = _mm256_setr_epi32(0xF, 0xF, 0xF, 0xF, 0xF0, 0xF0, 0xF0, 0xF0);
     const __m256i m3 = _mm256_setr_epi32(0xF << 16, 0xF << 16, 0xF << 16, 0xF << 16, 0xF << 20, 0xF << 20,
@@ -101,10 +102,21 @@ CE_INLINE void q4_bits(const uint8_t *qs, __m256 v[4]) {
     v[3] = _mm256_castsi256_ps(_mm256_and_si256(_mm256_srli_epi32(bq, 8), m3));
 }
 
+/* q4_bits' lanes as normal floats: the same AND, then vcvtdq2ps, so lane i of vector k holds
+ * q * 2^sh exactly (the masked pattern N < 2^24 is an integer a float holds exactly): 2^149 times
+ * what q4_bits gives, with no subnormal anywhere. One more uop per vector; on CPUs that take a
+ * microcode assist for every subnormal FMA operand (Intel cores, ~25x per FMA) it is the fast path.
+ * The GEMV scales x so that every product, sum and the result are exact power-of-two multiples of
+ * the q4_bits path's (gemv.c, build_xq): both give the same bits. */
+CE_INLINE void q4_ints(const uint8_t *qs, __m256 v[4]) {
+    q4_bits(qs, v);
+    for (int i = 0; i < 4; i++) v[i] = _mm256_cvtepi32_ps(_mm256_castps_si256(v[i]));
+}
+
 /* The integers of a block as floats, unscaled (Q8_0: q, in element order; Q4_0: q - 8 and Q4_1: q,
- * as q4_bits leaves them), with the block's scale d broadcast: w = d * v (+ m for Q4_1, left to
+ * as q4_bits (q4n = 0) or q4_ints (q4n = 1) leaves them), with the block's scale d broadcast: w = d * v (+ m for Q4_1, left to
  * the caller). The GEMV then scales a block's sum once instead of every weight. */
-CE_INLINE void ld32_ints(int dtype, const void *row, int64_t b, __m256 v[4], __m256 *d) {
+CE_INLINE void ld32_ints(int dtype, int q4n, const void *row, int64_t b, __m256 v[4], __m256 *d) {
     if (dtype == CE_Q8_0) {
         const ce_block_q8_0 *blk = (const ce_block_q8_0 *)row + b;
         *d = bcast_f16(&blk->d);
@@ -113,11 +125,13 @@ CE_INLINE void ld32_ints(int dtype, const void *row, int64_t b, __m256 v[4], __m
     } else if (dtype == CE_Q4_0) {
         const ce_block_q4_0 *blk = (const ce_block_q4_0 *)row + b;
         *d = bcast_f16(&blk->d);
-        q4_bits(blk->qs, v); /* q; the GEMV adds the -8 x term per lane (matmul.c, build_xq) */
+        if (q4n) q4_ints(blk->qs, v); /* q; the GEMV adds the -8 x term per lane (gemv.c, build_xq) */
+        else q4_bits(blk->qs, v);
     } else {
         const ce_block_q4_1 *blk = (const ce_block_q4_1 *)row + b;
         *d = bcast_f16(&blk->d);
-        q4_bits(blk->qs, v);
+        if (q4n) q4_ints(blk->qs, v);
+        else q4_bits(blk->qs, v);
     }
 }
 

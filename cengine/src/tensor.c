@@ -62,7 +62,8 @@ int ce_abi_version(void) { return CE_ABI_VERSION; }
 const char *ce_source_hash(void) { return CE_SOURCE_HASH; }
 
 const char *ce_build_info(void) {
-    return CE_BUILD_FLAGS
+    static _Thread_local char buf[512]; /* the Q4 path can change: rebuilt per call, per thread */
+    size_t n = (size_t)snprintf(buf, sizeof buf, "%s", CE_BUILD_FLAGS
 #if CE_HAVE_AVX2
         " simd=avx2+fma+f16c"
 #else
@@ -74,7 +75,9 @@ const char *ce_build_info(void) {
 #ifdef __AVX512BF16__
         " avx512bf16"
 #endif
-        ;
+    );
+    if (n < sizeof buf) ce_q4_describe(buf + n, sizeof buf - n);
+    return buf;
 }
 
 double ce_now(void) {

@@ -1,4 +1,4 @@
-"""Engine tests change the thread count and SIMD switch; every test gets them back as they were."""
+"""Engine tests change the thread count, SIMD switch and Q4 path; every test gets them back as they were."""
 import pytest
 
 from toolkit.core.engine import backend as B
@@ -6,7 +6,8 @@ from toolkit.core.engine import backend as B
 
 @pytest.fixture(autouse=True)
 def _restore_engine_settings():
-    threads, simd = B.get_threads(), B.get_simd()
+    threads, simd, q4 = B.get_threads(), B.get_simd(), B.q4_probe()["setting"]
     yield
     B.set_threads(threads)
     B.set_simd(simd)
+    B.set_q4_path(q4)

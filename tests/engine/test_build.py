@@ -69,3 +69,34 @@ def test_portable_build_compiles(tmp_path):
                         '-DCE_SOURCE_HASH="x"', '-DCE_BUILD_FLAGS="x"'] + files,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_every_kernel_variant_compiles(isa):
+    """Kernel variants are chosen at compile time (gemv.c's tile shapes by register count, the
+    AVX2 kernels by CE_HAVE_AVX2): whatever this machine's -march=native picks, the sources must
+    also compile for a plain AVX2 CPU (16 vector registers: every SIMD file, so no AVX-512-only
+    intrinsic slips into an AVX2 kernel) and for an AVX-512 one (32: the files with AVX-512
+    variants), so a variant this machine never builds cannot rot. Compile only: nothing runs them."""
+    import subprocess
+    import sysconfig
+    from concurrent.futures import ThreadPoolExecutor
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC").split()[0] or "cc"
+    flags = {"avx2": ["-mavx2", "-mfma", "-mf16c", "-mno-avx512f"],
+             "avx512": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq",
+                        "-mavx512bf16"]}[isa]
+    src = os.path.join(ROOT, "cengine", "src")
+    files = sorted(os.path.join(src, f) for f in os.listdir(src)
+                   if f.endswith(".c") and ("__AVX512" if isa == "avx512" else "CE_HAVE_AVX2")
+                   in open(os.path.join(src, f)).read())
+    assert files
+
+    def compile_one(path):  # -O0: quick, and always_inline still checks every intrinsic's target
+        return subprocess.run([cc, "-std=c11", "-D_GNU_SOURCE", "-O0", "-Wall", "-Wno-unused-function", "-Werror",
+                               "-S", "-o", os.devnull, "-I", os.path.join(ROOT, "cengine", "include"),
+                               '-DCE_SOURCE_HASH="x"', '-DCE_BUILD_FLAGS="x"'] + flags + [path],
+                              capture_output=True, text=True)
+
+    with ThreadPoolExecutor(4) as ex:
+        for path, r in zip(files, ex.map(compile_one, files)):
+            assert r.returncode == 0, (path, r.stderr)

@@ -215,10 +215,13 @@ def mxcsr(tmp_path_factory):
     return module.lib
 
 
+@pytest.mark.parametrize("path", ["subnormal", "normal"])
 @pytest.mark.parametrize("dtype", ["Q4_0", "Q4_1"])
-def test_q4_gemv_ignores_denormals_are_zero_mode(mxcsr, dtype):
+def test_q4_gemv_ignores_denormals_are_zero_mode(mxcsr, dtype, path):
     """q4_bits feeds the nibbles to the FMAs as subnormal floats; with the caller's DAZ/FTZ bits set
-    they would read as zero. The GEMV clears them for its own duration, on every pool thread."""
+    they would read as zero. The GEMV clears them for its own duration, on every pool thread (the
+    normal-float path, q4_ints, must be unaffected as well)."""
+    B.set_q4_path(path)
     m, n, k = 1, 1536, 576  # large enough to use both threads
     x, xt, wt = make(m, n, k, dtype, 23)
     B.set_threads(2)

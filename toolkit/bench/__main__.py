@@ -1,4 +1,4 @@
-"""`python -m toolkit.bench {kernels,generate} [options]`: dispatches to one benchmark module.
+"""`python -m toolkit.bench {kernels,generate,hooks,profiler} [options]`: dispatches to one benchmark module.
 
 Each benchmark is imported only when asked for, so one that needs optional packages (llama.cpp for
 `generate`) does not slow down or break the others.
@@ -9,6 +9,7 @@ import sys
 _BENCHES = {
     "kernels": "toolkit.bench.kernels",    # matmul / GEMV kernels vs memory bandwidth
     "generate": "toolkit.bench.generate",  # end-to-end prefill and decode speed
+    "hooks": "toolkit.bench.hooks",        # decode speed with hooks and caches on
     "profiler": "toolkit.bench.profiler",  # decode speed with the profiler on, off, compiled out
 }
 

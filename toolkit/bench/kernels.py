@@ -12,6 +12,10 @@ threads:
     shown on its own, the steady state is the median of the passes after it;
   - lm-head GEMV: one 49152x576 matrix alone;
   - GEMM: x[512, 576] @ w[1536, 576]^T (a prefill chunk), in GFLOP/s.
+Q4_0 and Q4_1 are measured with each Q4 unpacking path (--q4-paths, default both: subnormal lanes,
+fast on AMD Zen, and normal floats, fast everywhere; they give the same bits), interleaved.
+A dtype whose decode set reads under WARN_SHARE of the bandwidth is flagged with a warning line:
+that is how a kernel that collapses on some CPU (Q4 with subnormal operands on Intel) shows up.
 Memory bandwidth drifts on this machine, so every measurement is repeated in interleaved rounds
 (all dtypes and thread counts once per round, bandwidth too) and medians are reported.
 
@@ -41,6 +45,8 @@ GEMM_M = 512
 BW_BYTES = 512 << 20
 MIN_SET_BYTES = 64 << 20  # a decode set at least 2x the 32 MiB L3
 DECODE_PASSES = 3
+Q4_PATHS = ["subnormal", "normal"]
+WARN_SHARE = 0.40  # a decode set under this share of the read bandwidth is flagged
 
 
 def _f32_tensor(n, seed):
@@ -97,6 +103,8 @@ def main(argv=None):
                    help="the largest thread count to measure (the table shows 1 and this)")
     p.add_argument("--quick", action="store_true", help="3 rounds instead of 7")
     p.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated subset of " + ",".join(DTYPES))
+    p.add_argument("--q4-paths", default="both",
+                   help="Q4 unpacking paths to measure: both (default), auto, normal or subnormal")
     p.add_argument("--layers", type=int, default=None,
                    help="decode-set layers (default: 30, more when needed to be 2x the L3); a small set "
                         "stays in cache and measures nothing but that the tool runs")
@@ -107,6 +115,11 @@ def main(argv=None):
         p.error(f"unknown dtype(s) {', '.join(bad)}: choose from {', '.join(DTYPES)}")
     if args.layers is not None and args.layers < 1:
         p.error("--layers must be at least 1")
+    q4_paths = {"both": Q4_PATHS, "auto": [None]}.get(args.q4_paths, [args.q4_paths])
+    if q4_paths != [None] and not set(q4_paths) <= set(Q4_PATHS):
+        p.error(f"--q4-paths must be both, auto, normal or subnormal, got {args.q4_paths!r}")
+    # what each row measures: (dtype, Q4 path or None for the engine's own choice)
+    variants = [(dt, q) for dt in dtypes for q in (q4_paths if dt.startswith("Q4") else [None])]
     rounds = 3 if args.quick else 7
     threads = sorted({1, max(1, args.threads)})
     t_start = time.perf_counter()
@@ -133,15 +146,18 @@ def main(argv=None):
                     F.matmul_n(x, ws, outs=outs)
 
     bw = {th: [] for th in threads}
-    res = {(dt, th): {"first": [], "decode": [], "head": [], "gemm": []} for dt in dtypes for th in threads}
+    res = {(v, th): {"first": [], "decode": [], "head": [], "gemm": []} for v in variants for th in threads}
+    q4_setting = B.q4_probe()["setting"]
     for rnd in range(rounds + 1):  # round 0 warms up (page faults, pool start) and is dropped
         for th in threads:
             B.set_threads(th)
             s = B.bench_read_bandwidth(BW_BYTES, 2)
             if rnd:
                 bw[th].append(BW_BYTES / s / 1e9)
-            for dt in dtypes:
-                c, r = cases[dt], res[dt, th]
+            for v in variants:
+                dt, q4 = v
+                B.set_q4_path(q4 or q4_setting)
+                c, r = cases[dt], res[v, th]
                 t_dec = [_time(lambda: decode_pass(c)) for _ in range(DECODE_PASSES)]
                 t_head = _time(lambda: F.matmul(x_model, c.head, out=o_head))
                 t_gemm = _time(lambda: F.matmul(x_gemm, c.gemm_w, out=o_gemm))
@@ -151,6 +167,7 @@ def main(argv=None):
                     r["head"].append(c.head.nbytes / t_head / 1e9)
                     r["gemm"].append(2.0 * GEMM_M * D_FF * D_MODEL / t_gemm / 1e9)
 
+    B.set_q4_path(q4_setting)
     med = statistics.median
     print(f"cengine kernels | {B.build_info()} | {rounds} interleaved rounds, medians "
           f"(setup {setup_s:.1f} s, total {time.perf_counter() - t_start:.1f} s)")
@@ -160,17 +177,26 @@ def main(argv=None):
     print(f"decode set: {N_LAYERS}+ layers x (q, k, v; o; gate, up; down) in 4 calls, cycled from DRAM, {DECODE_PASSES} "
           f"passes back to back: the first, then the steady state (the passes after it); "
           f"lm head: 49152x576; GEMM: [{GEMM_M},576] @ [1536,576]^T")
-    head = (f"{'dtype':<6}{'thr':>4} {'set MB':>7} {'1st pass':>9} {'decode GB/s':>12} {'% bw':>6} "
+    head = (f"{'dtype':<16}{'thr':>4} {'set MB':>7} {'1st pass':>9} {'decode GB/s':>12} {'% bw':>6} "
             f"{'lm-head GB/s':>13} {'% bw':>6}"
             f" {'GEMM GFLOP/s':>13}")
     print(head)
     print("-" * len(head))
-    for dt in dtypes:
+    slow = []
+    for v in variants:
+        dt, q4 = v
+        name = f"{dt}/{q4}" if q4 else dt
         for th in threads:
-            r, b = res[dt, th], med(bw[th])
+            r, b = res[v, th], med(bw[th])
             d, h = med(r["decode"]), med(r["head"])
-            print(f"{dt:<6}{th:>4} {cases[dt].decode_bytes / 1e6:>7.0f} {med(r['first']):>9.1f} {d:>12.1f} {100 * d / b:>5.0f}% "
+            if d < WARN_SHARE * b:
+                slow.append(f"{name} ({th} thread{'s' if th > 1 else ''}): {d:.1f} GB/s = {100 * d / b:.0f}%")
+            print(f"{name:<16}{th:>4} {cases[dt].decode_bytes / 1e6:>7.0f} {med(r['first']):>9.1f} {d:>12.1f} {100 * d / b:>5.0f}% "
                   f"{h:>13.1f} {100 * h / b:>5.0f}% {med(r['gemm']):>13.1f}")
+    for line in slow:
+        print(f"WARNING: decode set of {line} of the measured read bandwidth, under {100 * WARN_SHARE:.0f}%: "
+              "a kernel is far slower on this CPU than it should be, or other programs kept the cores busy "
+              "(rerun on a quiet machine; if it stays, please report it with this table)")
     return 0
 
 

@@ -113,12 +113,14 @@ def check_request(model, prompt_ids, params: SamplingParams):
     return need
 
 
-def generate_ids(model, prompt_ids, params: SamplingParams, cache=None, stats=None) -> Iterator[int]:
+def generate_ids(model, prompt_ids, params: SamplingParams, cache=None, stats=None, hooks=None) -> Iterator[int]:
     """Yields new token ids one by one (EOS excluded when stop_at_eos) until a stop condition.
 
     Stop strings are not handled here (they need text); see `stream_text`. If `stats` is a dict it
     receives prefill_tokens/prefill_seconds and decode_tokens/decode_seconds (forward passes only).
+    hooks, a list of (name, fn), apply to this sequence in prefill and every decode step.
     """
+    seq_hooks = [hooks] if hooks else None
     need = check_request(model, prompt_ids, params)
     if params.max_new_tokens == 0:
         return
@@ -130,7 +132,7 @@ def generate_ids(model, prompt_ids, params: SamplingParams, cache=None, stats=No
     if stats is None:
         stats = {}
     with profile.step("prefill", len(prompt_ids)) as st:   # the profiler's clock: one source of timing
-        logits = model.forward_batch([(list(prompt_ids), cache)], logits="last")   # [1, vocab]
+        logits = model.forward_batch([(list(prompt_ids), cache)], logits="last", seq_hooks=seq_hooks)  # [1, vocab]
     stats.update(prefill_tokens=len(prompt_ids), prefill_seconds=st.seconds, decode_tokens=0, decode_seconds=0.0)
     while True:
         tok = sampler.next(logits)  # [1, vocab]: the sampler reads it as one row
@@ -140,7 +142,7 @@ def generate_ids(model, prompt_ids, params: SamplingParams, cache=None, stats=No
         if sampler.done:
             return
         with profile.step("decode", 1) as st:
-            logits = model.forward_batch([([tok], cache)], logits="last")
+            logits = model.forward_batch([([tok], cache)], logits="last", seq_hooks=seq_hooks)
         stats["decode_seconds"] += st.seconds
         stats["decode_tokens"] += 1
 
@@ -188,7 +190,8 @@ class StopMatcher:
         return out
 
 
-def stream_text(model, tokenizer, prompt_ids, params: SamplingParams, ids_out=None, stats=None) -> Iterator[str]:
+def stream_text(model, tokenizer, prompt_ids, params: SamplingParams, ids_out=None, stats=None,
+                hooks=None) -> Iterator[str]:
     """Yields text pieces as tokens are generated; never splits a UTF-8 character; stops at stop strings.
 
     If ids_out is a list, the generated ids are appended to it (up to and including the token that
@@ -196,7 +199,7 @@ def stream_text(model, tokenizer, prompt_ids, params: SamplingParams, ids_out=No
     """
     decoder = tokenizer.stream(skip_special_tokens=False)
     matcher = StopMatcher(params.stop)
-    for tok in generate_ids(model, prompt_ids, params, stats=stats):
+    for tok in generate_ids(model, prompt_ids, params, stats=stats, hooks=hooks):
         if ids_out is not None:
             ids_out.append(tok)
         piece = matcher.feed(decoder.step(tok))

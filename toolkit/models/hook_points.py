@@ -64,6 +64,30 @@ class HookPoint:
         return f"<HookPoint {self.name}: {len(self.entries)} hook(s)>"
 
 
+class ReadOnly:
+    """Wraps a hook that only reads (caches, probes): its copy is not written back, and reading
+    attention scores this way leaves the fused attention kernel in place."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        if not callable(fn):
+            raise errors.ArgumentTypeError(f"a hook must be callable as fn(tensor, hook), got {type(fn).__name__}")
+        self.fn = fn
+
+    def __call__(self, t, hook):
+        return self.fn(t, hook)
+
+
+def _unwrap(fn):
+    """(callable, readonly) of a hook given by the user, or of a ReadOnly wrapper."""
+    if isinstance(fn, ReadOnly):
+        return fn.fn, True
+    if not callable(fn):
+        raise errors.ArgumentTypeError(f"a hook must be callable as fn(tensor, hook), got {type(fn).__name__}")
+    return fn, False
+
+
 class _Entry:
     __slots__ = ("fn", "readonly")
 
@@ -97,6 +121,7 @@ class HookSet:
         self.names = list(names)
         self.points = {n: HookPoint(n) for n in self.names}
         self.active = {}  # name -> HookPoint, only points with hooks: a pass reads just these
+        self.version = 0  # bumped by every change, so a pass can reuse the last pass's grouping
 
     # ---- names ----
     def point(self, name):
@@ -139,15 +164,14 @@ class HookSet:
             f"a hook filter is a name, a list of names or a function name -> bool, got {type(name_filter).__name__}")
 
     # ---- registration ----
-    def add(self, name, fn, readonly=False):
-        """Registers fn(tensor, hook) on one hook point; readonly hooks promise not to edit (their
-        tensor is not copied back)."""
-        if not callable(fn):
-            raise errors.ArgumentTypeError(f"a hook must be callable as fn(tensor, hook), got {type(fn).__name__}")
+    def add(self, name, fn):
+        """Registers fn(tensor, hook) on one hook point (a `ReadOnly(fn)` promises not to edit)."""
+        fn, readonly = _unwrap(fn)
         p = self.point(name)
         e = _Entry(fn, readonly)
         p.entries.append(e)
         self.active[p.name] = p
+        self.version += 1
         return HookHandle(self, p, e)
 
     def _remove(self, p, e):
@@ -155,6 +179,7 @@ class HookSet:
             p.entries.remove(e)
         if not p.entries:
             self.active.pop(p.name, None)
+        self.version += 1
 
     def clear(self, names=None):
         """Removes every hook (names=None) or those on the given names."""
@@ -162,6 +187,7 @@ class HookSet:
             p = self.point(n)
             p.entries.clear()
             self.active.pop(n, None)
+        self.version += 1
 
     def counts(self):
         return {n: len(p.entries) for n, p in self.active.items()}
@@ -228,10 +254,12 @@ class PassHooks:
                 if not isinstance(item, (list, tuple)) or len(item) != 2:
                     raise errors.ArgumentTypeError(f"seq_hooks[{b}] entries are (name, fn) pairs, got {item!r:.80}")
                 name, fn = item
-                if not callable(fn):
-                    raise errors.ArgumentTypeError(f"seq_hooks[{b}]: a hook must be callable, got {type(fn).__name__}")
-                for n in hook_set.resolve(name):
-                    self._add(hook_set.points[n], fn, b, False)
+                fn, readonly = _unwrap(fn)
+                if isinstance(name, str) and name in hook_set.points:
+                    self._add(hook_set.points[name], fn, b, readonly)
+                else:
+                    for n in hook_set.resolve(name):
+                        self._add(hook_set.points[n], fn, b, readonly)
 
     def _add(self, point, fn, seq, readonly):
         i = point.layer_index

@@ -4,6 +4,8 @@
 
 Engine settings (threads, SIMD on/off for reference runs, build info) live here too.
 """
+import os
+
 from toolkit import errors
 
 from . import functional
@@ -20,7 +22,8 @@ __all__ = [
     "scaled_dot_product_attention", "matmul", "matmul_n", "linear", "embedding", "rms_norm", "rope_", "softmax",
     "silu", "gelu", "silu_mul", "add", "mul", "scale", "argmax", "topk", "copy_", "copy_rows_", "sample",
     "repetition_penalty_",
-    "set_threads", "get_threads", "set_simd", "get_simd", "build_info", "engine_version", "bench_read_bandwidth",
+    "set_threads", "get_threads", "set_simd", "get_simd", "set_q4_path", "get_q4_path", "q4_probe",
+    "set_batch_invariant", "get_batch_invariant", "build_info", "engine_version", "bench_read_bandwidth",
 ]
 
 
@@ -46,6 +49,59 @@ def set_simd(enabled):
 
 def get_simd():
     return bool(lib.ce_get_simd())
+
+
+_Q4_PATHS = {"auto": lib.CE_Q4_AUTO, "normal": lib.CE_Q4_NORMAL, "subnormal": lib.CE_Q4_SUBNORMAL}
+
+
+def set_q4_path(path):
+    """Chooses how the Q4 GEMV unpacks nibbles: "normal" (converted to normal floats: fast on every
+    CPU), "subnormal" (read in place as subnormal floats: a little faster where the CPU takes
+    subnormal operands at full speed, like AMD Zen, 20x slower on Intel) or "auto" (the start-up
+    probe's choice, the default). Both give bit-identical results. The env var TOOLKIT_Q4_PATH sets
+    the value the process starts with."""
+    if not isinstance(path, str):
+        raise errors.ArgumentTypeError(f"q4 path must be a str, got {type(path).__name__}")
+    if path not in _Q4_PATHS:
+        raise errors.InvalidArgumentError(f"q4 path must be one of {', '.join(_Q4_PATHS)}, got {path!r}")
+    check(lib.ce_set_q4_path(_Q4_PATHS[path]))
+
+
+def get_q4_path():
+    """The Q4 unpacking in use: "normal" or "subnormal" (see set_q4_path)."""
+    return "normal" if lib.ce_get_q4_path() == lib.CE_Q4_NORMAL else "subnormal"
+
+
+def q4_probe():
+    """The start-up probe: {"setting": "auto"|"normal"|"subnormal", "path": the one in use,
+    "subnormal_ns": ns per FMA with a subnormal operand, "normal_ns": with normal operands}."""
+    setting = {v: k for k, v in _Q4_PATHS.items()}[lib.ce_get_q4_path_setting()]
+    return {"setting": setting, "path": get_q4_path(), "subnormal_ns": lib.ce_q4_probe_ns(lib.CE_Q4_SUBNORMAL),
+            "normal_ns": lib.ce_q4_probe_ns(lib.CE_Q4_NORMAL)}
+
+
+def _q4_path_from_env():
+    value = os.environ.get("TOOLKIT_Q4_PATH")
+    if value is not None and value not in _Q4_PATHS:
+        raise errors.InvalidArgumentError(
+            f"TOOLKIT_Q4_PATH must be one of {', '.join(_Q4_PATHS)}, got {value!r}")
+
+
+_q4_path_from_env()
+
+
+def set_batch_invariant(enabled):
+    """True (default): every matmul row's result has the same bits whatever the number of rows
+    in the call and the row's position, so a sequence's logits do not depend on what shares its
+    batch. False lets calls with 8 or more rows use a packed GEMM whose rounding differs (for
+    speed comparisons; the models never need it)."""
+    if not isinstance(enabled, bool):
+        raise errors.ArgumentTypeError(f"batch invariance must be a bool, got {type(enabled).__name__}")
+    lib.ce_set_batch_invariant(1 if enabled else 0)
+
+
+def get_batch_invariant():
+    return bool(lib.ce_get_batch_invariant())
 
 
 def build_info():

@@ -308,7 +308,10 @@ class Tensor:
         return out
 
     def clone(self):
-        out = Tensor(self.shape, self.dtype)
+        # Hooks clone every activation they see: skip the shape checks a new Tensor() does
+        pp = ffi.new("ce_tensor **")
+        check(lib.ce_tensor_new(pp, self._ct.dtype, len(self.shape), self.shape))
+        out = Tensor._from_handle(pp[0], self.shape, self.dtype, None)
         check(lib.ce_copy(out._ct, self._ct))
         return out
 

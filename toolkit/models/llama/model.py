@@ -121,7 +121,7 @@ def _adjacent_to_hf(view):
 
 def _hf_to_adjacent(view, t):
     R, H, D = view.shape
-    view.reshape(R * H, D // 2, 2).copy_(t.reshape(R * H, 2, D // 2).permute(0, 2, 1))
+    view.reshape(R * H, D // 2, 2).copy_(t.contiguous().reshape(R * H, 2, D // 2).permute(0, 2, 1))
 
 
 class LlamaAttention(Module):
@@ -131,15 +131,19 @@ class LlamaAttention(Module):
         self.k_proj = Linear(config.hidden_size, config.kv_dim)
         self.v_proj = Linear(config.hidden_size, config.kv_dim)
         self.o_proj = Linear(config.q_dim, config.hidden_size)
+        self.config = config
         self.layer_index = layer_index
         self.n_heads, self.n_kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                         config.head_dim)
         self.rope_theta, self.rope_mode = config.rope_theta, config.rope_mode
         self.scale = config.head_dim ** -0.5
 
-    def forward(self, h, p, hk=None):
+    def forward(self, h, p=None, hk=None):
         """h [N, d_model]: the normalised rows of every sequence in pass p; appends their keys and
-        values to each sequence's KV cache; returns the attention output [N, d_model] (p.s.o)."""
+        values to each sequence's KV cache; returns the attention output [N, d_model] (p.s.o).
+        Without p, h's rows are one new sequence (positions 0..N-1, a KV cache of its own)."""
+        if p is None:
+            p = _standalone(self.config, h)
         s, D, i = p.s, self.head_dim, self.layer_index
         # q [N, H*D], k and v [N, Hkv*D]: one engine call, so a decode step starts the threads
         # once for the three (bit-identical to three matmuls)
@@ -168,20 +172,20 @@ class LlamaAttention(Module):
         return F.matmul(s.z, self.o_proj.weight, out=s.o)                 # [N, d_model]
 
     def _attend_hooked(self, sq, kc, vc, n_kv, hk):
-        """Attention of one sequence with its scores or pattern hooked. Reading the pattern uses
-        the fused kernel (so it changes nothing); hooked scores, or a pattern a hook edited, are
-        mixed with the values op by op."""
+        """Attention of one sequence with its scores or pattern hooked. Unless a hook edits them,
+        the fused kernel computes the output (so reading changes nothing); edited scores or an
+        edited pattern are mixed with the values op by op."""
         if "attn.hook_attn_scores" in hk:
             scores = self._scores(sq, kc, n_kv)                           # [H, T, n_kv]
-            hk.fire_seq("attn.hook_attn_scores", scores, sq.b, sq.start)
-            probs = F.softmax(scores, out=scores)
-            hk.fire_seq("attn.hook_pattern", probs, sq.b, sq.start)
-            self._mix(probs, vc, n_kv, sq.z3)
-            return
+            if hk.fire_seq("attn.hook_attn_scores", scores, sq.b, sq.start, detect=True):  # edited
+                probs = F.softmax(scores, out=scores)
+                hk.fire_seq("attn.hook_pattern", probs, sq.b, sq.start)
+                self._mix(probs, vc, n_kv, sq.z3)
+                return
         _, probs = F.scaled_dot_product_attention(sq.q3, kc, vc, sq.pos, n_kv, self.scale, out=sq.z3,
                                                   return_probs=True)    # probs [H, T, n_kv]
         if hk.fire_seq("attn.hook_pattern", probs, sq.b, sq.start, detect=True):
-            self._mix(probs, vc, n_kv, sq.z3)
+            self._mix(probs, vc, n_kv, sq.z3)                             # a hook edited the pattern
 
     def _scores(self, sq, kc, n_kv):
         """[H, T, n_kv]: q.k * scale of each head, -inf where a query may not look."""
@@ -214,9 +218,12 @@ class LlamaMLP(Module):
         self.gate_proj = Linear(config.hidden_size, config.intermediate_size)
         self.up_proj = Linear(config.hidden_size, config.intermediate_size)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size)
+        self.config = config
 
-    def forward(self, h, p, hk=None):
-        """h [N, d_model] -> down(silu(gate(h)) * up(h)) [N, d_model] (p.s.o)."""
+    def forward(self, h, p=None, hk=None):
+        """h [N, d_model] -> down(silu(gate(h)) * up(h)) [N, d_model] (p.s.o; a new tensor without p)."""
+        if p is None:
+            p = _standalone(self.config, h)
         s = p.s
         F.matmul_n(h, [self.gate_proj.weight, self.up_proj.weight], outs=s.gate_up)  # [N, d_mlp] each
         if hk:
@@ -235,10 +242,15 @@ class DecoderLayer(Module):
         self.self_attn = LlamaAttention(config, layer_index)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
+        self.config = config
         self.layer_index = layer_index
 
-    def forward(self, x, p):
-        """x [N, d_model]: the residual stream of every row of pass p, updated in place and returned."""
+    def forward(self, x, p=None):
+        """x [N, d_model]: the residual stream of every row of pass p, updated in place and returned.
+        Without p, x's rows are one new sequence (positions 0..N-1) and a new tensor is returned."""
+        if p is None:
+            p = _standalone(self.config, x)
+            x = x.clone()
         hk = p.hooks.layers[self.layer_index] if p.hooks else None       # None: nothing hooked here
         if hk:
             hk.fire("hook_resid_pre", x)
@@ -326,6 +338,23 @@ class _Pass:
     __slots__ = ("s", "pos", "seqs", "hooks")
 
 
+def _standalone(config, x):
+    """A pass for calling a block or sublayer on its own: x's rows [T, d_model] are one new
+    sequence at positions 0..T-1 with a KV cache of its own."""
+    if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != config.hidden_size:
+        got = x.shape if isinstance(x, Tensor) else type(x).__name__
+        raise errors.ShapeError(f"expected a Tensor [tokens, {config.hidden_size}], got {got}")
+    T = x.shape[0]
+    p = _Pass()
+    p.s = s = _Scratch(config, T)
+    p.pos = Tensor((T,), "I32").load(list(range(T)))
+    sq = _Seq()
+    sq.b, sq.cache, sq.start, sq.t, sq.row0 = 0, KVCache(config, T), 0, T, 0
+    sq.q3, sq.k3, sq.v3, sq.z3, sq.pos = s.q3, s.k3, s.v3, s.z3, p.pos
+    p.seqs, p.hooks = [sq], None
+    return p
+
+
 class LlamaModel(Module):
     """Implementation of the Llama model using C-Engine (SmolLM2, Llama 2/3, TinyLlama ...)."""
 
@@ -338,7 +367,8 @@ class LlamaModel(Module):
         if not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.unembed = Unembed(self)
-        for m, path in [(self.embed_tokens, "embed"), (self.norm, "ln_final"), (self.unembed, "unembed")]:
+        for m, path in [(self.embed_tokens, "embed"), (self.layers, "blocks"), (self.norm, "ln_final"),
+                        (self.unembed, "unembed")]:
             m.hook_path = path
         if not config.tie_word_embeddings:
             self.lm_head.hook_path = "unembed.lm_head"
@@ -386,6 +416,24 @@ class LlamaModel(Module):
 
     def remove_hooks(self, names=None):
         self.hook_set.clear(names)
+
+    def _pass_hooks(self, seq_hooks, spans):
+        """The hooks of a pass grouped by layer. Decode steps with the same registered hooks and
+        the same seq_hooks lists reuse the last grouping (the key holds those lists, so their ids
+        stay theirs)."""
+        key = (self.hook_set.version, None if seq_hooks is None else tuple(seq_hooks),
+               None if seq_hooks is None else tuple(len(h) if h else 0 for h in seq_hooks))
+        last = self.__dict__.get("_last_pass_hooks")
+        if last is not None and last[0][0] == key[0] and last[0][2] == key[2] and (
+                last[0][1] is key[1] is None or (key[1] is not None and last[0][1] is not None and
+                                                 all(a is b for a, b in zip(last[0][1], key[1])))):
+            hk = last[1]
+            hk.spans = spans
+            return hk
+        hk = PassHooks(self.hook_set, seq_hooks, spans, self.config.num_hidden_layers, self._layouts)
+        if len(spans) == 1 and spans[0].rows == 1:  # only decode steps: a prompt's hooks are not kept alive
+            self.__dict__["_last_pass_hooks"] = (key, hk)
+        return hk
 
     # ---- forward ----
     def forward(self, input_ids, cache=None, logits="all"):
@@ -450,8 +498,7 @@ class LlamaModel(Module):
                                                    p.pos[a:a + t]))
             p.seqs.append(sq)
         hooked = self.hook_set.active or (seq_hooks and any(seq_hooks))
-        p.hooks = hk = (PassHooks(self.hook_set, seq_hooks, spans, c.num_hidden_layers, self._layouts)
-                        if hooked else None)
+        p.hooks = hk = self._pass_hooks(seq_hooks, spans) if hooked else None
         top = hk.top if hk else None
 
         x = self.embed_tokens(ids_t, out=s.x)                             # [N, d_model]

@@ -157,7 +157,9 @@ class Llama_Plugin(TextModelPluginInterface):
             kwargs["max_new_tokens"] = max_new_tokens
         return SamplingParams.from_kwargs(self.sampling_defaults, **kwargs)
 
-    def _prompt_ids(self, prompt):
+    def prompt_ids(self, prompt):
+        """Token ids of a prompt: text is encoded (no special tokens added), ids are checked."""
+        self.model
         if isinstance(prompt, str):
             if not prompt:
                 raise errors.InvalidArgumentError("the prompt is empty")
@@ -166,12 +168,26 @@ class Llama_Plugin(TextModelPluginInterface):
 
         return _as_id_list(prompt)
 
-    def stream_text(self, prompt, ids_out=None, stats=None, **kwargs):
-        """Text pieces as generated; ids_out (a list) collects the ids, stats (a dict) the timings."""
+    _prompt_ids = prompt_ids
+
+    def stream_text(self, prompt, ids_out=None, stats=None, hooks=None, **kwargs):
+        """Text pieces as generated; ids_out (a list) collects the ids, stats (a dict) the timings;
+        hooks (a list of (name, fn)) apply in prefill and in every decode step."""
         from ...common.generation import stream_text
 
-        return stream_text(self.model, self.tokenizer, self._prompt_ids(prompt), self._params(**kwargs), ids_out,
-                           stats)
+        return stream_text(self.model, self.tokenizer, self.prompt_ids(prompt), self._params(**kwargs), ids_out,
+                           stats, hooks=hooks)
+
+    def generate_token_ids(self, prompt, hooks=None, **kwargs):
+        """New token ids (an iterator), decoding no text: stop strings do not apply here."""
+        from ...common.generation import generate_ids
+
+        params = self._params(**kwargs)
+        return generate_ids(self.model, self.prompt_ids(prompt), params, hooks=hooks)
+
+    @property
+    def is_loaded(self):
+        return self._model is not None
 
     def generate_text(self, prompt: str, max_new_tokens: int = None, **kwargs) -> str:
         """The newly generated text for `prompt` (a string or token ids)."""

@@ -1,0 +1,150 @@
+"""The two Q4 GEMV unpackings (gemv.c, simd_load.h): nibbles read in place as subnormal floats
+(q4_bits, fast on AMD Zen) and converted to normal floats (q4_ints, fast on Intel, whose cores take
+a microcode assist per subnormal FMA operand). They must give the same bits on any machine, agree
+with the scalar reference, and be selectable from Python and the environment; the start-up probe's
+choice and timings must show in build_info()."""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from toolkit import errors
+from toolkit.core.engine import backend as B
+from toolkit.core.engine import functional as F
+from toolkit.core.engine.backend import Tensor
+from test_matmul import check_against_reference, decode_weights, make, q4_1_mins, rand_list
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# awkward shapes: one block, odd row counts around the tile sizes (4, 2, 1) and the 16-row thread
+# split, several rows of x (pairs and a lone last row), K past the per-thread xq copy (XQ_LOCAL)
+SHAPES = [(1, 1, 32), (1, 5, 64), (1, 17, 96), (2, 3, 32), (3, 33, 160), (5, 50, 576), (7, 129, 64),
+          (1, 2001, 576), (2, 7, 8192), (7, 9, 1536)]
+
+
+def both_paths(fn):
+    out = {}
+    for path in ("subnormal", "normal"):
+        B.set_q4_path(path)
+        assert B.get_q4_path() == path
+        out[path] = fn()
+    return out["subnormal"], out["normal"]
+
+
+def x_with_zeros_and_range(m, k, seed):
+    """x with exact zeros and magnitudes over 2^-60 .. 2^10 of one another (within the range where
+    both paths are documented to agree bit for bit: 2^-76 of each row's largest)."""
+    x = rand_list(m * k, seed)
+    for i in range(0, len(x), 7):
+        x[i] = 0.0
+    for i in range(3, len(x), 11):
+        x[i] = math.ldexp(x[i], -60 + (i % 70))
+    return x
+
+
+@pytest.mark.parametrize("dtype", ["Q4_0", "Q4_1"])
+def test_paths_bit_identical_and_match_reference(dtype):
+    for i, (m, n, k) in enumerate(SHAPES):
+        _, _, wt = make(m, n, k, dtype, 300 + i)
+        x = x_with_zeros_and_range(m, k, 400 + i)
+        xt = Tensor.from_list(x, (m, k))
+        for threads in (1, 2):
+            B.set_threads(threads)
+            sub, norm = both_paths(lambda: F.matmul(xt, wt).to_list())
+            assert sub == norm, (dtype, m, n, k, threads)
+        if n * k <= 64 * 1024:  # the float64 reference is slow in Python: small shapes only
+            w_rows = decode_weights(wt)
+            if dtype == "Q4_0":
+                check_against_reference(norm, [x[r * k:(r + 1) * k] for r in range(m)], w_rows)
+            else:  # Q4_1's m term is summed apart: error scale sum |x| (|w - m| + |m|)
+                ms = q4_1_mins(wt)
+                for r in range(m):
+                    xr = x[r * k:(r + 1) * k]
+                    for j in range(n):
+                        want = math.fsum(a * b for a, b in zip(xr, w_rows[j]))
+                        scale = math.fsum(abs(a) * (abs(b - ms[j][q // 32]) + abs(ms[j][q // 32]))
+                                          for q, (a, b) in enumerate(zip(xr, w_rows[j])))
+                        assert abs(norm[r * n + j] - want) <= 2e-6 * scale + 1e-30
+        B.set_simd(False)
+        scalar = F.matmul(xt, wt).to_list()
+        B.set_simd(True)
+        row_l1 = [math.fsum(abs(v) for v in x[r * k:(r + 1) * k]) for r in range(m)]
+        for j, (a, b) in enumerate(zip(scalar, norm)):
+            assert abs(a - b) <= 4e-6 * row_l1[j // n] * 2, (dtype, m, n, k, j, a, b)
+
+
+@pytest.mark.parametrize("scale", [-26, -10, 0, 40, 100])
+def test_paths_agree_at_any_activation_scale(scale):
+    """build_xq rescales x by powers of two chosen from its largest |x|, each path differently,
+    both exactly, so they agree at every magnitude down to a largest |x| of 2^-27 (below it the
+    subnormal path's products underflow)."""
+    m, n, k = 2, 37, 576
+    for dtype in ("Q4_0", "Q4_1"):
+        x, _, wt = make(m, n, k, dtype, 17)
+        xt = Tensor.from_list([math.ldexp(v, scale) for v in x], (m, k))
+        sub, norm = both_paths(lambda: F.matmul(xt, wt).to_list())
+        assert sub == norm, (dtype, scale)
+
+
+def test_normal_path_stays_exact_for_tiny_activations():
+    """Where the subnormal path underflows (activations near 2^-100), the normal one still scales
+    exactly: its result is the unscaled one times the same power of two."""
+    m, n, k = 1, 37, 576
+    B.set_q4_path("normal")
+    for dtype in ("Q4_0", "Q4_1"):
+        x, xt, wt = make(m, n, k, dtype, 18)
+        base = F.matmul(xt, wt).to_list()
+        got = F.matmul(Tensor.from_list([math.ldexp(v, -100) for v in x], (m, k)), wt).to_list()
+        assert got == [math.ldexp(v, -100) for v in base], dtype
+
+
+def test_matmul_n_paths_bit_identical():
+    """ce_matmul_n shares one permuted x between weights of a dtype: both paths, mixed dtypes."""
+    k = 576
+    ws = [make(1, n, k, dt, 70 + n)[2] for n, dt in [(64, "Q4_1"), (31, "Q4_0"), (33, "Q8_0"), (17, "Q4_1")]]
+    for m in (1, 3):
+        xt = Tensor.from_list(x_with_zeros_and_range(m, k, 90 + m), (m, k))
+        sub, norm = both_paths(lambda: [o.to_list() for o in F.matmul_n(xt, ws)])
+        assert sub == norm
+        for w, got in zip(ws, norm):
+            assert F.matmul(xt, w).to_list() == got
+
+
+def test_set_q4_path_rejects_bad_values():
+    with pytest.raises(errors.InvalidArgumentError, match="normal, subnormal"):
+        B.set_q4_path("fast")
+    with pytest.raises(errors.ArgumentTypeError):
+        B.set_q4_path(1)
+    B.set_q4_path("normal")
+    assert B.q4_probe()["setting"] == "normal" and B.get_q4_path() == "normal"
+    assert "q4=normal (forced" in B.build_info()
+    B.set_q4_path("subnormal")
+    assert "q4=subnormal (forced" in B.build_info()
+
+
+def test_probe_timings_and_auto_choice_in_build_info():
+    B.set_q4_path("auto")
+    p = B.q4_probe()
+    assert p["setting"] == "auto"
+    assert 0 < p["subnormal_ns"] < 1e4 and 0 < p["normal_ns"] < 1e4
+    # the rule: subnormal operands only when they cost less than 1.5x normal ones
+    assert p["path"] == ("normal" if p["subnormal_ns"] > 1.5 * p["normal_ns"] else "subnormal")
+    info = B.build_info()
+    assert f"q4={p['path']} (auto; probe: FMA with subnormal operand" in info
+    assert f"{p['normal_ns']:.2f} ns" in info
+
+
+def _run(code, value):
+    env = dict(os.environ, TOOLKIT_Q4_PATH=value, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_environment_variable_sets_the_start_path():
+    code = "from toolkit.core.engine import backend as B; print(B.q4_probe()['setting'], B.get_q4_path())"
+    for value in ("normal", "subnormal"):
+        r = _run(code, value)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == [value, value]
+    r = _run(code, "fastest")
+    assert r.returncode != 0 and "TOOLKIT_Q4_PATH must be one of auto, normal, subnormal" in r.stderr

@@ -1,0 +1,2 @@
+"""Shared by the interp tests."""
+PROMPT = "The quick brown fox jumps over the lazy dog near the river."
