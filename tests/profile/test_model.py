@@ -75,21 +75,18 @@ def test_results_are_bit_identical_with_the_profiler_on(model):
     assert toks_on == toks_off
 
 
-def test_generation_steps_are_the_per_token_rows_and_the_stats(model):
-    stats = {}
+def test_generation_steps_are_the_per_token_rows_and_the_token_events(model):
     with model.profile() as prof:
-        for _ in model.plugin.stream_text("Hello there", max_new_tokens=5, stats=stats, stop_at_eos=False):
-            pass
+        events = list(model.stream("Hello there", details=True, max_new_tokens=5, stop_at_eos=False))
     rows = prof.per_token()
-    assert [r["phase"] for r in rows] == ["prefill"] + ["decode"] * 4
-    assert rows[0]["tokens"] == stats["prefill_tokens"]
-    # one clock: the stats generation reports are the profiler's step times
-    assert sum(r["seconds"] for r in rows[1:]) == pytest.approx(stats["decode_seconds"], rel=1e-9)
-    assert rows[0]["seconds"] == pytest.approx(stats["prefill_seconds"], rel=1e-9)
+    assert [r["phase"] for r in rows] == [e.phase for e in events] == ["prefill"] + ["decode"] * 4
+    assert [r["tokens"] for r in rows] == [e.n_input for e in events]
+    # one clock: the seconds generation reports for each token are the profiler's step times
+    assert [r["seconds"] for r in rows] == [e.seconds for e in events]
     for r in rows:
         assert 0 < r["op_seconds"] <= r["seconds"]
+        assert 0 < r["sampling_seconds"] < r["op_seconds"]   # sampling and token probabilities
         assert r["weight_bytes"] > 0
-    assert all(r["between_seconds"] > 0 for r in rows[:-1])   # sampling ran between the passes
 
 
 def _check_trace(trace):

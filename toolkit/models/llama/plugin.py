@@ -170,13 +170,14 @@ class Llama_Plugin(TextModelPluginInterface):
 
     _prompt_ids = prompt_ids
 
-    def stream_text(self, prompt, ids_out=None, stats=None, hooks=None, **kwargs):
-        """Text pieces as generated; ids_out (a list) collects the ids, stats (a dict) the timings;
-        hooks (a list of (name, fn)) apply in prefill and in every decode step."""
+    def stream_text(self, prompt, details=False, top=5, probs=True, hooks=None, **kwargs):
+        """Text pieces as generated, or with details=True a TokenEvent per token (id, text, prob,
+        logprob, `top` alternatives, step time, phase): see toolkit.common.generation. hooks (a
+        list of (name, fn)) apply in prefill and in every decode step."""
         from ...common.generation import stream_text
 
-        return stream_text(self.model, self.tokenizer, self.prompt_ids(prompt), self._params(**kwargs), ids_out,
-                           stats, hooks=hooks)
+        return stream_text(self.model, self.tokenizer, self.prompt_ids(prompt), self._params(**kwargs), details, top,
+                           probs, hooks)
 
     def generate_token_ids(self, prompt, hooks=None, **kwargs):
         """New token ids (an iterator), decoding no text: stop strings do not apply here."""
