@@ -337,13 +337,14 @@ class Profiler:
         (the same times as generation's TokenEvent.seconds): phase, tokens, seconds (the step's
         wall time), tokens_per_s, op_seconds (ops inside it), python_seconds (the rest),
         sampling_seconds (ops outside every module during the step or after it, before the next:
-        sampling, token probabilities, loading ids), flops, bytes_read, weight_bytes. Empty when
+        sampling, token probabilities, loading ids), between_seconds (ops after the step, before
+        the next: what the caller ran between passes), flops, bytes_read, weight_bytes. Empty when
         nothing ran through generation."""
         self._done()
         steps = sorted(self._steps, key=lambda s: s.t0)
         rows = []
         starts = [s.t0 for s in steps]
-        acc = [[0, 0, 0, 0, 0] for _ in steps]      # op ns inside, outside modules, flops, bytes_read, weight
+        acc = [[0, 0, 0, 0, 0, 0] for _ in steps]   # op ns inside, outside modules, flops, bytes_read, weight, after
         for op, region, _th, _pad, t0, dur, rd, _wr, wb, fl in self._events:
             i = bisect.bisect_right(starts, t0) - 1
             if i < 0:
@@ -355,6 +356,8 @@ class Profiler:
                 a[2] += fl
                 a[3] += rd
                 a[4] += wb
+            else:
+                a[5] += dur
             if not region:
                 a[1] += dur
         for i, s in enumerate(steps):
@@ -363,6 +366,7 @@ class Profiler:
             rows.append(dict(index=i, phase=s.phase, tokens=s.tokens, seconds=sec,
                              tokens_per_s=s.tokens / sec if sec > 0 else 0.0, op_seconds=a[0] * 1e-9,
                              python_seconds=max(sec - a[0] * 1e-9, 0.0), sampling_seconds=a[1] * 1e-9,
+                             between_seconds=a[5] * 1e-9,
                              flops=a[2], bytes_read=a[3], weight_bytes=a[4]))
         return rows
 
