@@ -230,7 +230,8 @@ ce_status ce_sample(const ce_tensor *logits, float temperature, int64_t top_k, f
                     double r, int32_t *out_id);
 
 /* ---- profiler ----
- * When enabled, every op above (the ce_op enum) adds to its counters on return: calls, wall time
+ * When enabled, every op function above (one per ce_op; tensor, dtype and settings calls are not
+ * ops) adds to its counters on return: calls, wall time
  * as the caller sees it (monotonic ns, threads included), bytes read and written (weights by
  * their stored dtype; each operand once, as a kernel streaming it from memory would), FLOPs (a
  * multiply-add is 2; attention counts its two dot products, 4 * D per query, head and key). A
