@@ -121,6 +121,8 @@ def test_tk_cache_binds_the_cache(shell, model):
     assert result.success, cap.stderr
     assert names in list(shell.user_ns["acts"].keys())
     assert "bound to `acts`" in cap.stdout and "<table" in cap.outputs[0].data["text/html"]
+    data, _ = shell.display_formatter.format(shell.user_ns["acts"])   # `acts` alone in a cell
+    assert "<table" in data["text/html"] and names in data["text/html"]
 
 
 def test_tk_bench_measures_and_plots(shell, model):
