@@ -15,6 +15,7 @@ from toolkit import errors
 
 from ..core.engine import functional as F
 from ..core.engine import profile
+from . import validate
 
 
 @dataclass
@@ -31,12 +32,7 @@ class SamplingParams:
 
     def __post_init__(self):
         def num(name, lo, hi=None, integer=False):
-            v = getattr(self, name)
-            ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
-            if isinstance(v, bool) or not ok_type:
-                raise errors.ArgumentTypeError(f"{name} must be {'an int' if integer else 'a number'}, got {v!r}")
-            if v < lo or (hi is not None and v > hi) or v != v:
-                raise errors.InvalidArgumentError(f"{name} must be in [{lo}, {hi if hi is not None else 'inf'}], got {v!r}")
+            setattr(self, name, validate.number(name, getattr(self, name), lo, hi, integer=integer))
 
         num("max_new_tokens", 0, integer=True)
         num("temperature", 0.0)

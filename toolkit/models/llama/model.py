@@ -13,6 +13,7 @@ import weakref
 
 from toolkit import errors
 
+from ...common import validate
 from ...core.engine import functional as F
 from ...core.engine.backend import Embedding, Linear, Module, ModuleList, RMSNorm, Tensor
 from ..hook_points import HookSet, PassHooks, Span
@@ -40,6 +41,8 @@ class KVCache:
         # [capacity, Hkv, D] views that the ops take.
         shape = (config.num_key_value_heads, capacity, config.head_dim)
         dtype = config.kv_cache_dtype
+        validate.fits_in_memory(2 * config.num_hidden_layers * shape[0] * capacity * shape[2] * (2 if dtype == "F16" else 4),
+                                f"a KV cache of {capacity} tokens")
         self.k = [Tensor(shape, dtype).permute(1, 0, 2) for _ in range(config.num_hidden_layers)]
         self.v = [Tensor(shape, dtype).permute(1, 0, 2) for _ in range(config.num_hidden_layers)]
         self.capacity = capacity
@@ -545,18 +548,4 @@ class LlamaModel(Module):
 
 def _as_id_list(input_ids):
     """Token ids from a Tensor (any shape; float ids as in the plugin guide) or a sequence of ints."""
-    if isinstance(input_ids, Tensor):
-        vals = input_ids.to_list()
-    elif isinstance(input_ids, (list, tuple, range)):
-        vals = list(input_ids)
-    else:
-        raise errors.ArgumentTypeError(f"token ids must be a Tensor or a list of ints, got {type(input_ids).__name__}")
-    out = []
-    for v in vals:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise errors.ArgumentTypeError(f"token ids must be numbers, got {v!r}")
-        iv = int(v)
-        if iv != v:
-            raise errors.ArgumentTypeError(f"token id {v!r} is not a whole number")
-        out.append(iv)
-    return out
+    return validate.token_ids(input_ids)
