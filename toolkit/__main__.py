@@ -74,6 +74,15 @@ def _convert(args):
     print(f"wrote {args.out_dir}: {', '.join(files)}")
 
 
+def _repro_check(args):
+    from toolkit import experiments
+
+    result = experiments.check(args.manifest, model=args.model, threads=args.threads)
+    print(f"{args.manifest}: {result.summary()}")
+    if not result.ok:
+        raise SystemExit(1)  # 1: ran, but does not reproduce; 2: could not check (ToolkitError)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m toolkit", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -104,6 +113,14 @@ def main(argv=None):
     c.add_argument("out_dir")
     c.add_argument("--dtype", default="F32", choices=["F32", "BF16"])
     c.set_defaults(fn=_convert)
+    # -- repro (experiment manifests; toolkit/experiments.py) --
+    r = sub.add_parser("repro", help="check that an experiment manifest still reproduces")
+    rsub = r.add_subparsers(dest="repro_cmd", required=True)
+    rcheck = rsub.add_parser("check", help="re-run the manifest's probe and compare every field")
+    rcheck.add_argument("manifest", help="manifest .json (or the directory holding manifest.json)")
+    rcheck.add_argument("--model", default=None, help="check this model file/name instead of the recorded one")
+    rcheck.add_argument("--threads", type=int, default=None)
+    rcheck.set_defaults(fn=_repro_check)
     args = p.parse_args(argv)
     try:
         args.fn(args)

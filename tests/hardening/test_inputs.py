@@ -13,15 +13,15 @@ NON_FINITE = [float("nan"), float("inf"), float("-inf")]
 
 @pytest.mark.parametrize("bad", NON_FINITE)
 def test_non_finite_token_ids(tiny_model, bad):
-    with pytest.raises(errors.ArgumentTypeError, match="not a whole number"):
+    with pytest.raises(errors.InvalidArgumentError, match="not a finite number"):
         tiny_model.logits([1, bad])
-    with pytest.raises(errors.TokenizerError, match="not a whole number"):
+    with pytest.raises(errors.TokenizerError, match="not a finite number"):
         tiny_model.plugin.detokenize([bad])
     bm = tiny_model.plugin.batch_manager
-    with pytest.raises(errors.ArgumentTypeError, match="not a whole number"):
+    with pytest.raises(errors.InvalidArgumentError, match="not a finite number"):
         bm.add_request("a", [bad])
     assert bm.pending == 0  # nothing half-queued
-    with pytest.raises(errors.ArgumentTypeError):
+    with pytest.raises(errors.InvalidArgumentError):
         tiny_model.generate([1, bad], max_new_tokens=1)
 
 

@@ -76,4 +76,5 @@ def test_default_model_cycles_do_not_leak(smollm2_gguf_path):
         gc.collect()
         rss.append(_rss_mib())
     assert _maps_of(smollm2_gguf_path) == 0
-    assert rss[-1] - rss[2] < 8.0, rss
+    # a leak raises the floor; single samples swing by ~8 MiB as malloc's arenas come and go
+    assert min(rss[-3:]) - min(rss[1:3]) < 8.0, rss

@@ -42,7 +42,9 @@ def token_id(v: Any, vocab_size: int | None = None, what: str = "token id",
     if isinstance(v, bool):
         raise (error or errors.ArgumentTypeError)(f"{what} must be an int, got {v!r}")
     if isinstance(v, float):
-        if not math.isfinite(v) or v != int(v):
+        if not math.isfinite(v):  # the right type, an impossible value
+            raise (error or errors.InvalidArgumentError)(f"{what} {v!r} is not a finite number")
+        if v != int(v):
             raise (error or errors.ArgumentTypeError)(f"{what} {v!r} is not a whole number")
         iv = int(v)
     else:

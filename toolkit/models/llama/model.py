@@ -199,9 +199,11 @@ class LlamaAttention(Module):
         for h in range(H):
             F.matmul(qh[h], kh[h // G][:n_kv], out=scores[h])
         F.scale(scores, self.scale, out=scores)
-        inf = float("-inf")
-        mask = Tensor((T, n_kv)).load([v for t in range(T) for v in
-                                       [0.0] * (sq.start + t + 1) + [inf] * (n_kv - sq.start - t - 1)])
+        mask = sq.mask
+        if mask is None:  # [T, n_kv]: 0 where query t may look, -inf after it; the same in every layer
+            inf = float("-inf")
+            mask = sq.mask = Tensor((T, n_kv)).load(
+                [v for t in range(T) for v in [0.0] * (sq.start + t + 1) + [inf] * (n_kv - sq.start - t - 1)])
         for h in range(H):
             F.add(scores[h], mask, out=scores[h])
         return scores
@@ -332,7 +334,7 @@ class _Scratch:
 class _Seq:
     """One sequence of a pass: its cache, where its rows sit, and views of its rows."""
 
-    __slots__ = ("b", "cache", "start", "t", "row0", "q3", "k3", "v3", "z3", "pos")
+    __slots__ = ("b", "cache", "start", "t", "row0", "q3", "k3", "v3", "z3", "pos", "mask")
 
 
 class _Pass:
@@ -352,7 +354,7 @@ def _standalone(config, x):
     p.s = s = _Scratch(config, T)
     p.pos = Tensor((T,), "I32").load(list(range(T)))
     sq = _Seq()
-    sq.b, sq.cache, sq.start, sq.t, sq.row0 = 0, KVCache(config, T), 0, T, 0
+    sq.b, sq.cache, sq.start, sq.t, sq.row0, sq.mask = 0, KVCache(config, T), 0, T, 0, None
     sq.q3, sq.k3, sq.v3, sq.z3, sq.pos = s.q3, s.k3, s.v3, s.z3, p.pos
     p.seqs, p.hooks = [sq], None
     return p
@@ -495,7 +497,7 @@ class LlamaModel(Module):
         for sp, (_, cache) in zip(spans, seqs):       # views of each sequence's rows, made once per pass
             a, t = sp.row0, sp.rows
             sq = _Seq()
-            sq.b, sq.cache, sq.start, sq.t, sq.row0 = sp.seq, cache, sp.pos0, t, a
+            sq.b, sq.cache, sq.start, sq.t, sq.row0, sq.mask = sp.seq, cache, sp.pos0, t, a, None
             sq.q3, sq.k3, sq.v3, sq.z3, sq.pos = ((s.q3, s.k3, s.v3, s.z3, p.pos) if single else
                                                   (s.q3[a:a + t], s.k3[a:a + t], s.v3[a:a + t], s.z3[a:a + t],
                                                    p.pos[a:a + t]))
@@ -549,3 +551,6 @@ class LlamaModel(Module):
 def _as_id_list(input_ids):
     """Token ids from a Tensor (any shape; float ids as in the plugin guide) or a sequence of ints."""
     return validate.token_ids(input_ids)
+
+
+as_id_list = _as_id_list  # public name for the layers above (toolkit.interp)
