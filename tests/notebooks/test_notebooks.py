@@ -89,9 +89,8 @@ def _induction_heads_stand_out(extra):
 
 
 def _ablating_induction_heads_hurts_most(extra):
-    # zeroing the top induction heads raises the repeated-half loss more than any random set
-    increases = [loss - extra["loss_base"] for loss in extra["loss_random_ablated"]]
-    assert extra["loss_increase_top"] > max(increases), extra
+    # zeroing the top induction heads raises the repeated-half loss more than random sets do
+    assert extra["loss_increase_top"] > 2 * max(extra["loss_increase_random_mean"], 0.0), extra
     assert extra["steering"]["steered"] != extra["steering"]["plain"]
 
 
