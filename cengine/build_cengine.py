@@ -8,6 +8,8 @@ Environment switches:
   TOOLKIT_PORTABLE=1   no -march=native (a wheel to ship to other CPUs; scalar kernels only)
   TOOLKIT_DEBUG=1      -O0 -g, with AddressSanitizer-friendly frame pointers
   TOOLKIT_NO_PROFILE=1 -DCE_NO_PROFILE: the profiler compiled out (to measure what it costs off)
+  TOOLKIT_SANITIZE=1   -fsanitize=address,undefined, aborting on the first report (see
+                       docs/hardening.md for running Python under it: libasan must be preloaded)
 """
 import os
 import subprocess
@@ -77,9 +79,15 @@ def _flags():
     cflags.append("-pthread")
     if os.environ.get("TOOLKIT_NO_PROFILE") == "1":
         cflags.append("-DCE_NO_PROFILE")
-    desc = "cc=%s %s" % (os.environ.get("CC", "cc"), " ".join(f for f in cflags if f[:2] in ("-O", "-m") or f == "-DCE_NO_PROFILE"))
+    ldflags = ["-pthread"]
+    if os.environ.get("TOOLKIT_SANITIZE") == "1":
+        san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+        cflags[:1] = ["-O1", "-g", "-fno-omit-frame-pointer"] + san  # replaces -O3 (or -O0 -g)
+        ldflags += san
+    desc = "cc=%s %s" % (os.environ.get("CC", "cc"), " ".join(
+        f for f in cflags if f[:2] in ("-O", "-m") or f == "-DCE_NO_PROFILE" or f.startswith("-fsanitize=")))
     cflags += ['-DCE_SOURCE_HASH="%s"' % source_hash(), '-DCE_BUILD_FLAGS="%s"' % desc]
-    return cflags, ["-pthread"]
+    return cflags, ldflags
 
 
 ffibuilder = FFI()

@@ -13,3 +13,16 @@ def load(model="smollm2-135m-instruct", threads=None, **defaults):
     from .api import load as _load
 
     return _load(model, threads=threads, **defaults)
+
+
+def load_ipython_extension(ip):
+    """`%load_ext toolkit`: registers the notebook magics (%tk_load, %%tk_generate, ...)."""
+    from .notebook import load_ipython_extension as _load
+
+    _load(ip)
+
+
+def unload_ipython_extension(ip):
+    from .notebook import unload_ipython_extension as _unload
+
+    _unload(ip)

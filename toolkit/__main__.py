@@ -11,6 +11,7 @@ from toolkit import errors
 
 def _generate(args):
     import toolkit
+    from toolkit.common.generation import summary_line
     from toolkit.core.engine import backend
 
     with toolkit.load(args.model, threads=args.threads) as m:
@@ -18,21 +19,19 @@ def _generate(args):
             prompt = m.apply_chat_template([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
         else:
             prompt = args.prompt
-        stats = {}
         kwargs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                       top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                       seed=args.seed, stop=args.stop or [])
-        ids = []
-        for piece in m.plugin.stream_text(prompt, ids_out=ids, stats=stats, **kwargs):
-            sys.stdout.write(piece)
+        events = []
+        for ev in m.plugin.stream_text(prompt, details=True, probs=False, **kwargs):
+            events.append(ev)
+            sys.stdout.write(ev.text)
             sys.stdout.flush()
         sys.stdout.write("\n")
-        pt, ps = stats.get("prefill_tokens", 0), stats.get("prefill_seconds", 0.0)
-        dt, ds = stats.get("decode_tokens", 0), stats.get("decode_seconds", 0.0)
-        print(f"[prefill] {pt} tokens in {ps * 1e3:.1f} ms = {pt / ps if ps else 0:.1f} tok/s | "
-              f"[decode] {dt} tokens in {ds * 1e3:.1f} ms = {dt / ds if ds else 0:.1f} tok/s | "
-              f"{len(ids)} new tokens, {backend.get_threads()} threads", file=sys.stderr)
-        _speed_guard(m.model, dt / ds if ds else 0.0, dt)
+        print(summary_line(events) + f", {backend.get_threads()} threads", file=sys.stderr)
+        dec = [e for e in events if e.phase == "decode"]
+        ds = sum(e.seconds for e in dec)
+        _speed_guard(m.model, len(dec) / ds if ds else 0.0, len(dec))
 
 
 def _speed_guard(model, decode_tps, decode_tokens):

@@ -59,19 +59,23 @@ class Model:
         """The newly generated token ids. With stop strings, ids run up to the token that completed one."""
         hooks = interp.registry.expand(self.model, fwd_hooks)
         if kwargs.get("stop", self.plugin.sampling_defaults.get("stop")):
-            ids = []  # stop strings are matched on text: decode
-            for _ in self.plugin.stream_text(prompt_or_ids, ids_out=ids, max_new_tokens=max_new_tokens,
-                                             hooks=hooks, **kwargs):
-                pass
-            return ids
+            # stop strings are matched on text: decode
+            events = self.plugin.stream_text(prompt_or_ids, details=True, probs=False, max_new_tokens=max_new_tokens,
+                                             hooks=hooks, **kwargs)
+            return [ev.token_id for ev in events if not ev.eos]
         return list(self.plugin.generate_token_ids(prompt_or_ids, max_new_tokens=max_new_tokens, hooks=hooks,
                                                    **kwargs))
 
-    def stream(self, prompt_or_ids, max_new_tokens=64, fwd_hooks=None, **kwargs):
+    def stream(self, prompt_or_ids, max_new_tokens=64, fwd_hooks=None, details=False, top=5, **kwargs):
         """An iterator of text pieces as they are generated (never splits a UTF-8 character).
-        fwd_hooks apply as in generate()."""
+        fwd_hooks apply as in generate().
+
+        details=True yields a TokenEvent per token instead: token_id, text, prob, logprob, top
+        (the `top` likeliest (token_id, text, prob)), seconds, phase ("prefill" / "decode").
+        """
         hooks = interp.registry.expand(self.model, fwd_hooks)
-        return self.plugin.stream_text(prompt_or_ids, max_new_tokens=max_new_tokens, hooks=hooks, **kwargs)
+        return self.plugin.stream_text(prompt_or_ids, details=details, top=top, max_new_tokens=max_new_tokens,
+                                       hooks=hooks, **kwargs)
 
     # ---- looking inside (toolkit.interp; docs/hooks.md) ----
     def hook_names(self):

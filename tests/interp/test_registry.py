@@ -64,6 +64,8 @@ def test_filters(model):
     assert names("blocks.*.attn.hook_pattern") == [f"blocks.{i}.attn.hook_pattern" for i in range(30)]
     assert names(["blocks.1.hook_resid_pre", "hook_embed"]) == ["hook_embed", "blocks.1.hook_resid_pre"]
     assert names(lambda n: n.endswith("ln_final.hook_scale")) == ["ln_final.hook_scale"]
+    assert names(["hook_logits", "blocks.2?.hook_resid_mid"]) == [f"blocks.{i}.hook_resid_mid" for i in range(20, 30)] + [
+        "hook_logits"]
     with pytest.raises(errors.ArgumentTypeError):
         names(3)
     handles = model.add_hook("blocks.2.*", lambda t, h: None)

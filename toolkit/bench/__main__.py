@@ -1,4 +1,4 @@
-"""`python -m toolkit.bench {kernels,generate,hooks} [options]`: dispatches to one benchmark module.
+"""`python -m toolkit.bench {kernels,generate,hooks,batch} [options]`: dispatches to one benchmark module.
 
 Each benchmark is imported only when asked for, so one that needs optional packages (llama.cpp for
 `generate`) does not slow down or break the others.
@@ -11,6 +11,7 @@ _BENCHES = {
     "generate": "toolkit.bench.generate",  # end-to-end prefill and decode speed
     "hooks": "toolkit.bench.hooks",        # decode speed with hooks and caches on
     "profiler": "toolkit.bench.profiler",  # decode speed with the profiler on, off, compiled out
+    "batch": "toolkit.bench.batch",        # continuous-batching throughput at 1..16 sequences
 }
 
 

@@ -11,19 +11,6 @@ import statistics
 import time
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
-
-
 def _decode(lm, prompt, n, seq_hooks):
     """Decode tokens/s over n steps after prefilling prompt (tokens fed greedily)."""
     from toolkit.core.engine import functional as F
@@ -70,6 +57,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     import toolkit
+    from toolkit.bench.bandwidth import _cpu_model
     from toolkit.core.engine import backend
 
     m = toolkit.load(args.model, threads=args.threads)
@@ -80,7 +68,7 @@ def main(argv=None):
         prompt += m.tokenizer.encode(text)
     prompt = prompt[:args.prompt]
     cfgs = configs(lm)
-    print(f"CPU {cpu_model()}, {backend.get_threads()} threads; prompt {len(prompt)} tokens, "
+    print(f"CPU {_cpu_model()}, {backend.get_threads()} threads; prompt {len(prompt)} tokens, "
           f"{args.decode} decode steps per run, {args.rounds} interleaved rounds")
     for _, hooks in cfgs:  # warm up
         _decode(lm, prompt[:8], 4, hooks)

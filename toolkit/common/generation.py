@@ -6,6 +6,7 @@ the logits row; the random draw comes from a seeded `random.Random`, so the same
 tokens on any thread count. Stop strings are matched on the decoded text; text that might still
 become a stop string is held back from the stream until it is decided.
 """
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional
@@ -14,6 +15,7 @@ from toolkit import errors
 
 from ..core.engine import functional as F
 from ..core.engine import profile
+from . import validate
 
 
 @dataclass
@@ -30,12 +32,7 @@ class SamplingParams:
 
     def __post_init__(self):
         def num(name, lo, hi=None, integer=False):
-            v = getattr(self, name)
-            ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
-            if isinstance(v, bool) or not ok_type:
-                raise errors.ArgumentTypeError(f"{name} must be {'an int' if integer else 'a number'}, got {v!r}")
-            if v < lo or (hi is not None and v > hi) or v != v:
-                raise errors.InvalidArgumentError(f"{name} must be in [{lo}, {hi if hi is not None else 'inf'}], got {v!r}")
+            setattr(self, name, validate.number(name, getattr(self, name), lo, hi, integer=integer))
 
         num("max_new_tokens", 0, integer=True)
         num("temperature", 0.0)
@@ -83,6 +80,7 @@ class Sampler:
         self.history = list(prompt_ids)
         self.generated = []
         self.done = params.max_new_tokens == 0
+        self.last = None  # the last sampled id, EOS included
 
     def next(self, row):
         """The next token id from logits row [vocab] (modified in place by the penalty), or None at EOS."""
@@ -91,6 +89,7 @@ class Sampler:
             F.repetition_penalty_(row, self.history, p.repetition_penalty)
         r = self.rng.random() if p.temperature > 0 else 0.0
         tok = F.sample(row, p.temperature, p.top_k, p.top_p, p.min_p, r)
+        self.last = tok
         if tok in self.eos:
             self.done = True
             return None
@@ -113,14 +112,60 @@ def check_request(model, prompt_ids, params: SamplingParams):
     return need
 
 
-def generate_ids(model, prompt_ids, params: SamplingParams, cache=None, stats=None, hooks=None) -> Iterator[int]:
-    """Yields new token ids one by one (EOS excluded when stop_at_eos) until a stop condition.
+@dataclass
+class TokenEvent:
+    """One generation step: the sampled token, how likely the model found it, and what it cost.
 
-    Stop strings are not handled here (they need text); see `stream_text`. If `stats` is a dict it
-    receives prefill_tokens/prefill_seconds and decode_tokens/decode_seconds (forward passes only).
-    hooks, a list of (name, fn), apply to this sequence in prefill and every decode step.
+    prob / logprob / top are the model's own distribution (softmax of the raw logits, before the
+    repetition penalty, temperature and truncation reshape it for sampling), as OpenAI-style
+    logprobs report it; top lists the most likely (token_id, text, prob), most likely first.
+    seconds is this step's wall time: the forward pass that produced the logits plus sampling
+    (for the first token that forward pass is the prefill over n_input prompt tokens).
+    text is the stream piece this step releases: joined over a generation it is exactly the text
+    `stream(details=False)` yields (stop strings cut, incomplete characters held back), so it can
+    be "" for a token and hold a previous token's held-back text. eos marks the end-of-turn token
+    that stopped generation (not part of the generated ids; its text is any held-back tail).
     """
-    seq_hooks = [hooks] if hooks else None
+    token_id: int
+    text: str
+    prob: float
+    logprob: float
+    top: list
+    seconds: float
+    phase: str            # "prefill" (first token, from the prompt pass) or "decode"
+    index: int = 0        # 0-based among this generation's tokens
+    n_input: int = 1      # tokens through the forward pass that produced this token's logits
+    eos: bool = False
+
+    def __str__(self):
+        return self.text
+
+
+def _distribution(tokenizer, row, top):
+    """(probs [1, vocab], the likeliest id, its prob, the `top` (id, text, prob)) of logits row
+    [1, vocab], through engine ops (a softmax and a top-k).
+
+    The caller takes a token's log-probability as logit - max_logit + log(p_max) = logit - log Z:
+    exact to float precision even where the probability itself underflows to 0.
+    """
+    probs = F.softmax(row)                                    # [1, vocab]
+    values, indices = F.topk(probs, max(top, 1))              # [1, k] each
+    vals, idx = values.to_list(), indices.to_list()
+    alts = [(i, tokenizer.decode([i]) if tokenizer is not None else "", p) for i, p in zip(idx[:top], vals[:top])]
+    return probs, idx[0], vals[0], alts
+
+
+def generate_events(model, prompt_ids, params: SamplingParams, cache=None, top=0, probs=True,
+                    tokenizer=None, hooks=None) -> Iterator[TokenEvent]:
+    """Yields a TokenEvent (text "") per sampled token until a stop condition; stop strings are
+    not handled here (they need text; see `stream_text`). With stop_at_eos, the EOS token that
+    ends generation comes last as an event with eos=True. probs=False skips the probability work
+    (prob/logprob are nan, top empty) for callers that only want ids and timings. hooks, a list of
+    (name, fn), apply to this sequence in prefill and every decode step."""
+    if isinstance(top, bool) or not isinstance(top, int):
+        raise errors.ArgumentTypeError(f"top must be an int, got {top!r}")
+    if not 0 <= top <= model.config.vocab_size:
+        raise errors.InvalidArgumentError(f"top must be in [0, {model.config.vocab_size}], got {top}")
     need = check_request(model, prompt_ids, params)
     if params.max_new_tokens == 0:
         return
@@ -128,23 +173,54 @@ def generate_ids(model, prompt_ids, params: SamplingParams, cache=None, stats=No
         cache = model.new_cache(need)
     elif cache.free < need:
         raise errors.ContextLengthError(f"the KV cache has {cache.free} free slots; {need} are needed")
+    if tokenizer is None:
+        tokenizer = getattr(model, "tokenizer", None)
     sampler = Sampler(params, prompt_ids, eos_ids(model))
-    if stats is None:
-        stats = {}
-    with profile.step("prefill", len(prompt_ids)) as st:   # the profiler's clock: one source of timing
-        logits = model.forward_batch([(list(prompt_ids), cache)], logits="last", seq_hooks=seq_hooks)  # [1, vocab]
-    stats.update(prefill_tokens=len(prompt_ids), prefill_seconds=st.seconds, decode_tokens=0, decode_seconds=0.0)
+    seq_hooks = [hooks] if hooks else None
+    feed, phase, index = list(prompt_ids), "prefill", 0
     while True:
-        tok = sampler.next(logits)  # [1, vocab]: the sampler reads it as one row
-        if tok is None:
+        with profile.step(phase, len(feed)) as st:   # the profiler's clock: one source of timing
+            logits = model.forward_batch([(feed, cache)], logits="last", seq_hooks=seq_hooks)   # [1, vocab]
+            if probs:
+                # before the sampler: the repetition penalty rewrites the row in place
+                p_all, best, p_best, alts = _distribution(tokenizer, logits, top)
+            tok = sampler.next(logits)  # [1, vocab]: the sampler reads it as one row
+        eos = tok is None
+        if eos:
+            tok = sampler.last
+        if probs:
+            row = logits[0]
+            logprob = row[tok] - row[best] + math.log(p_best)
+            prob = p_all[0][tok]
+        else:
+            prob = logprob = math.nan
+            alts = []
+        yield TokenEvent(tok, "", prob, logprob, alts, st.seconds, phase, index, len(feed), eos)
+        if eos or sampler.done:
             return
-        yield tok
-        if sampler.done:
-            return
-        with profile.step("decode", 1) as st:
-            logits = model.forward_batch([([tok], cache)], logits="last", seq_hooks=seq_hooks)
-        stats["decode_seconds"] += st.seconds
-        stats["decode_tokens"] += 1
+        feed, phase, index = [tok], "decode", index + 1
+
+
+def generate_ids(model, prompt_ids, params: SamplingParams, cache=None, hooks=None) -> Iterator[int]:
+    """Yields new token ids one by one (EOS excluded when stop_at_eos) until a stop condition."""
+    for ev in generate_events(model, prompt_ids, params, cache=cache, probs=False, hooks=hooks):
+        if not ev.eos:
+            yield ev.token_id
+
+
+def summary_line(events):
+    """prefill / decode speed of a generation's TokenEvents, the line the CLI and %%tk_generate print.
+
+    Prefill is the pass over the prompt (it yields the first token); decode counts every later
+    one-token pass, the one that produced an EOS included."""
+    pre = [e for e in events if e.phase == "prefill"]
+    dec = [e for e in events if e.phase == "decode"]
+    pt, ps = sum(e.n_input for e in pre), sum(e.seconds for e in pre)
+    dt, ds = len(dec), sum(e.seconds for e in dec)
+    new = sum(1 for e in events if not e.eos)
+    return (f"[prefill] {pt} tokens in {ps * 1e3:.1f} ms = {pt / ps if ps else 0:.1f} tok/s | "
+            f"[decode] {dt} tokens in {ds * 1e3:.1f} ms = {dt / ds if ds else 0:.1f} tok/s | "
+            f"{new} new tokens")
 
 
 class StopMatcher:
@@ -190,27 +266,41 @@ class StopMatcher:
         return out
 
 
-def stream_text(model, tokenizer, prompt_ids, params: SamplingParams, ids_out=None, stats=None,
-                hooks=None) -> Iterator[str]:
+def stream_text(model, tokenizer, prompt_ids, params: SamplingParams, details=False, top=5, probs=True,
+                hooks=None) -> Iterator:
     """Yields text pieces as tokens are generated; never splits a UTF-8 character; stops at stop strings.
 
-    If ids_out is a list, the generated ids are appended to it (up to and including the token that
-    completed a stop string).
+    details=True yields a TokenEvent per token instead (with `top` alternatives), its text the
+    piece that token releases; the ids run up to and including the token that completed a stop
+    string, and an EOS that ended generation comes last with eos=True. probs=False leaves out the
+    probabilities (nan, no alternatives) where only ids and timings are wanted (~0.5 ms a token).
     """
     decoder = tokenizer.stream(skip_special_tokens=False)
     matcher = StopMatcher(params.stop)
-    for tok in generate_ids(model, prompt_ids, params, stats=stats, hooks=hooks):
-        if ids_out is not None:
-            ids_out.append(tok)
-        piece = matcher.feed(decoder.step(tok))
-        if piece:
-            yield piece
+    held = None  # the final event waits for the text the decoder and the stop matcher still hold
+    for ev in generate_events(model, prompt_ids, params, top=top, probs=details and probs,
+                              tokenizer=tokenizer, hooks=hooks):
+        if ev.eos:
+            held = ev
+            continue
+        piece = matcher.feed(decoder.step(ev.token_id))
+        if not details:
+            if piece:
+                yield piece
+        else:
+            ev.text = piece
+            if matcher.stopped or ev.index + 1 < params.max_new_tokens:
+                yield ev
+            else:
+                held = ev
         if matcher.stopped:
             return
     tail = matcher.feed(decoder.flush())
-    if tail:
-        yield tail
     if not matcher.stopped:
-        tail = matcher.finish()
-        if tail:
-            yield tail
+        tail += matcher.finish()
+    if details:
+        if held is not None:
+            held.text += tail
+            yield held
+    elif tail:
+        yield tail

@@ -13,6 +13,7 @@ from toolkit import errors
 from ..core.engine import functional as F
 from ..core.engine.tensor import Tensor
 from ..models.hook_points import ReadOnly
+from ..models.llama.model import as_id_list
 from .registry import expand, module_of
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.(?:(\w+)\.)?hook_(\w+)$")
@@ -38,14 +39,7 @@ def token_ids(model, prompt_or_ids):
         if tok is None:
             raise errors.ToolkitError("this model has no tokenizer: pass token ids")
         return tok.encode(prompt_or_ids)
-    vals = prompt_or_ids.to_list() if isinstance(prompt_or_ids, Tensor) else prompt_or_ids
-    if not isinstance(vals, (list, tuple, range)):
-        raise errors.ArgumentTypeError(f"expected a prompt string or token ids, got {type(prompt_or_ids).__name__}")
-    ids = []
-    for v in vals:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
-            raise errors.ArgumentTypeError(f"token ids must be whole numbers, got {v!r}")
-        ids.append(int(v))
+    ids = as_id_list(prompt_or_ids)
     if not ids:
         raise errors.InvalidArgumentError("no tokens given")
     return ids

@@ -41,6 +41,14 @@ cache["resid_post", -1]; cache["pattern", 0]; cache.logit_lens(k=5)
 m.generate("Hello", fwd_hooks=steering_hooks(m, 6, vector, scale=4.0))
 ```
 
+In a batched pass (`LlamaModel.forward_batch(seqs, seq_hooks=[...])`, or the BatchManager's
+per-request hooks) a registered hook sees every sequence's rows stacked and reads
+`hook.ctx["spans"]` (a list of `Span(seq, row0, rows, pos0)`) to tell them apart, while a hook in
+`seq_hooks[b]` sees sequence b's rows only. Attention scores and patterns fire once per sequence
+with `hook.ctx["seq"]` set to it. During generation (`generate`, `generate_ids`, `stream` with
+`fwd_hooks`) hooks run in the prefill and in every decode step, and the KV cache keeps the keys and
+values they edited, so an intervention stays in force for the rest of the sequence.
+
 Filters: a name, a glob (`"blocks.*.attn.hook_pattern"`), a list of names, or a predicate
 `name -> bool`. An unknown name raises `UnknownHookError` naming the closest valid ones.
 

@@ -139,7 +139,7 @@ class HookSet:
 
     def resolve(self, name_filter):
         """The hook names a filter selects, in forward order: a name, a glob ("blocks.*.hook_resid_post"),
-        a list of names, or a predicate name -> bool. An unknown name, or a filter selecting none,
+        a list of names and globs, or a predicate name -> bool. An unknown name, or a filter selecting none,
         raises."""
         if isinstance(name_filter, str):
             if name_filter in self.points:
@@ -151,9 +151,11 @@ class HookSet:
                 return out
             raise self.unknown(name_filter)
         if isinstance(name_filter, (list, tuple, set, frozenset)):
+            wanted = set()
             for n in name_filter:
-                self.point(n)
-            wanted = set(name_filter)
+                if not isinstance(n, str):
+                    raise errors.ArgumentTypeError(f"hook names are strings, got {n!r}")
+                wanted.update(self.resolve(n))
             return [n for n in self.names if n in wanted]
         if callable(name_filter):
             out = [n for n in self.names if name_filter(n)]
@@ -223,11 +225,13 @@ class _Hooks:
         if not mine:
             return False
         span = [Span(b, 0, t.shape[1], pos0)]
+        # t is made for this call alone: hooks that only read can all have it, uncopied
+        share = all(e[3] for e in mine)
         changed = False
         for fn, point, seq, readonly in mine:
             point.ctx["spans"] = span
             point.ctx["seq"] = b
-            changed |= self.p.call(short, fn, point, readonly, t, detect)
+            changed |= self.p.call(short, fn, point, readonly, t, detect, share)
         return changed
 
 
@@ -271,11 +275,12 @@ class PassHooks:
 
     def run(self, short, entries, t, spans, detect):
         changed = False
+        only = spans[0].seq if len(spans) == 1 else None  # the pass's one sequence (decode steps)
         for fn, point, seq, readonly in entries:
-            if seq is None:
+            if seq is None or seq == only:
                 view = t
                 point.ctx["spans"] = spans
-                point.ctx["seq"] = spans[0].seq if len(spans) == 1 else None
+                point.ctx["seq"] = only
             else:
                 sp = next((s for s in spans if s.seq == seq), None)
                 if sp is None:
@@ -286,9 +291,9 @@ class PassHooks:
             changed |= self.call(short, fn, point, readonly, view, detect)
         return changed
 
-    def call(self, short, fn, point, readonly, view, detect):
+    def call(self, short, fn, point, readonly, view, detect, share=False):
         layout = self.layouts.get(short)
-        cur = layout[0](view) if layout else view.clone()
+        cur = view if share else layout[0](view) if layout else view.clone()
         try:
             r = fn(cur, point)
         except Exception as exc:

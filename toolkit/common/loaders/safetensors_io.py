@@ -95,6 +95,9 @@ class SafetensorsFile(MappedFile):
             hdr = json.loads(header.decode("utf-8"), object_pairs_hook=_reject_duplicates)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise FormatError(f"{self.path}: header is not valid UTF-8 JSON ({e})") from None
+        except RecursionError:
+            # json's C scanner recurses per nesting level; a valid header nests 3 deep.
+            raise FormatError(f"{self.path}: header JSON nests too deeply") from None
         except FormatError as e:
             raise FormatError(f"{self.path}: header has a {e}") from None
         if not isinstance(hdr, dict):
@@ -109,10 +112,26 @@ class SafetensorsFile(MappedFile):
         self.tensors: dict[str, SafetensorsTensorInfo] = {}
         for name, entry in hdr.items():
             self.tensors[name] = self._tensor_info(name, entry, data_start, size)
-        spans = sorted(self.tensors.values(), key=lambda t: (t.begin, t.end))
-        for a, b in zip(spans, spans[1:]):
-            if a.end > b.begin and a.nbytes and b.nbytes:
-                raise FormatError(f"{self.path}: tensors {a.name!r} and {b.name!r} overlap")
+        self._check_coverage(size)
+
+    def _check_coverage(self, size: int) -> None:
+        # As the reference parser: the tensors must tile the data area exactly. A gap, an overlap
+        # or trailing bytes means the header and the data disagree (a header length one byte short
+        # would otherwise shift every tensor by a byte and load as garbage).
+        pos, prev = self.data_offset, None
+        for t in sorted(self.tensors.values(), key=lambda t: (t.begin, t.end)):
+            if t.begin < pos:
+                raise FormatError(f"{self.path}: tensors {prev!r} and {t.name!r} overlap")
+            if t.begin > pos:
+                after = f"tensor {prev!r}" if prev is not None else "the header"
+                raise FormatError(
+                    f"{self.path}: {t.begin - pos} bytes between {after} and tensor {t.name!r} "
+                    "belong to no tensor (invalid offset); the file is corrupt")
+            pos, prev = t.end, t.name
+        if pos != size:
+            raise FormatError(
+                f"{self.path}: the tensors cover {pos - self.data_offset} bytes of a data area of "
+                f"{size - self.data_offset}; the file is not fully covered (corrupt or truncated)")
 
     def _tensor_info(self, name: str, e: Any, data_start: int, size: int) -> SafetensorsTensorInfo:
         where = f"{self.path}: tensor {name!r}"

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from toolkit.common.atomic import atomic_write
+from toolkit.common import validate
 from toolkit.common.chat_template import render_chat_template
 from toolkit.errors import FormatError, TokenizerError
 
@@ -97,9 +98,7 @@ class Tokenizer(abc.ABC):
     # -- public API -------------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of ``text``; ``add_special_tokens`` adds BOS/EOS if the model uses them."""
-        if not isinstance(text, str):
-            raise TokenizerError(f"encode() needs a str, got {type(text).__name__}")
-        return self._encode(text, add_special_tokens)
+        return self._encode(validate.text(text, "encode() text"), add_special_tokens)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self._decode(self._check_ids(ids), skip_special_tokens)

@@ -39,8 +39,11 @@ class HFTokenizer(Tokenizer):
         added = tokenizer.get_added_tokens_decoder()
         self._special = frozenset(i for i, t in added.items() if t.special)
         # Added ids can leave holes or sit past the model's vocabulary; the range must cover them.
+        # The count of entries is not enough either: a tokenizer.json may number its entries past
+        # it (ids 0..9 and 1000000), and the model must cover the largest id.
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
         self._vocab_size = max(tokenizer.get_vocab_size(with_added_tokens=True),
-                               max(added, default=-1) + 1)
+                               max(added, default=-1) + 1, max(vocab.values(), default=-1) + 1)
         super().__init__(bos_id=bos_id, eos_id=eos_id, unk_id=unk_id, pad_id=pad_id,
                          eos_ids=eos_ids, chat_template=chat_template)
 

@@ -3,6 +3,7 @@
 Parameters are plain `Tensor`s registered by attribute assignment (as in PyTorch); loading weights
 replaces them with tensors that borrow the weight file's memory, in whatever dtype the file stores.
 """
+import mmap
 from collections import OrderedDict
 
 from toolkit import errors
@@ -124,13 +125,35 @@ class Module:
         return "\n".join(lines) + (")" if len(lines) == 1 else "\n)")
 
 
+def _param(shape, dtype="F32"):
+    """A zero-filled parameter. Large ones live in an anonymous mapping, whose pages the kernel
+    only commits when written: loading replaces every weight with the file's own memory, so the
+    placeholders a model is built with never cost resident memory (the Tensor keeps the mapping)."""
+    t = Tensor(shape, dtype) if _nbytes(shape, dtype) < _LAZY_BYTES else None
+    if t is None:
+        t = Tensor.wrap(mmap.mmap(-1, _nbytes(shape, dtype)), shape, dtype)
+    return t
+
+
+_LAZY_BYTES = 1 << 20
+
+
+def _nbytes(shape, dtype):
+    from . import dtypes
+
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    return rows * dtypes.row_bytes(dtypes.NAMES[dtypes.code(dtype)], shape[-1])
+
+
 class Linear(Module):
     """y = x @ weight^T (+ bias); weight [out_features, in_features] in any weight dtype."""
 
     def __init__(self, in_features, out_features, bias=False, dtype="F32"):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight = Tensor((out_features, in_features), dtype)
+        self.weight = _param((out_features, in_features), dtype)
         self.bias = Tensor((out_features,)) if bias else None
 
     def forward(self, x, out=None):
@@ -157,7 +180,7 @@ class Embedding(Module):
     def __init__(self, num_embeddings, embedding_dim, dtype="F32"):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.weight = Tensor((num_embeddings, embedding_dim), dtype)
+        self.weight = _param((num_embeddings, embedding_dim), dtype)
 
     def forward(self, ids, out=None):
         return F.embedding(self.weight, ids, out=out)

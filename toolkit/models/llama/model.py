@@ -13,6 +13,7 @@ import weakref
 
 from toolkit import errors
 
+from ...common import validate
 from ...core.engine import functional as F
 from ...core.engine.backend import Embedding, Linear, Module, ModuleList, RMSNorm, Tensor
 from ..hook_points import HookSet, PassHooks, Span
@@ -40,6 +41,8 @@ class KVCache:
         # [capacity, Hkv, D] views that the ops take.
         shape = (config.num_key_value_heads, capacity, config.head_dim)
         dtype = config.kv_cache_dtype
+        validate.fits_in_memory(2 * config.num_hidden_layers * shape[0] * capacity * shape[2] * (2 if dtype == "F16" else 4),
+                                f"a KV cache of {capacity} tokens")
         self.k = [Tensor(shape, dtype).permute(1, 0, 2) for _ in range(config.num_hidden_layers)]
         self.v = [Tensor(shape, dtype).permute(1, 0, 2) for _ in range(config.num_hidden_layers)]
         self.capacity = capacity
@@ -196,9 +199,11 @@ class LlamaAttention(Module):
         for h in range(H):
             F.matmul(qh[h], kh[h // G][:n_kv], out=scores[h])
         F.scale(scores, self.scale, out=scores)
-        inf = float("-inf")
-        mask = Tensor((T, n_kv)).load([v for t in range(T) for v in
-                                       [0.0] * (sq.start + t + 1) + [inf] * (n_kv - sq.start - t - 1)])
+        mask = sq.mask
+        if mask is None:  # [T, n_kv]: 0 where query t may look, -inf after it; the same in every layer
+            inf = float("-inf")
+            mask = sq.mask = Tensor((T, n_kv)).load(
+                [v for t in range(T) for v in [0.0] * (sq.start + t + 1) + [inf] * (n_kv - sq.start - t - 1)])
         for h in range(H):
             F.add(scores[h], mask, out=scores[h])
         return scores
@@ -329,7 +334,7 @@ class _Scratch:
 class _Seq:
     """One sequence of a pass: its cache, where its rows sit, and views of its rows."""
 
-    __slots__ = ("b", "cache", "start", "t", "row0", "q3", "k3", "v3", "z3", "pos")
+    __slots__ = ("b", "cache", "start", "t", "row0", "q3", "k3", "v3", "z3", "pos", "mask")
 
 
 class _Pass:
@@ -349,7 +354,7 @@ def _standalone(config, x):
     p.s = s = _Scratch(config, T)
     p.pos = Tensor((T,), "I32").load(list(range(T)))
     sq = _Seq()
-    sq.b, sq.cache, sq.start, sq.t, sq.row0 = 0, KVCache(config, T), 0, T, 0
+    sq.b, sq.cache, sq.start, sq.t, sq.row0, sq.mask = 0, KVCache(config, T), 0, T, 0, None
     sq.q3, sq.k3, sq.v3, sq.z3, sq.pos = s.q3, s.k3, s.v3, s.z3, p.pos
     p.seqs, p.hooks = [sq], None
     return p
@@ -492,7 +497,7 @@ class LlamaModel(Module):
         for sp, (_, cache) in zip(spans, seqs):       # views of each sequence's rows, made once per pass
             a, t = sp.row0, sp.rows
             sq = _Seq()
-            sq.b, sq.cache, sq.start, sq.t, sq.row0 = sp.seq, cache, sp.pos0, t, a
+            sq.b, sq.cache, sq.start, sq.t, sq.row0, sq.mask = sp.seq, cache, sp.pos0, t, a, None
             sq.q3, sq.k3, sq.v3, sq.z3, sq.pos = ((s.q3, s.k3, s.v3, s.z3, p.pos) if single else
                                                   (s.q3[a:a + t], s.k3[a:a + t], s.v3[a:a + t], s.z3[a:a + t],
                                                    p.pos[a:a + t]))
@@ -545,18 +550,7 @@ class LlamaModel(Module):
 
 def _as_id_list(input_ids):
     """Token ids from a Tensor (any shape; float ids as in the plugin guide) or a sequence of ints."""
-    if isinstance(input_ids, Tensor):
-        vals = input_ids.to_list()
-    elif isinstance(input_ids, (list, tuple, range)):
-        vals = list(input_ids)
-    else:
-        raise errors.ArgumentTypeError(f"token ids must be a Tensor or a list of ints, got {type(input_ids).__name__}")
-    out = []
-    for v in vals:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise errors.ArgumentTypeError(f"token ids must be numbers, got {v!r}")
-        iv = int(v)
-        if iv != v:
-            raise errors.ArgumentTypeError(f"token id {v!r} is not a whole number")
-        out.append(iv)
-    return out
+    return validate.token_ids(input_ids)
+
+
+as_id_list = _as_id_list  # public name for the layers above (toolkit.interp)

@@ -1,10 +1,12 @@
 """Llama_Plugin: the plugin-guide interface over LlamaModel, for GGUF files and HF directories."""
+import dataclasses
 import logging
 import os
 from typing import Any, List
 
 from toolkit import errors
 
+from ...common import validate
 from ...common.interfaces.improved_base_plugin_interface import (PluginMetadata, PluginType,
                                                                  TextModelPluginInterface)
 from ...core.engine import backend
@@ -54,6 +56,11 @@ class Llama_Plugin(TextModelPluginInterface):
         unknown = set(kwargs) - LlamaConfig.field_names() - set(SAMPLING_KEYS)
         if unknown:
             raise errors.ArgumentTypeError(f"initialize() got unknown settings: {', '.join(sorted(unknown))}")
+        arch = set(kwargs) - set(LlamaConfig.RUNTIME_FIELDS) - set(SAMPLING_KEYS)
+        if arch:
+            raise errors.InvalidArgumentError(
+                f"{', '.join(sorted(arch))}: architecture fields are read from the weight file and cannot be "
+                f"overridden at load (settable: {', '.join(LlamaConfig.RUNTIME_FIELDS)} and generation settings)")
         for k in SAMPLING_KEYS:
             if k in kwargs:
                 self.sampling_defaults[k] = kwargs.pop(k)
@@ -101,7 +108,8 @@ class Llama_Plugin(TextModelPluginInterface):
             model.load_state_dict(state, strict=True)
             if tokenizer.vocab_size > cfg.vocab_size:
                 raise errors.FormatError(
-                    f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}")
+                    f"{path}: the tokenizer's ids reach {tokenizer.vocab_size - 1} but the model has only "
+                    f"{cfg.vocab_size} embeddings")
         except BaseException:
             state = None
             weights.close()
@@ -123,6 +131,8 @@ class Llama_Plugin(TextModelPluginInterface):
     @property
     def model(self):
         if self._model is None:
+            if self.model_path is not None:
+                raise errors.ClosedError(f"the model ({self.model_path}) was closed; load it again to use it")
             raise errors.ToolkitError("the plugin has no model loaded: call initialize() or load_model() first")
         return self._model
 
@@ -140,14 +150,7 @@ class Llama_Plugin(TextModelPluginInterface):
     def detokenize(self, token_ids: List[int], **kwargs) -> str:
         """Text of token ids (ints, or whole-number floats); raises TokenizerError on bad ids."""
         self.model
-        if isinstance(token_ids, Tensor):
-            token_ids = token_ids.to_list()
-        ids = []
-        for t in token_ids:
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or int(t) != t:
-                raise errors.TokenizerError(f"token ids must be whole numbers, got {t!r}")
-            ids.append(int(t))
-        return self.tokenizer.decode(ids, **kwargs)
+        return self.tokenizer.decode(validate.token_ids(token_ids, error=errors.TokenizerError), **kwargs)
 
     # ---- generation ----
     def _params(self, max_new_tokens=None, **kwargs):
@@ -170,13 +173,14 @@ class Llama_Plugin(TextModelPluginInterface):
 
     _prompt_ids = prompt_ids
 
-    def stream_text(self, prompt, ids_out=None, stats=None, hooks=None, **kwargs):
-        """Text pieces as generated; ids_out (a list) collects the ids, stats (a dict) the timings;
-        hooks (a list of (name, fn)) apply in prefill and in every decode step."""
+    def stream_text(self, prompt, details=False, top=5, probs=True, hooks=None, **kwargs):
+        """Text pieces as generated, or with details=True a TokenEvent per token (id, text, prob,
+        logprob, `top` alternatives, step time, phase): see toolkit.common.generation. hooks (a
+        list of (name, fn)) apply in prefill and in every decode step."""
         from ...common.generation import stream_text
 
-        return stream_text(self.model, self.tokenizer, self.prompt_ids(prompt), self._params(**kwargs), ids_out,
-                           stats, hooks=hooks)
+        return stream_text(self.model, self.tokenizer, self.prompt_ids(prompt), self._params(**kwargs), details, top,
+                           probs, hooks)
 
     def generate_token_ids(self, prompt, hooks=None, **kwargs):
         """New token ids (an iterator), decoding no text: stop strings do not apply here."""
@@ -200,32 +204,35 @@ class Llama_Plugin(TextModelPluginInterface):
 
     def infer_batch(self, requests: List[Any], **kwargs) -> List[Any]:
         """Generates for every prompt together through the BatchManager; returns the new texts in
-        request order. Stop strings cut each text at the first match."""
+        request order, each exactly what generate_text would return for it alone. Safe to call from
+        several threads at once: their requests share the batch, and each caller gets its own."""
         if self.batch_manager is None:
+            self.model  # ClosedError after close(), else the error below
             raise errors.ToolkitError("infer_batch() needs initialize() first")
         if not isinstance(requests, (list, tuple)):
             raise errors.ArgumentTypeError("infer_batch() takes a list of prompt strings")
-        params = self._params(**kwargs)
-        rids = []
+        params = dataclasses.asdict(self._params(**kwargs))
+        prompts = []
         for prompt in requests:
             if not isinstance(prompt, str):
                 raise errors.ArgumentTypeError(f"infer_batch() prompts must be strings, got {type(prompt).__name__}")
-            rid = object()  # unique even across concurrent batches
-            self.batch_manager.add_request(rid, self._prompt_ids(prompt), **{
-                k: getattr(params, k) for k in SAMPLING_KEYS if k != "stop"})
-            rids.append(rid)
-        done = {}
-        while len(done) < len(rids):
-            out = self.batch_manager.step()
-            if out is None:
-                raise errors.ToolkitError("the batch manager went idle before every request finished")
-            done[self.batch_manager.last_request_id] = out
-        texts = []
-        for rid in rids:
-            text = self.tokenizer.decode(done[rid].to_list())
-            cuts = [i for i in (text.find(s) for s in params.stop) if i >= 0]
-            texts.append(text[:min(cuts)] if cuts else text)
-        return texts
+            prompts.append(self.prompt_ids(prompt))
+        bm = self.batch_manager
+        rids = []
+        try:
+            for ids in prompts:
+                rid = object()  # unique even across concurrent callers
+                bm.add_request(rid, ids, private=True, **params)
+                rids.append(rid)
+            return [r.text for r in bm.wait(rids)]
+        except BaseException:
+            for rid in rids:  # leave nothing of this call running or uncollected in the shared manager
+                try:
+                    bm.cancel(rid)
+                    bm.wait([rid])
+                except errors.InvalidArgumentError:
+                    pass  # unknown id: its result was already collected
+            raise
 
 
 def create_llama_plugin() -> Llama_Plugin:

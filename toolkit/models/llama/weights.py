@@ -94,6 +94,81 @@ def _vectors_to_f32(state):
     return state
 
 
+def _param_shape(config, param):
+    """The shape LlamaModel gives parameter `param`, or None if it has no such parameter."""
+    c = config
+    h = c.hidden_size
+    top = {"embed_tokens.weight": (c.vocab_size, h), "norm.weight": (h,)}
+    if not c.tie_word_embeddings:
+        top["lm_head.weight"] = (c.vocab_size, h)
+    if param in top:
+        return top[param]
+    m = re.fullmatch(r"layers\.(\d+)\.(.+)", param)
+    if m is None or int(m.group(1)) >= c.num_hidden_layers or (m.group(1) != "0" and m.group(1)[0] == "0"):
+        return None
+    return {
+        "input_layernorm.weight": (h,),
+        "post_attention_layernorm.weight": (h,),
+        "self_attn.q_proj.weight": (c.q_dim, h),
+        "self_attn.k_proj.weight": (c.kv_dim, h),
+        "self_attn.v_proj.weight": (c.kv_dim, h),
+        "self_attn.o_proj.weight": (h, c.q_dim),
+        "mlp.gate_proj.weight": (c.intermediate_size, h),
+        "mlp.up_proj.weight": (c.intermediate_size, h),
+        "mlp.down_proj.weight": (h, c.intermediate_size),
+    }.get(m.group(2))
+
+
+PARAMS_PER_LAYER = 9
+
+
+def check_shapes(config, shapes, where):
+    """Checks the file's tensors (param name -> shape) against the architecture its config declares,
+    before the model allocates anything: a config that claims a huge vocab_size or layer count
+    is a FormatError here, not a 100 TB allocation later."""
+    for param, shape in shapes.items():
+        want = _param_shape(config, param)
+        if want is None:
+            raise errors.FormatError(f"{where}: tensor {param!r} has no place in a Llama model with "
+                                     f"{config.num_hidden_layers} layers")
+        if tuple(shape) != want:
+            raise errors.FormatError(f"{where}: tensor {param!r} has shape {tuple(shape)} but the config "
+                                     f"(hidden_size, vocab_size, heads, ...) needs {want}")
+    # Every name is valid and unique, so equal counts means none is missing.
+    n_want = (2 if config.tie_word_embeddings else 3) + PARAMS_PER_LAYER * config.num_hidden_layers
+    if len(shapes) != n_want:
+        have = set(shapes)
+        missing = [p for p in ("embed_tokens.weight", "norm.weight", "lm_head.weight") if p not in have
+                   and _param_shape(config, p) is not None]
+        for i in range(config.num_hidden_layers):
+            if len(missing) >= 5:
+                break
+            missing += [f"layers.{i}.{s}" for s in ("input_layernorm.weight", "self_attn.q_proj.weight",
+                        "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+                        "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+                        "mlp.down_proj.weight") if f"layers.{i}.{s}" not in have]
+        raise errors.FormatError(f"{where}: {len(shapes)} weight tensors, but the config's architecture "
+                                 f"({config.num_hidden_layers} layers) needs {n_want}; missing e.g. {missing[:5]}")
+
+
+# The engine reads elements (and block scales) with their natural alignment; a file may place a
+# tensor anywhere its alignment allows (GGUF general.alignment = 1, odd safetensors offsets).
+_ELEMENT_ALIGN = {"F32": 4, "F16": 2, "BF16": 2, "Q8_0": 2, "Q4_0": 2, "Q4_1": 2}
+
+
+def _wrap(view, file_offset, shape, dtype):
+    """A Tensor over the mapped bytes, or, if they sit misaligned, over an aligned copy (the one
+    case where loading copies a matrix: unaligned loads are undefined behaviour in C)."""
+    if file_offset % _ELEMENT_ALIGN[dtype] == 0:  # mappings start page-aligned
+        return Tensor.wrap(view, shape, dtype)
+    t = Tensor(shape, dtype)
+    dst = t.memoryview().cast("B")
+    dst[:] = view.cast("B") if view.format != "B" else view
+    dst.release()
+    view.release()
+    return t
+
+
 def load_gguf(path):
     """(config, {param name: Tensor}, metadata, WeightSource) from a GGUF file."""
     g = GGUFFile(path)
@@ -107,10 +182,13 @@ def load_gguf(path):
             param = gguf_to_param(name)
             if param is None:
                 raise errors.UnsupportedError(f"{path}: tensor {name!r} has no place in a Llama model")
-            g.check_supported(name)
-            dtype = GGUF_DTYPES[info.type_name]
-            shape = tuple(reversed(info.shape))  # GGUF lists ne[0] (innermost) first
-            state[param] = Tensor.wrap(g.tensor_bytes(name), shape, dtype)
+            if param in state:
+                raise errors.FormatError(f"{path}: two tensors map to {param!r}")
+            state[param] = (name, tuple(reversed(info.shape)))  # GGUF lists ne[0] (innermost) first
+        check_shapes(config, {p: shape for p, (_, shape) in state.items()}, path)
+        for param, (name, shape) in state.items():
+            info = g.check_supported(name)
+            state[param] = _wrap(g.tensor_bytes(name), info.offset, shape, GGUF_DTYPES[info.type_name])
         return config, _vectors_to_f32(state), md, WeightSource(path, g, "gguf")
     except BaseException:
         state = None
@@ -139,13 +217,18 @@ def load_hf_dir(directory):
             if name.endswith("rotary_emb.inv_freq"):
                 continue
             param = name[len(HF_PREFIX):] if name.startswith(HF_PREFIX) else name
+            if param in state:
+                raise errors.FormatError(f"{directory}: two tensors map to {param!r}")
+            state[param] = (name, info)
+        if config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        check_shapes(config, {p: info.shape for p, (_, info) in state.items()}, directory)
+        for param, (name, info) in state.items():
             dtype = HF_DTYPES.get(info.dtype)
             if dtype is None:
                 raise errors.UnsupportedError(f"{directory}: tensor {name!r} has dtype {info.dtype}; "
                                               f"supported: {', '.join(HF_DTYPES)}")
-            state[param] = Tensor.wrap(files.tensor_bytes(name), tuple(info.shape), dtype)
-        if config.tie_word_embeddings:
-            state.pop("lm_head.weight", None)
+            state[param] = _wrap(files.tensor_bytes(name), info.begin, tuple(info.shape), dtype)
         return config, _vectors_to_f32(state), hf_cfg, WeightSource(directory, files, "safetensors")
     except BaseException:
         state = None

@@ -1,0 +1,291 @@
+"""Figures for notebooks: attention patterns, throughput, per-layer timing, logit lens, residual norms.
+
+Every function takes plain Python lists (never tensors: call `.tolist()` first), draws on a new
+matplotlib `Figure` (not pyplot, so nothing piles up in pyplot's global figure list when a loop
+draws hundreds) and returns it, for users to restyle. A returned Figure displays itself in a
+notebook; `save(fig, "name")` writes name.png and name.svg.
+
+matplotlib is imported lazily: the rest of the toolkit does not need it.
+"""
+import math
+import os
+
+from toolkit import errors
+
+__all__ = ["attention_pattern", "attention_heads", "throughput_over_generation", "throughput_vs_prompt_length",
+           "throughput_vs_batch_size", "layer_timing", "logit_lens", "logit_lens_figure", "residual_norms", "save",
+           "to_png", "token_label"]
+
+
+def _figure(w, h):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), layout="constrained")
+    return fig
+
+
+def token_label(text, width=12):
+    """A token as an axis label: whitespace made visible (a leading space as '·', newlines as '\\n')."""
+    s = str(text).replace("\n", "\\n").replace("\t", "\\t").replace(" ", "·")
+    return s if len(s) <= width else s[:width - 1] + "…"
+
+
+def _matrix(rows, what):
+    if not rows or not all(isinstance(r, (list, tuple)) for r in rows):
+        raise errors.InvalidArgumentError(f"{what} must be a non-empty list of rows (lists of numbers); call .tolist() on a tensor")
+    n = len(rows[0])
+    if any(len(r) != n for r in rows):
+        raise errors.InvalidArgumentError(f"{what} rows differ in length")
+    return [list(map(float, r)) for r in rows]
+
+
+def _heatmap(ax, pattern, tokens, title, cmap="viridis", vmin=0.0, vmax=None, labels=True):
+    m = _matrix(pattern, "pattern")
+    if tokens is not None and (len(tokens) != len(m[0]) or len(tokens) != len(m)):
+        raise errors.InvalidArgumentError(f"{len(tokens)} token labels for a {len(m)}x{len(m[0])} pattern")
+    im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    if tokens is not None and labels:
+        names = [token_label(t) for t in tokens]
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query")
+    ax.set_title(title, fontsize=9)
+    return im
+
+
+def attention_pattern(pattern, tokens=None, layer=None, head=None, title=None):
+    """Heatmap of one head's attention pattern [query][key] (rows sum to 1), labelled with tokens."""
+    n = len(pattern) if pattern else 0
+    side = min(max(3.0, 0.28 * n + 1.5), 14.0)
+    fig = _figure(side + 0.8, side)
+    ax = fig.add_subplot()
+    where = " ".join(x for x in (f"layer {layer}" if layer is not None else "",
+                                  f"head {head}" if head is not None else "") if x)
+    im = _heatmap(ax, pattern, tokens, title or f"attention pattern {where}".strip(), vmax=1.0)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="attention weight")
+    return fig
+
+
+def attention_heads(patterns, tokens=None, layer=None, cols=None, title=None):
+    """A grid of every head's pattern [head][query][key] of one layer; labels on the edge plots only."""
+    if not patterns:
+        raise errors.InvalidArgumentError("patterns must list at least one head")
+    h = len(patterns)
+    cols = cols or min(h, 3 if h <= 9 else 4)
+    rows = math.ceil(h / cols)
+    n = len(patterns[0])
+    cell = min(max(2.2, 0.16 * n + 1.2), 5.0)
+    fig = _figure(cols * cell + 0.6, rows * cell + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    im = None
+    for i in range(rows * cols):
+        ax = axes[i // cols][i % cols]
+        if i >= h:
+            ax.set_axis_off()
+            continue
+        im = _heatmap(ax, patterns[i], tokens, f"head {i}", vmax=1.0, labels=n <= 40)
+        if i % cols:
+            ax.set_ylabel("")
+            ax.set_yticklabels([])
+        if i // cols != rows - 1 and i + cols < h:
+            ax.set_xlabel("")
+            ax.set_xticklabels([])
+    fig.colorbar(im, ax=axes, shrink=0.6, label="attention weight")
+    fig.suptitle(title or (f"layer {layer}: all heads" if layer is not None else "all heads"))
+    return fig
+
+
+def _events_to_rates(events):
+    """(step index, tokens/s, phase) of TokenEvents, or of plain per-token seconds."""
+    out = []
+    for i, e in enumerate(events):
+        if isinstance(e, (int, float)):
+            sec, n, phase = float(e), 1, "decode" if i else "prefill"
+        else:
+            sec, n, phase = e.seconds, e.n_input, e.phase
+        out.append((i, n / sec if sec > 0 else 0.0, phase))
+    return out
+
+
+def throughput_over_generation(events, title=None, cpu=None):
+    """Decode tokens/s at each step of a generation (TokenEvents, or one step time in seconds each);
+    the prefill rate (prompt tokens/s) is given in the legend, not plotted on the same scale."""
+    pts = _events_to_rates(events)
+    if not pts:
+        raise errors.InvalidArgumentError("no generation steps to plot")
+    fig = _figure(6.5, 3.2)
+    ax = fig.add_subplot()
+    dec = [(i, r) for i, r, ph in pts if ph == "decode"]
+    pre = [r for _, r, ph in pts if ph == "prefill"]
+    if dec:
+        ax.plot([i for i, _ in dec], [r for _, r in dec], marker=".", lw=1, label="decode tokens/s")
+        mean = len(dec) / sum(1 / r for _, r in dec if r > 0) if any(r > 0 for _, r in dec) else 0
+        ax.axhline(mean, color="grey", ls="--", lw=0.8, label=f"overall {mean:.1f} tok/s")
+    if pre:
+        ax.plot([], [], " ", label=f"prefill {pre[0]:.0f} tok/s")
+    ax.set_xlabel("generated token")
+    ax.set_ylabel("tokens / s")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(_with_cpu(title or "throughput over a generation", cpu), fontsize=9)
+    return fig
+
+
+def _with_cpu(title, cpu):
+    return f"{title}\n{cpu}" if cpu else title
+
+
+def throughput_vs_prompt_length(lengths, prefill, decode=None, title=None, cpu=None):
+    """Prefill (and decode) tokens/s against prompt length in tokens, log-scaled length axis."""
+    if not lengths or len(lengths) != len(prefill) or (decode is not None and len(decode) != len(lengths)):
+        raise errors.InvalidArgumentError("lengths, prefill (and decode) must be lists of the same, non-zero length")
+    fig = _figure(6.0, 3.4)
+    ax = fig.add_subplot()
+    ax.plot(lengths, prefill, marker="o", label="prefill")
+    if decode is not None:
+        ax.plot(lengths, decode, marker="s", label="decode (after that prompt)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.set_xlabel("prompt length (tokens)")
+    ax.set_ylabel("tokens / s")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(_with_cpu(title or "throughput vs prompt length", cpu), fontsize=9)
+    return fig
+
+
+def throughput_vs_batch_size(batch_sizes, tokens_per_s, per_sequence=None, title=None, cpu=None):
+    """Total decode tokens/s (and optionally per sequence) against the number of sequences batched."""
+    if not batch_sizes or len(batch_sizes) != len(tokens_per_s):
+        raise errors.InvalidArgumentError("batch_sizes and tokens_per_s must be lists of the same, non-zero length")
+    fig = _figure(6.0, 3.4)
+    ax = fig.add_subplot()
+    ax.plot(batch_sizes, tokens_per_s, marker="o", label="total tokens/s")
+    if per_sequence is not None:
+        ax.plot(batch_sizes, per_sequence, marker="s", label="per sequence")
+    ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+    ax.set_xlabel("batch size (sequences)")
+    ax.set_ylabel("tokens / s")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(_with_cpu(title or "throughput vs batch size", cpu), fontsize=9)
+    return fig
+
+
+def layer_timing(names, seconds, parts=None, title=None, unit="ms"):
+    """Bars of time per layer. `parts` = {label: [seconds per layer]} stacks sub-layer times (say
+    attention and MLP) inside each bar; `seconds` is then the whole layer's time."""
+    if not names or len(names) != len(seconds):
+        raise errors.InvalidArgumentError("names and seconds must be lists of the same, non-zero length")
+    k = {"s": 1.0, "ms": 1e3, "us": 1e6}[unit]
+    fig = _figure(max(5.0, 0.22 * len(names) + 2.0), 3.4)
+    ax = fig.add_subplot()
+    x = list(range(len(names)))
+    if parts:
+        bottom = [0.0] * len(names)
+        for label, vals in parts.items():
+            if len(vals) != len(names):
+                raise errors.InvalidArgumentError(f"parts[{label!r}] has {len(vals)} values for {len(names)} layers")
+            v = [s * k for s in vals]
+            ax.bar(x, v, bottom=bottom, label=label)
+            bottom = [b + y for b, y in zip(bottom, v)]
+        rest = [max(s * k - b, 0.0) for s, b in zip(seconds, bottom)]
+        if any(r > 0 for r in rest):
+            ax.bar(x, rest, bottom=bottom, label="other", color="lightgrey")
+        ax.legend(fontsize=8)
+    else:
+        ax.bar(x, [s * k for s in seconds])
+    ax.set_xticks(x, [str(n) for n in names], rotation=90 if len(names) > 12 else 0, fontsize=7)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"time ({unit})")
+    ax.set_title(title or "time per layer", fontsize=9)
+    return fig
+
+
+def logit_lens(top_tokens, probs, input_tokens=None, layer_names=None, title=None):
+    """Logit-lens heatmap: rows are layers, columns positions; each cell is the probability of that
+    layer's top prediction (annotated with its token when the grid is small enough to read)."""
+    m = _matrix(probs, "probs")
+    if len(top_tokens) != len(m) or any(len(r) != len(m[0]) for r in top_tokens):
+        raise errors.InvalidArgumentError("top_tokens must have the shape of probs [layer][position]")
+    layers, pos = len(m), len(m[0])
+    fig = _figure(min(max(4.0, 0.9 * pos + 2.0), 20.0), min(max(3.0, 0.3 * layers + 1.5), 14.0))
+    ax = fig.add_subplot()
+    im = ax.imshow(m, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest", origin="lower")
+    if pos * layers <= 2000:
+        for li in range(layers):
+            for pi in range(pos):
+                ax.text(pi, li, token_label(top_tokens[li][pi], 8), ha="center", va="center", fontsize=6,
+                        color="white" if m[li][pi] > 0.5 else "black")
+    ax.set_yticks(range(layers), [str(n) for n in (layer_names or range(layers))], fontsize=7)
+    if input_tokens is not None:
+        if len(input_tokens) != pos:
+            raise errors.InvalidArgumentError(f"{len(input_tokens)} input tokens for {pos} positions")
+        ax.set_xticks(range(pos), [token_label(t) for t in input_tokens], rotation=90, fontsize=7)
+    ax.set_xlabel("input position")
+    ax.set_ylabel("layer")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="probability of the top token")
+    ax.set_title(title or "logit lens: top prediction per layer", fontsize=9)
+    return fig
+
+
+def logit_lens_figure(lens, input_tokens=None, title=None):
+    """`logit_lens` of a LogitLens (what `cache.logit_lens()` returns: labels, tokens[c][pos][j],
+    probs[c][pos][j]): each component's top-1 prediction per position."""
+    tops = [[row[0] for row in comp] for comp in lens.tokens]
+    probs = [[row[0] for row in comp] for comp in lens.probs]
+    return logit_lens(tops, probs, input_tokens=input_tokens, layer_names=list(lens.labels), title=title)
+
+
+def residual_norms(norms, layer_names=None, positions=None, title=None):
+    """Residual-stream L2 norm by layer: `norms` is [layer] (one line) or [layer][position] (one line
+    per position, labelled with `positions`, e.g. the tokens)."""
+    if not norms:
+        raise errors.InvalidArgumentError("norms must list at least one layer")
+    fig = _figure(6.0, 3.4)
+    ax = fig.add_subplot()
+    x = list(range(len(norms)))
+    if isinstance(norms[0], (list, tuple)):
+        cols = _matrix(norms, "norms")
+        for p in range(len(cols[0])):
+            label = token_label(positions[p]) if positions is not None else f"pos {p}"
+            ax.plot(x, [r[p] for r in cols], marker=".", lw=1, label=label)
+        if len(cols[0]) <= 12:
+            ax.legend(fontsize=7, ncols=2)
+    else:
+        ax.plot(x, [float(v) for v in norms], marker="o")
+    if layer_names is not None:
+        ax.set_xticks(x, [str(n) for n in layer_names], rotation=90 if len(x) > 12 else 0, fontsize=7)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("‖resid‖₂")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "residual stream norm by layer", fontsize=9)
+    return fig
+
+
+def save(fig, path, formats=("png", "svg"), dpi=120):
+    """Writes fig as path.png and path.svg (path without a suffix); returns the file names."""
+    root, ext = os.path.splitext(str(path))
+    if ext.lstrip(".") in ("png", "svg", "pdf"):
+        path = root
+    out = []
+    for f in formats:
+        name = f"{path}.{f}"
+        fig.savefig(name, format=f, dpi=dpi)
+        out.append(name)
+    return out
+
+
+def to_png(fig, dpi=100):
+    """PNG bytes of a figure (widgets show these in an Image)."""
+    from io import BytesIO
+
+    buf = BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
