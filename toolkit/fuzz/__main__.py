@@ -100,8 +100,11 @@ class Runner:
                                     preexec_fn=_limit(self.args.mem_gib << 30))
 
     def _stderr(self, start=None):
+        path = self._err_path.get(threading.get_ident())
+        if path is None:
+            return ""
         try:
-            with open(self._err_path[threading.get_ident()], "rb") as f:
+            with open(path, "rb") as f:
                 return f.read()[-3000:].decode("utf-8", "replace")
         except OSError:
             return ""
