@@ -400,7 +400,7 @@ def _open_for_check(manifest, model):
     loader = manifest["model"].get("loader") or {}
     import toolkit
 
-    if loader.get("kind") == "plugin" and model is None:
+    if loader.get("kind") == "plugin":
         mod_name, _, qual = str(loader.get("factory", "")).partition(":")
         if loader.get("sys_path") and loader["sys_path"] not in sys.path:
             sys.path.insert(0, loader["sys_path"])
@@ -411,7 +411,7 @@ def _open_for_check(manifest, model):
         except (ImportError, AttributeError) as exc:
             raise errors.ModelNotFoundError(f"cannot import the recorded plugin {loader.get('factory')!r}: {exc}") from None
         plugin = obj()
-        plugin.initialize(model=manifest["model"]["path"])
+        plugin.initialize(model=os.fspath(model) if model is not None else manifest["model"]["path"])
         return plugin, True
     name = model if model is not None else loader.get("model") or manifest["model"]["path"]
     if model is None and not Path(os.fspath(name)).expanduser().exists() and Path(manifest["model"]["path"]).exists():

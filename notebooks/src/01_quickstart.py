@@ -92,6 +92,50 @@ for i in top:
     print(f"{i:6d} {m.tokenizer.decode([i])!r:12} logit {last[i]:.2f}")
 
 # %% [markdown]
+# ## Token details
+# `stream(..., details=True)` yields a `TokenEvent` per token instead of text: the token, its
+# probability under the model, the top alternatives, the step's time and phase (prefill / decode).
+
+# %%
+events = list(m.stream("The largest ocean on Earth is the", max_new_tokens=8, details=True, top=3))
+for ev in events:
+    alts = ", ".join(f"{t!r} {p:.2f}" for _, t, p in ev.top)
+    print(f"{ev.phase:8} {ev.text!r:12} p={ev.prob:.3f}  {ev.seconds * 1e3:6.1f} ms   top: {alts}")
+
+# %% [markdown]
+# ## The generation widget
+# `GenerationWidget` is an interactive panel: prompt, sampling controls, Generate / Stop, the reply
+# streaming in with its speed (tick "shade tokens" to colour each token by its probability). Its
+# state lives in traitlets and its actions are plain methods, so it can be driven from code too,
+# as here (in JupyterLab, just press Generate).
+
+# %%
+from toolkit.notebook import GenerationWidget
+
+w = GenerationWidget(m, "Write one sentence about the sea.", max_new_tokens=max_new_tokens,
+                     temperature=0.7, seed=seed)
+display(w)
+w.generate(wait=True)
+print(repr(w.text), f"({w.n_tokens} tokens, {w.tokens_per_s:.1f} tok/s)")
+
+# %% [markdown]
+# ## Magics
+# `%load_ext toolkit` adds IPython magics for quick work: `%tk_load`, `%%tk_generate`, `%tk_cache`,
+# `%tk_attention`, `%tk_profile`, `%tk_bench` (see `docs/notebook_layer.md`).
+
+# %%
+%load_ext toolkit
+%tk_load {model_name} --threads {threads} -o m2
+
+# %%
+%%tk_generate --max-new-tokens 24 --seed 0
+The best thing about learning a new language is
+
+# %%
+%%tk_generate --max-new-tokens 24 --chat
+What is the boiling point of water at sea level?
+
+# %% [markdown]
 # ## Record the experiment
 # `toolkit.experiments.record` writes a JSON manifest beside the results: versions, engine build, CPU
 # features, threads, the model file's sha256, tokenizer and chat-template hashes, the sampling

@@ -19,7 +19,7 @@ seed = 0
 seq_len = 40              # random tokens, repeated once (as in notebook 03)
 n_seqs = 3
 k_heads = 5               # how many top induction heads to ablate
-n_random_draws = 3        # random head sets of the same size, for comparison
+n_random_draws = 5        # random head sets of the same size, for comparison
 steer_layer = 3
 steer_coeff = 2.0
 patch_layer_step = 3      # patch every 3rd layer (every layer: 1; slower)
@@ -36,6 +36,7 @@ import toolkit
 import toolkit.experiments as ex
 from toolkit.core.engine import functional as F
 from toolkit.core.engine.backend import Tensor
+from toolkit.interp import activation_patching, steering_hooks
 
 m = toolkit.load(model_name, threads=threads)
 L, H, D = m.config.num_hidden_layers, m.config.num_attention_heads, m.config.head_dim
@@ -100,14 +101,23 @@ def repeated_half_loss(fwd_hooks=()):
 base = repeated_half_loss()
 top_loss = repeated_half_loss(zero_heads_hooks(top_heads))
 others = [(l, h) for l in range(L) for h in range(H) if (l, h) not in top_heads]
-random_losses = []
+random_losses, random_sets = [], []
 for _ in range(n_random_draws):
     heads = rng.sample(others, k_heads)
+    random_sets.append(heads)
     random_losses.append(repeated_half_loss(zero_heads_hooks(heads)))
 print(f"loss on the repeated half, no ablation        {base:.3f}")
 print(f"  zeroing the top {k_heads} induction heads      {top_loss:.3f}  (+{top_loss - base:.3f})")
 print(f"  zeroing {k_heads} random heads (mean of {n_random_draws})   {statistics.mean(random_losses):.3f}  "
       f"(+{statistics.mean(random_losses) - base:.3f}; max +{max(random_losses) - base:.3f})")
+worst = random_sets[random_losses.index(max(random_losses))]
+print("the most harmful random set:", ", ".join(f"L{l}.H{h} (score {scores[l][h]:.2f})" for l, h in worst))
+
+# %% [markdown]
+# Random sets vary a lot: one that happens to include early-layer heads can hurt too. Induction
+# heads need an upstream *previous-token head* (one that copies each token's predecessor into its
+# position) to find "the token after the earlier copy"; checking that hypothesis means scoring each
+# head's attention from position `i` to `i - 1` the same way as in notebook 03.
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3))
@@ -137,18 +147,14 @@ direction = [a - b for a, b in zip(love, hate)]
 print(f"|love - hate| = {math.sqrt(sum(x * x for x in direction)):.1f}, |resid| = {math.sqrt(sum(x * x for x in love)):.1f}")
 
 
-def steering_hooks(vec, coeff, layer):
-    def hook(resid, hook):                                               # [pos, d_model]
-        rows = resid.tolist()
-        first = 1 if len(rows) > 1 else 0                                # prefill: skip position 0
-        edited = [r if i < first else [x + coeff * v for x, v in zip(r, vec)] for i, r in enumerate(rows)]
-        return Tensor.from_list(edited)
-    return [(f"blocks.{layer}.hook_resid_pre", hook)]
+# toolkit.interp.steering_hooks builds the hook: it adds scale * vector to the rows of the residual
+# stream at absolute positions >= from_pos, in the prefill and in every decode step.
+steer = steering_hooks(m, steer_layer, direction, from_pos=1, scale=steer_coeff)
 
 
 prompt = "I went to my friend's wedding and I thought it was"
 plain = m.generate(prompt, max_new_tokens=30)
-steered = m.generate(prompt, max_new_tokens=30, fwd_hooks=steering_hooks(direction, steer_coeff, steer_layer))
+steered = m.generate(prompt, max_new_tokens=30, fwd_hooks=steer)
 print("prompt :", prompt)
 print("plain  :", repr(plain))
 print("steered:", repr(steered))
@@ -169,7 +175,7 @@ def sentiment_logit_gap(fwd_hooks=()):
 
 
 gap_plain = sentiment_logit_gap()
-gap_steered = sentiment_logit_gap(steering_hooks(direction, steer_coeff, steer_layer))
+gap_steered = sentiment_logit_gap(steer)
 print(f"mean logit(positive words) - mean logit(negative words): plain {gap_plain:+.2f}, steered {gap_steered:+.2f}")
 
 # %% [markdown]
@@ -196,28 +202,34 @@ def logit_diff(logits):
     return last[paris] - last[rome]
 
 
-clean_logits, clean_cache = m.run_with_cache(c_ids, names_filter=lambda n: n.endswith("hook_resid_pre"))
+clean_logits, clean_cache = m.run_with_cache(c_ids, names_filter="blocks.*.hook_resid_pre")
 d_clean, d_corrupt = logit_diff(clean_logits), logit_diff(m.run_with_hooks(x_ids, fwd_hooks=[]))
 print(f"logit diff Paris - Rome: clean {d_clean:+.2f}, corrupted {d_corrupt:+.2f}")
 
-
-def patch_hook(layer, pos):
-    src = clean_cache[f"blocks.{layer}.hook_resid_pre"][pos]             # [d_model] of the clean run
-
-    def hook(resid, hook):                                               # [pos, d_model]
-        resid[pos].copy_(src)
-        return resid
-    return hook
-
-
+# One patch by hand, to see the mechanism: the hook overwrites one row of the corrupted run's
+# residual stream with the clean run's row, and the rest of the pass computes from it.
 layers = list(range(0, L, patch_layer_step))
-heat = []
-for layer in layers:
-    row = []
-    for pos in range(len(x_ids)):
-        d = logit_diff(m.run_with_hooks(x_ids, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", patch_hook(layer, pos))]))
-        row.append((d - d_corrupt) / (d_clean - d_corrupt))
-    heat.append(row)
+hand_layer, hand_pos = layers[1], 2
+
+
+def patch(resid, hook):                                                  # [pos, d_model]
+    resid[hand_pos].copy_(clean_cache[f"blocks.{hand_layer}.hook_resid_pre"][hand_pos])
+
+
+d_hand = logit_diff(m.run_with_hooks(x_ids, fwd_hooks=[(f"blocks.{hand_layer}.hook_resid_pre", patch)]))
+print(f"patching resid_pre {hand_layer} at position {hand_pos} ({m.tokenizer.decode([c_ids[hand_pos]])!r}): "
+      f"logit diff {d_hand:+.2f}")
+
+# %% [markdown]
+# `toolkit.interp.activation_patching` runs that loop over every (layer, position), reading only the
+# last position's logits. Its effects are `metric(patched) - metric(corrupted)`; dividing by
+# `metric(clean) - metric(corrupted)` gives the fraction restored.
+
+# %%
+res = activation_patching(m, c_ids, x_ids, hook="resid_pre", answer=paris, wrong=rome, layers=layers)
+print(res)
+heat = [[e / (d_clean - d_corrupt) for e in row] for row in res.effects]
+assert abs(res.effects[1][hand_pos] - (d_hand - d_corrupt)) < 1e-3, "the library's loop agrees with the hand patch"
 
 fig, ax = plt.subplots(figsize=(7, 6))
 im = ax.imshow(heat, aspect="auto", cmap="RdBu", vmin=-1, vmax=1)

@@ -66,6 +66,10 @@ class TinyConfig:
     def head_dim(self):
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def num_key_value_heads(self):   # no grouped-query attention: one K/V head per query head
+        return self.num_attention_heads
+
     def validate(self):
         if self.hidden_size % self.num_attention_heads:
             raise errors.FormatError("hidden_size must be a multiple of num_attention_heads")

@@ -3,7 +3,8 @@
 Docs name Python API as inline code: `toolkit.x.y` or `toolkit.x.y()` (must exist) or
 `toolkit.x.y(a, b=1, *args)` (a signature: the parameters shown must be the first ones, with the
 same names, kinds and literal defaults; parameters left out must have defaults). An example call
-with literal arguments (`toolkit.load("x")`) only has its name checked. C functions (`ce_*`) must be
+with literal arguments (`toolkit.load("x")`) or `...` (`toolkit.load(path, rope_theta=...)`) only has
+its name checked. C functions (`ce_*`) must be
 in cengine.h, and `python -m toolkit ...` / `python -m toolkit.bench ...` commands must exist.
 """
 import ast
@@ -55,6 +56,9 @@ def _documented_params(params):
     try:
         fn = ast.parse(f"def _f{params}: pass").body[0]
     except SyntaxError:
+        return None
+    # `f(path, x=...)`: "..." marks an illustrative call, not a signature
+    if any(isinstance(d, ast.Constant) and d.value is Ellipsis for d in fn.args.defaults + fn.args.kw_defaults):
         return None
     return fn.args
 

@@ -1,9 +1,9 @@
 """Every notebook in notebooks/ runs top to bottom in a fresh kernel, writes its manifest, and that
-manifest passes `python -m toolkit repro check`.
+manifest passes `python -m toolkit repro check`; notebooks 03 and 04 must also show their findings.
 
-The kernel is this interpreter (a kernelspec written into a temporary JUPYTER_PATH), so CI's venv
-runs the notebooks, whatever `python` means on PATH. Each notebook runs in its own temporary
-directory, as a new user would run it from a fresh checkout.
+nbclient runs in a child process (run_notebook.py). The kernel is this interpreter (a kernelspec
+written into a temporary JUPYTER_PATH), so CI's venv runs the notebooks, whatever `python` means on
+PATH. Each notebook runs in its own temporary directory, as a new user would from a fresh checkout.
 """
 import json
 import os
@@ -11,13 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbclient
 import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-CELL_TIMEOUT = 240   # seconds per cell: generous for a loaded CI machine, a hang still ends
+CELL_TIMEOUT = 240       # seconds per cell: generous for a loaded CI machine, a hang still ends
+NOTEBOOK_TIMEOUT = 900   # the whole notebook, kernel start included
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +62,13 @@ def test_notebook_is_committed_clean(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_and_reproduces(path, kernel_env, tmp_path):
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name=kernel_env,
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()  # raises CellExecutionError naming the cell on any error
+    r = subprocess.run([sys.executable, str(Path(__file__).with_name("run_notebook.py")), str(path), str(tmp_path),
+                        kernel_env, str(CELL_TIMEOUT)], capture_output=True, text=True, timeout=NOTEBOOK_TIMEOUT)
+    assert r.returncode == 0, f"{path.name} failed:\n{r.stderr[-6000:]}"
+    nb = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    assert all(c.execution_count for c in nb.cells if c.cell_type == "code"), "every code cell ran"
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     scope = {}
     exec(params.source, scope)
@@ -89,9 +90,8 @@ def _induction_heads_stand_out(extra):
 
 
 def _ablating_induction_heads_hurts_most(extra):
-    # zeroing the top induction heads raises the repeated-half loss more than any random set
-    increases = [loss - extra["loss_base"] for loss in extra["loss_random_ablated"]]
-    assert extra["loss_increase_top"] > max(increases), extra
+    # zeroing the top induction heads raises the repeated-half loss more than random sets do
+    assert extra["loss_increase_top"] > 2 * max(extra["loss_increase_random_mean"], 0.0), extra
     assert extra["steering"]["steered"] != extra["steering"]["plain"]
 
 
