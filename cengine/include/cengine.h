@@ -122,6 +122,11 @@ int ce_get_threads(void);
 int ce_default_threads(void);          /* online cores */
 void ce_set_simd(int enabled);         /* 0: scalar reference kernels (tests), 1: SIMD if present */
 int ce_get_simd(void);                 /* 1 when SIMD kernels are selected and available */
+/* 512: the 512-bit kernels (the Q4 GEMV) where compiled in and supported; 256 (the default; env
+ * TOOLKIT_VECTOR_BITS=512 sets 512 at load): the AVX2 ones. Both give the same bits.
+ * CE_ERR_ARG for other values or when unavailable. */
+ce_status ce_set_vector_bits(int bits);
+int ce_get_vector_bits(void);
 /* Q4 GEMV unpacking. Both paths give the same bits; CE_Q4_SUBNORMAL (nibbles read in place as
  * subnormal floats) is fastest where the CPU takes subnormal FMA operands at full speed (AMD Zen),
  * CE_Q4_NORMAL (converted to normal floats) where it does not (Intel). CE_Q4_AUTO: the start-up
@@ -225,7 +230,8 @@ ce_status ce_sample(const ce_tensor *logits, float temperature, int64_t top_k, f
                     double r, int32_t *out_id);
 
 /* ---- profiler ----
- * When enabled, every op above (the ce_op enum) adds to its counters on return: calls, wall time
+ * When enabled, every op function above (one per ce_op; tensor, dtype and settings calls are not
+ * ops) adds to its counters on return: calls, wall time
  * as the caller sees it (monotonic ns, threads included), bytes read and written (weights by
  * their stored dtype; each operand once, as a kernel streaming it from memory would), FLOPs (a
  * multiply-add is 2; attention counts its two dot products, 4 * D per query, head and key). A

@@ -1,6 +1,7 @@
-/* gemv.c - out = x @ w^T for few rows of x (M < GEMM_MIN_M: the decode step).
+/* gemv.c - out = x @ w^T with the GEMV's arithmetic: the decode step (few rows of x) and, since
+ * every row must get the same bits whatever M (batch invariance, matmul.c), prefill too.
  *
- * Memory bound, so weights are read once, straight from their stored format. F32/F16/BF16 are
+ * Decode is memory bound, so weights are read once, straight from their stored format. F32/F16/BF16 are
  * widened in registers and FMA'd against x; for Q8_0/Q4_0/Q4_1 a block's integers are converted
  * to F32, dotted with x (exact products), and the sum is scaled by d once per block (plus
  * m * sum(x) for Q4_1). Activations are never quantized: the result matches an F32 matmul on the
@@ -32,6 +33,7 @@ typedef struct {
     int nseg;
     int q4;                    /* some weight is Q4_0/Q4_1: xq per thread, MXCSR */
     int q4n;                   /* Q4 unpacking with normal floats (q4_ints), for the whole call */
+    int zl;                    /* Q4 runs the 512-bit kernel (xq in its layout), for the whole call */
     int64_t start[CE_MATMUL_MAX + 1];
     ce_steal_range *ranges;    /* [nranges] rows each thread has left */
     int nranges;               /* or 0 (ranges NULL): one thread runs all rows */
@@ -45,9 +47,11 @@ typedef struct {
  * only, never bits. 32 vector registers (AVX-512VL) hold 4x2 tiles of block dtypes and 2x2 of
  * F32/F16/BF16; 16 (AVX2) hold 2x2 and 1x2. */
 #if defined(__AVX512VL__)
+#define GEMV_HAVE_Z 1 /* the 512-bit Q4 kernel, dot_tile_qz (run when ce_vector_bits == 512) */
 enum { WIDE_PQ = 4, WIDE_PF = 2 };
 #define KEEP_IN_REG(v) __asm__("" : "+v"(v))
 #else
+#define GEMV_HAVE_Z 0
 enum { WIDE_PQ = 2, WIDE_PF = 1 };
 #define KEEP_IN_REG(v) __asm__("" : "+x"(v))
 #endif
@@ -107,8 +111,8 @@ AI void dot_tile(int dtype, int P, int R, const void *const *w, const float *con
  * sum |w x| (for Q4_1, of sum |d q x| + |m| sum |x|, as the m term is summed apart). Each lane
  * of the m accumulator belongs to one row and sums its blocks in order, so it too is the same for
  * any P.
- * Q4 nibbles are never moved or converted: q4_bits reads them in place as subnormal floats (see
- * there), so the x of Q4 rows is the permuted, power-of-two scaled copy xq built once per call
+ * Q4 nibbles are never moved: q4_bits reads them in place as subnormal floats, q4_ints converts
+ * them to normal ones (the path q4path.c picks; both give the same bits), so the x of Q4 rows is the permuted, power-of-two scaled copy xq built once per call
  * (per thread), and S and the result carry the same scaling.
  * The loop is bound by instruction throughput: a tile's P weight rows share the x loads (held in
  * registers), the P dependency chains are independent, and all rows are addressed from one moving
@@ -139,7 +143,7 @@ static inline float pow2f(int e) {
  * so both paths give the same bits whenever the q4_bits path's products are normal, i.e. unless
  * some |x| is below ~2^-76 of the largest (there q4_ints is the more accurate one). */
 enum { Q4N_SHIFT = 26 };
-static float build_xq(const float *x, int64_t K, float *xq, float *sq, float *cq, int q4n) {
+static float build_xq(const float *x, int64_t K, float *xq, float *sq, float *cq, int q4n, int zl) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 mx = _mm256_setzero_ps();
     for (int64_t k = 0; k < K; k += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)));
@@ -171,9 +175,13 @@ static float build_xq(const float *x, int64_t K, float *xq, float *sq, float *cq
         __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
         __m256 v[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
                        _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
-        for (int k = 0; k < 4; k++) _mm256_storeu_ps(xq + 32 * b + 8 * k, _mm256_mul_ps(v[k], sv[k]));
+        /* zl (the 512-bit kernel): vectors in the order 0, 2, 1, 3, so that (0, 2) and (1, 3) are
+         * one zmm each */
+        static const int at[2][4] = {{0, 1, 2, 3}, {0, 2, 1, 3}};
+        for (int k = 0; k < 4; k++) _mm256_storeu_ps(xq + 32 * b + 8 * at[zl][k], _mm256_mul_ps(v[k], sv[k]));
         if (cq) /* Q4_0: -8 x on the products' scale, so fma(q, xq, cq) = (q - 8) x rounded once */
-            for (int k = 0; k < 4; k++) _mm256_storeu_ps(cq + 32 * b + 8 * k, _mm256_mul_ps(v[k], _mm256_set1_ps(-8.0f * fs)));
+            for (int k = 0; k < 4; k++)
+                _mm256_storeu_ps(cq + 32 * b + 8 * at[zl][k], _mm256_mul_ps(v[k], _mm256_set1_ps(-8.0f * fs)));
     }
     return pow2f(-pe);
 }
@@ -186,12 +194,12 @@ static inline int64_t xq_row_floats(int dtype, int64_t K) { return K + sq_floats
 
 /* xq of every row of x into buf ([M][K]), then their sq ([M][sq_floats]) and unscaling factors
  * ([M]); points c at them */
-static void build_xqs(mm_ctx *c, float *buf, int q4n) {
+static void build_xqs(mm_ctx *c, float *buf, int q4n, int zl) {
     const int64_t ex = sq_floats(c->dtype, c->K);
     float *sq = buf + c->M * c->K, *us = sq + c->M * ex;
     for (int64_t m = 0; m < c->M; m++)
         us[m] = build_xq(c->xr[m], c->K, buf + m * c->K, c->dtype == CE_Q4_1 ? sq + m * ex : NULL,
-                                    c->dtype == CE_Q4_0 ? sq + m * ex : NULL, q4n);
+                                    c->dtype == CE_Q4_0 ? sq + m * ex : NULL, q4n, zl);
     c->xq = buf;
     c->sq = sq;
     c->xq_unscale = us;
@@ -210,10 +218,10 @@ static int64_t xq_floats(const mm_ctx *seg, int n) {
 
 /* xq for every Q4 weight of seg[0..n) that has none, into buf (xq_floats of them): weights of
  * one dtype share a copy */
-static void build_seg_xqs(mm_ctx *seg, int n, float *buf, int q4n) {
+static void build_seg_xqs(mm_ctx *seg, int n, float *buf, int q4n, int zl) {
     for (int s = 0; s < n; s++) {
         if (!mm_is_q4(seg[s].dtype) || seg[s].xq) continue;
-        build_xqs(&seg[s], buf, q4n);
+        build_xqs(&seg[s], buf, q4n, zl);
         buf += seg[s].M * xq_row_floats(seg[s].dtype, seg[s].K);
         for (int t = s + 1; t < n; t++)
             if (seg[t].dtype == seg[s].dtype)
@@ -287,6 +295,81 @@ AI void dot_tile_q(int dtype, int q4n, int P, int R, const char *w0, int64_t ws,
     }
 }
 
+#if GEMV_HAVE_Z
+/* dot_tile_q for Q4_0/Q4_1 in 512-bit registers, the same bits: vectors 0 and 2 of a block (and 1
+ * and 3) share a zmm, nibbles, x (xq in build_xq's zl order) and Q4_0's offsets alike, so
+ * s = fma(v1, x1, v0 x0) + fma(v3, x3, v2 x2) is one zmm mul, one zmm FMA and the sum of its two
+ * halves, and the unpacking takes one broadcast, two ANDs and one variable shift instead of a
+ * broadcast, four ANDs and a shift. */
+AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws, const float *const *x,
+                    const float *const *sq, const float *us, int64_t nb, const char *pf, float *res) {
+    const int64_t bb = dtype == CE_Q4_0 ? 18 : 20, qoff = dtype == CE_Q4_0 ? 2 : 4;
+    const int npf = (int)((P * bb + 63) / 64);
+    const __m512i m02 = _mm512_setr_epi32(0xF, 0xF, 0xF, 0xF, 0xF0, 0xF0, 0xF0, 0xF0, 0xF << 16, 0xF << 16, 0xF << 16,
+                                          0xF << 16, 0xF << 20, 0xF << 20, 0xF << 20, 0xF << 20);
+    const __m512i m13 = _mm512_setr_epi32(0xF << 8, 0xF << 8, 0xF << 8, 0xF << 8, 0xF << 12, 0xF << 12, 0xF << 12,
+                                          0xF << 12, 0xF << 16, 0xF << 16, 0xF << 16, 0xF << 16, 0xF << 20, 0xF << 20,
+                                          0xF << 20, 0xF << 20);
+    const __m512i sh13 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
+    __m256 acc[8], macc[2];
+    for (int t = 0; t < P * R; t++) acc[t] = _mm256_setzero_ps();
+    for (int r = 0; r < R; r++) macc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const char *blk = w0 + b * bb;
+        for (int i = 0; i < npf; i++) _mm_prefetch(pf + b * bb * P + 64 * i, _MM_HINT_T0);
+        __m512 xv[2][2];
+        __m256 sv[2];
+        for (int r = 0; r < R; r++) {
+            for (int i = 0; i < 2; i++) {
+                xv[r][i] = _mm512_loadu_ps(x[r] + 32 * b + 16 * i);
+                KEEP_IN_REG(xv[r][i]);
+            }
+            if (dtype == CE_Q4_1)
+                sv[r] = _mm256_castsi256_ps(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)(sq[r] + 2 * b))));
+        }
+        if (dtype == CE_Q4_1) {
+            __m128i dm = _mm_cvtsi32_si128(ld_i32(blk));
+            if (P > 1) dm = _mm_insert_epi32(dm, ld_i32(blk + ws), 1);
+            if (P > 2) dm = _mm_insert_epi32(dm, ld_i32(blk + 2 * ws), 2);
+            if (P > 3) dm = _mm_insert_epi32(dm, ld_i32(blk + 3 * ws), 3);
+            __m256 dmf = _mm256_cvtph_ps(dm);
+            for (int r = 0; r < R; r++) macc[r] = _mm256_fmadd_ps(dmf, sv[r], macc[r]);
+        }
+        for (int p = 0; p < P; p++) {
+            const char *bp = blk + p * ws;
+            const __m256 d = bcast_f16((const uint16_t *)bp);
+            const __m512i bq = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(bp + qoff)));
+            __m512 z02 = _mm512_castsi512_ps(_mm512_and_si512(bq, m02));
+            __m512 z13 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_srlv_epi32(bq, sh13), m13));
+            if (q4n) {
+                z02 = _mm512_cvtepi32_ps(_mm512_castps_si512(z02));
+                z13 = _mm512_cvtepi32_ps(_mm512_castps_si512(z13));
+            }
+            for (int r = 0; r < R; r++) {
+                __m512 t;
+                if (dtype == CE_Q4_0) {
+                    const float *cb = sq[r] + 32 * b;
+                    t = _mm512_add_ps(_mm512_fmadd_ps(z02, xv[r][0], _mm512_loadu_ps(cb)),
+                                      _mm512_fmadd_ps(z13, xv[r][1], _mm512_loadu_ps(cb + 16)));
+                } else {
+                    t = _mm512_fmadd_ps(z13, xv[r][1], _mm512_mul_ps(z02, xv[r][0]));
+                }
+                __m256 s = _mm256_add_ps(_mm512_castps512_ps256(t),
+                                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(t), 1)));
+                acc[p * R + r] = _mm256_fmadd_ps(d, s, acc[p * R + r]);
+            }
+        }
+    }
+    float ml[2][8];
+    for (int r = 0; r < R; r++) _mm256_storeu_ps(ml[r], macc[r]);
+    for (int t = 0; t < P * R; t++) {
+        res[t] = hsum8(acc[t]);
+        if (dtype == CE_Q4_1) res[t] += ml[t % R][2 * (t / R) + 1];
+        res[t] *= us[t % R];
+    }
+}
+#endif
+
 enum { GEMV_MAX_THREADS = 64 }; /* more would only queue on the memory bus (results do not change) */
 enum { GEMV_P = 4 }; /* weight rows per tile of block dtypes when x has one row left */
 enum { XQ_LOCAL = 8192 }; /* floats: Q4 GEMVs whose xq fits build it per thread (K up to ~7900 at M = 1) */
@@ -308,7 +391,12 @@ AI void gemv_tile(int dtype, int q4n, int P, int R, const mm_ctx *c, int64_t n, 
             x[0] = c->xq + m * c->K, x[1] = c->xq + (m + R - 1) * c->K;
             sq[0] = c->sq + m * ex, sq[1] = c->sq + (m + R - 1) * ex;
         }
-        dot_tile_q(dtype, q4n, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
+#if GEMV_HAVE_Z
+        if ((q4n & 2) && mm_is_q4(dtype))
+            dot_tile_qz(dtype, q4n & 1, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
+        else
+#endif
+            dot_tile_q(dtype, q4n & 1, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
     } else {
         const void *w[4];
         for (int p = 0; p < 4; p++) w[p] = w0 + (p < P ? p : 0) * c->wstride;
@@ -376,6 +464,8 @@ AI void gemv_range(int dtype, int q4n, const mm_ctx *c, int64_t lo, int64_t hi, 
 }
 
 typedef void (*gemv_fn)(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi);
+/* q4n in the kernels below: bit 0, Q4 lanes as normal floats (q4_ints) instead of subnormal ones
+ * (q4_bits); bit 1, Q4 in 512-bit registers (dot_tile_qz) */
 #define GEMV_FN(T, DT, Q4N) \
     static void gemv_##T(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) { gemv_range(DT, Q4N, c, lo, hi, pfhi); }
 GEMV_FN(f32, CE_F32, 0)
@@ -386,12 +476,25 @@ GEMV_FN(q4_0_sub, CE_Q4_0, 0)
 GEMV_FN(q4_1_sub, CE_Q4_1, 0)
 GEMV_FN(q4_0_norm, CE_Q4_0, 1)
 GEMV_FN(q4_1_norm, CE_Q4_1, 1)
+#if GEMV_HAVE_Z
+GEMV_FN(q4_0_sub_z, CE_Q4_0, 2)
+GEMV_FN(q4_1_sub_z, CE_Q4_1, 2)
+GEMV_FN(q4_0_norm_z, CE_Q4_0, 3)
+GEMV_FN(q4_1_norm_z, CE_Q4_1, 3)
+#else /* never selected: gemv_job.zl is 0 without the 512-bit kernels */
+#define gemv_q4_0_sub_z gemv_q4_0_sub
+#define gemv_q4_1_sub_z gemv_q4_1_sub
+#define gemv_q4_0_norm_z gemv_q4_0_norm
+#define gemv_q4_1_norm_z gemv_q4_1_norm
+#endif
 
-/* The GEMV kernel of each weight dtype, by Q4 unpacking path ([0]: q4_bits, subnormal lanes;
- * [1]: q4_ints, normal lanes; the choice is ce_q4_normal, q4path.c): the one place that picks. */
-static const gemv_fn gemvs[2][CE_I32] = {
+/* The GEMV kernel of each weight dtype, by Q4 variant (ce_q4_normal, q4path.c; 512-bit registers,
+ * ce_vector_bits): the one place that picks. */
+static const gemv_fn gemvs[4][CE_I32] = {
     {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0_sub, gemv_q4_1_sub},
     {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0_norm, gemv_q4_1_norm},
+    {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0_sub_z, gemv_q4_1_sub_z},
+    {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0_norm_z, gemv_q4_1_norm_z},
 };
 
 /* Block dtypes: the first tiles of a stretch of rows [lo, hi), before the kernels' own prefetch
@@ -422,7 +525,7 @@ static void run_rows(const gemv_job *j, int64_t lo, int64_t hi, int64_t pfhi) {
     for (int s = seg_of(j, lo); lo < hi; s++) {
         int64_t a = j->start[s], b = j->start[s + 1], e = hi < b ? hi : b;
         if (e < hi) prefetch_start(&j->seg[s + 1], 0, (hi < j->start[s + 2] ? hi : j->start[s + 2]) - b);
-        gemvs[j->q4n][j->seg[s].dtype](&j->seg[s], lo - a, e - a, (pfhi < b ? pfhi : b) - a);
+        gemvs[j->q4n | j->zl << 1][j->seg[s].dtype](&j->seg[s], lo - a, e - a, (pfhi < b ? pfhi : b) - a);
         lo = e;
     }
 }
@@ -499,7 +602,7 @@ static void gemv_task(void *p, int ith, int nth) {
         _Alignas(64) float buf[XQ_LOCAL];
         mm_ctx seg[CE_MATMUL_MAX];
         memcpy(seg, j->seg, (size_t)j->nseg * sizeof *seg);
-        build_seg_xqs(seg, j->nseg, buf, j->q4n);
+        build_seg_xqs(seg, j->nseg, buf, j->q4n, j->zl);
         gemv_job lj = *j;
         lj.seg = seg;
         gemv_chunks(&lj, ith);
@@ -513,7 +616,7 @@ static void gemv_task(void *p, int ith, int nth) {
 
 /* The GEMV of seg[0..n) (filled in but for xq): split between up to nth threads. */
 ce_status mm_gemv_run(mm_ctx *seg, int n, int nth) {
-    gemv_job j = {.seg = seg, .nseg = n, .q4n = ce_q4_normal};
+    gemv_job j = {.seg = seg, .nseg = n, .q4n = ce_q4_normal, .zl = GEMV_HAVE_Z && ce_vector_bits == 512};
     for (int s = 0; s < n; s++) {
         j.start[s + 1] = j.start[s] + seg[s].N;
         j.q4 |= mm_is_q4(seg[s].dtype);
@@ -525,7 +628,7 @@ ce_status mm_gemv_run(mm_ctx *seg, int n, int nth) {
     if (xq_floats(seg, n) > XQ_LOCAL) {
         xq = aligned_alloc(64, (size_t)((xq_floats(seg, n) * 4 + 63) / 64 * 64));
         if (!xq) return ce_fail(CE_ERR_NOMEM, "matmul: out of memory");
-        build_seg_xqs(seg, n, xq, j.q4n);
+        build_seg_xqs(seg, n, xq, j.q4n, j.zl);
     }
     ce_steal_range ranges[GEMV_MAX_THREADS];
     if (nth > GEMV_MAX_THREADS) nth = GEMV_MAX_THREADS;

@@ -73,6 +73,8 @@ static inline void ce_split(int64_t n, int ith, int nth, int64_t align, int64_t 
 
 /* 1 when SIMD kernels should run (compiled in, supported by the CPU, not disabled for tests). */
 extern int ce_simd_on;
+/* 512 when the 512-bit kernels run (compiled in, CPU support, not set to 256), else 256. */
+extern int ce_vector_bits;
 
 /* Q4 GEMV unpacking (q4path.c): 1 for normal floats (q4_ints), 0 for subnormal (q4_bits). */
 extern int ce_q4_normal;

@@ -8,8 +8,9 @@
 #include "internal.h"
 
 enum {
-    GEMM_MIN_M = 8,       /* fewer rows: GEMV, one pass over the weights per 2 rows (packing a GEMM
-                             panel costs about as much as 8 rows of GEMV) */
+    GEMM_MIN_M = 8,       /* with batch invariance off, from this many rows the packed GEMM runs
+                             (packing a panel costs about as much as 8 rows of GEMV); fewer rows
+                             (and any number with it on, the default) run the GEMV */
     MM_SMALL_WORK = 1 << 15 /* M*N*K below this runs on one thread: not worth waking the pool */
 };
 
@@ -46,8 +47,8 @@ static inline float mm_add_bias(const mm_ctx *c, float v, int64_t n) { return c-
  * to nth threads, with results that do not depend on nth. */
 ce_status mm_scalar_run(mm_ctx *c, int nth);              /* matmul_scalar.c: the reference */
 #if CE_HAVE_AVX2
-ce_status mm_gemv_run(mm_ctx *seg, int n, int nth);       /* gemv.c: M < GEMM_MIN_M */
-ce_status mm_gemm_run(mm_ctx *c, int nth);                /* gemm.c: M >= GEMM_MIN_M */
+ce_status mm_gemv_run(mm_ctx *seg, int n, int nth);       /* gemv.c: any M */
+ce_status mm_gemm_run(mm_ctx *c, int nth);                /* gemm.c: M >= GEMM_MIN_M, opt-in */
 #endif
 
 #endif

@@ -76,6 +76,7 @@ const char *ce_build_info(void) {
         " avx512bf16"
 #endif
     );
+    if (n < sizeof buf) n += (size_t)snprintf(buf + n, sizeof buf - n, " vec=%d", ce_vector_bits);
     if (n < sizeof buf) ce_q4_describe(buf + n, sizeof buf - n);
     return buf;
 }

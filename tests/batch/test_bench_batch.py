@@ -16,12 +16,15 @@ def test_batch_bench_prints_a_row_per_size(capsys):
     assert float(rows[1][0]) > 0 and rows[1][1] == "1.00x" and float(rows[3][1].rstrip("x")) > 0
 
 
-def test_batch_bench_can_turn_invariance_off_for_the_run(capsys):
+def test_batch_bench_compares_with_the_packed_gemm(capsys):
     from toolkit.core.engine import backend
 
-    assert batch.main(["--sizes", "2", "--new", "2", "--prompt", "3", "--repeats", "1", "--no-peer",
-                       "--not-invariant"]) == 0
-    assert "batch invariance OFF" in capsys.readouterr().out
+    assert batch.main(["--sizes", "1,2", "--new", "2", "--prompt", "3", "--repeats", "1", "--no-peer",
+                       "--compare-gemm"]) == 0
+    text = capsys.readouterr().out
+    assert "batch invariance on" in text and "GEMM tok/s" in text
+    row = [line.split() for line in text.splitlines() if line.split()[:1] == ["2"]][0]
+    assert len(row) == 5 and float(row[3]) > 0  # sequences, ours, vs batch 1, GEMM, ours/GEMM
     assert backend.get_batch_invariant() is True  # restored
 
 

@@ -284,3 +284,18 @@ def test_a_cache_that_cannot_be_allocated_fails_only_its_request(model, prompts)
     assert res["big"].finish_reason == "error" and isinstance(res["big"].error, errors.OutOfMemoryError)
     assert res["small"].token_ids == model.generate_ids(prompts[2], max_new_tokens=2)
     assert bm.kv_usage.tokens == 0 and bm.kv_usage.peak_tokens == len(prompts[2]) + 2
+
+
+def test_discard_forgets_a_request_in_any_state(model, prompts):
+    bm = BatchManager(model.model, max_batch_size=1)
+    bm.add_request("run", prompts[1], max_new_tokens=20, private=True)
+    bm.add_request("wait", prompts[2], max_new_tokens=2)
+    bm.add_request("done", prompts[0], max_new_tokens=0)
+    bm.forward_step()
+    assert bm.kv_usage.tokens > 0
+    assert [bm.discard(r) for r in ("run", "wait", "done", "never")] == [True, True, True, False]
+    assert bm.kv_usage.tokens == 0 and bm.pending == 0 and bm.run() == {}
+    with pytest.raises(errors.InvalidArgumentError):
+        bm.status("run")
+    with pytest.raises(errors.ArgumentTypeError):
+        bm.discard([1])

@@ -3,8 +3,10 @@ infer_batch from several threads on one plugin."""
 import threading
 import time
 
+import pytest
 from batch_helpers import TEXTS, sampling_for
 
+from toolkit import errors
 from toolkit.common.managers.batch_manager import BatchManager
 
 
@@ -98,3 +100,12 @@ def test_infer_batch_from_several_threads(model):
         _join(t, errs)
     assert out == expected
     assert plugin.batch_manager.pending == 0 and plugin.batch_manager.kv_usage.tokens == 0
+
+
+def test_a_failing_infer_batch_leaves_the_shared_manager_clean(model):
+    plugin, bm = model.plugin, model.plugin.batch_manager
+    ctx = model.config.max_position_embeddings
+    with pytest.raises(errors.ContextLengthError):
+        plugin.infer_batch(["Hi", "The capital of France is"], max_new_tokens=ctx - 1)  # the 2nd cannot fit
+    assert bm.pending == 0 and bm.kv_usage.tokens == 0
+    assert plugin.infer_batch(["Hi"], max_new_tokens=2) == [model.generate("Hi", max_new_tokens=2)]

@@ -29,12 +29,24 @@ def test_kernels_bench_prints_every_dtype_and_thread_count(capsys):
     assert kernels.main(["--quick", "--dtypes", "q4_1,BF16", "--layers", "2", "--threads", "2"]) == 0
     text = capsys.readouterr().out
     assert re.search(r"read bandwidth \(512 MiB\): 1 thread [\d.]+ GB/s .*2 threads [\d.]+ GB/s", text)
-    rows = _rows(text, {"Q4_1", "BF16"})
-    assert sorted(rows) == ["BF16", "Q4_1"]
+    rows = _rows(text, {"Q4_1/subnormal", "Q4_1/normal", "BF16"})  # Q4: both unpacking paths
+    assert sorted(rows) == ["BF16", "Q4_1/normal", "Q4_1/subnormal"]
     for dtype, lines in rows.items():
         assert [r[0] for r in lines] == [1, 2], dtype              # 1 thread, then 2
         for r in lines:
-            assert len(r) == 8 and all(v > 0 for v in r[2:]), (dtype, r)  # every rate measured
+            assert len(r) == 9 and all(v > 0 for v in r[2:]), (dtype, r)  # every rate measured
+    # a busy machine may trip the under-40%-of-bandwidth guard: its lines must name the row and threshold
+    for line in text.splitlines():
+        if line.startswith("WARNING"):
+            assert "under 40%" in line and any(d in line for d in ("Q4_1/", "BF16")), line
+
+
+def test_kernels_bench_measures_one_q4_path_when_asked(capsys):
+    assert kernels.main(["--quick", "--dtypes", "Q4_0", "--layers", "1", "--threads", "1",
+                         "--q4-paths", "normal"]) == 0
+    assert sorted(_rows(capsys.readouterr().out, {"Q4_0/normal", "Q4_0/subnormal"})) == ["Q4_0/normal"]
+    with pytest.raises(SystemExit):
+        kernels.main(["--q4-paths", "fastest"])
 
 
 def test_kernels_bench_rejects_unknown_dtypes_and_layer_counts(capsys):

@@ -1,4 +1,4 @@
-"""Engine tests change the thread count, SIMD switch and Q4 path; every test gets them back as they were."""
+"""Engine tests change the thread count, SIMD switch, Q4 path and vector width; every test gets them back as they were."""
 import pytest
 
 from toolkit.core.engine import backend as B
@@ -6,8 +6,9 @@ from toolkit.core.engine import backend as B
 
 @pytest.fixture(autouse=True)
 def _restore_engine_settings():
-    threads, simd, q4 = B.get_threads(), B.get_simd(), B.q4_probe()["setting"]
+    threads, simd, q4, bits = B.get_threads(), B.get_simd(), B.q4_probe()["setting"], B.get_vector_bits()
     yield
+    B.set_vector_bits(bits)
     B.set_threads(threads)
     B.set_simd(simd)
     B.set_q4_path(q4)

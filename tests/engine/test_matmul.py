@@ -154,10 +154,8 @@ def test_simd_agrees_with_scalar_and_threads_are_bit_identical(dtype):
                 B.set_threads(threads)
                 res[simd, threads] = F.matmul(xt, wt).to_list()
             assert res[simd, 1] == res[simd, 2] == res[simd, 3], (dtype, m, n, k, simd)
-        xa = [abs(v) for v in xt.to_list()]
-        row_l1 = [math.fsum(xa[r * k:(r + 1) * k]) for r in range(m)]  # >= sum |x w|, as |w| <= 1
-        for j, (a, b) in enumerate(zip(res[False, 1], res[True, 1])):
-            assert abs(a - b) <= 2e-6 * row_l1[j // n], (j, a, b)
+        # the scalar twin (matmul_scalar.c) repeats the SIMD GEMV's arithmetic lane by lane
+        assert res[False, 1] == res[True, 1], (dtype, m, n, k)
 
 
 @pytest.mark.parametrize("dtype", ["Q4_0", "Q4_1"])

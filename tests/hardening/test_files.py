@@ -207,3 +207,49 @@ def test_aligned_gguf_tensors_stay_zero_copy(tiny_gguf):
     with toolkit.load(tiny_gguf, threads=1) as m:
         w = m.model.layers[0].self_attn.q_proj.weight
         assert w.dtype == "Q4_1" and w._owner is not None  # borrowed from the mapping
+
+
+def test_gguf_merge_of_unknown_token_is_format_error(tmp_path):
+    p = tmp_path / "merge.gguf"
+    tiny.write_tiny_gguf(p, metadata={"tokenizer.ggml.merges": ["Ġ a", "q zz"]})
+    with pytest.raises(errors.FormatError, match="inconsistent"):
+        toolkit.load(str(p))
+
+
+def test_tokenizer_that_cannot_encode_is_typed(tiny_hf, tmp_path):
+    # A WordPiece model without an unknown token loads, then fails on the first unknown word.
+    d = _copy_hf(tiny_hf, tmp_path)
+    tj = json.loads((d / "tokenizer.json").read_text())
+    tj["model"] = {"type": "WordPiece", "vocab": tj["model"]["vocab"], "unk_token": "[UNK]",
+                   "continuing_subword_prefix": "##", "max_input_chars_per_word": 100}
+    (d / "tokenizer.json").write_text(json.dumps(tj))
+    try:
+        m = toolkit.load(str(d), threads=1)
+    except errors.FormatError:
+        return
+    with m:
+        with pytest.raises(errors.TokenizerError):
+            m.generate("zzz ???", max_new_tokens=1)
+
+
+def test_gguf_offsets_out_of_table_order_are_rejected(tmp_path):
+    # Two same-size tensors with their offsets swapped: every offset is aligned, in bounds and
+    # free of overlap, so only the layout check (ggml's own rule) sees that the data is swapped.
+    from toolkit.common.loaders.gguf import GGUFFile
+
+    data = bytearray(tiny.tiny_gguf_bytes())
+
+    def offset_field(name):
+        raw = name.encode()
+        at = data.index(struct.pack("<Q", len(raw)) + raw) + 8 + len(raw)
+        n_dims = struct.unpack_from("<I", data, at)[0]
+        return at + 4 + 8 * n_dims + 4
+
+    a, b = offset_field("blk.0.attn_norm.weight"), offset_field("blk.0.ffn_norm.weight")
+    oa, ob = struct.unpack_from("<Q", data, a)[0], struct.unpack_from("<Q", data, b)[0]
+    struct.pack_into("<Q", data, a, ob)
+    struct.pack_into("<Q", data, b, oa)
+    p = tmp_path / "swapped.gguf"
+    p.write_bytes(bytes(data))
+    with pytest.raises(errors.FormatError, match="table order"):
+        GGUFFile(p)

@@ -129,3 +129,15 @@ def test_validate_helpers_directly():
     with pytest.raises(errors.TokenizerError, match="needs a str"):
         validate.text(b"bytes")
     assert validate.request_id(0) == 0
+    from toolkit.core.engine.backend import Tensor
+
+    assert validate.token_ids(Tensor.from_list([[1, 2], [3, 4]], dtype="I32")) == [1, 2, 3, 4]
+    with pytest.raises(errors.ArgumentTypeError):
+        validate.token_ids(Tensor.from_list([1.5]))
+
+
+@pytest.mark.parametrize("threads,error", [(2**70, errors.InvalidArgumentError), (-1, errors.InvalidArgumentError),
+                                           ("2", errors.ArgumentTypeError), (1.0, errors.ArgumentTypeError)])
+def test_bad_thread_counts(tiny_gguf, threads, error):
+    with pytest.raises(error):
+        toolkit.load(tiny_gguf, threads=threads)

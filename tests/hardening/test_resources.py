@@ -10,6 +10,12 @@ from toolkit.common import validate
 from toolkit.fuzz import tiny
 
 
+# Under AddressSanitizer (.ci/sanitize) freed memory sits in ASan's quarantine, so RSS is no
+# measure of leaks there; ASan itself checks the memory errors in that run.
+UNDER_ASAN = pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
+                                reason="RSS is meaningless under ASan's quarantine")
+
+
 def _rss_mib():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -33,6 +39,7 @@ def test_kv_cache_larger_than_memory_fails_up_front(tmp_path):
         assert m.generate("ab", max_new_tokens=2)  # a sane request still works afterwards
 
 
+@UNDER_ASAN
 def test_loading_commits_no_placeholder_memory(smollm2_gguf_path):
     # The model is built with zero placeholders that loading replaces by the file's memory; they
     # must not be resident (F32 placeholders of the 135M model are 540 MB, the Q4_1 file ~100 MB).
@@ -47,6 +54,7 @@ def test_loading_commits_no_placeholder_memory(smollm2_gguf_path):
         m.close()
 
 
+@UNDER_ASAN
 def test_load_generate_close_cycles_do_not_leak(tmp_path):
     path = tiny.write_tiny_gguf(tmp_path / "leak.gguf")
     fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
@@ -66,9 +74,10 @@ def test_load_generate_close_cycles_do_not_leak(tmp_path):
     assert rss[-1] - rss[4] < 3.0, rss  # MiB; flat after warm-up
 
 
+@UNDER_ASAN
 def test_default_model_cycles_do_not_leak(smollm2_gguf_path):
     rss = []
-    for _ in range(6):
+    for _ in range(12):
         m = toolkit.load(smollm2_gguf_path)
         m.generate("Hi", max_new_tokens=2)
         m.close()
@@ -76,5 +85,8 @@ def test_default_model_cycles_do_not_leak(smollm2_gguf_path):
         gc.collect()
         rss.append(_rss_mib())
     assert _maps_of(smollm2_gguf_path) == 0
-    # a leak raises the floor; single samples swing by ~8 MiB as malloc's arenas come and go
-    assert min(rss[-3:]) - min(rss[1:3]) < 8.0, rss
+    # A leak adds to every cycle; malloc's arenas add a one-off step of up to ~9 MiB now and then
+    # (seen in the middle of a run as well as at its start), so the typical cycle must add nothing.
+    steps = sorted(b - a for a, b in zip(rss[2:], rss[3:]))
+    assert steps[len(steps) // 2] < 0.25, rss
+    assert rss[-1] - rss[2] < 20.0, rss

@@ -100,6 +100,13 @@ def test_tk_attention_draws_the_layer(shell, model):
     assert not result.success and "head must be in 0..8" in cap.stderr
 
 
+def test_tk_attention_on_the_model(shell, model, tmp_path):
+    magics_of(shell).model = model
+    result, cap = run(shell, f"%tk_attention The cat sat --layer 0 --save {tmp_path / 'attn'}")
+    assert result.success, cap.stderr
+    assert (tmp_path / "attn.png").stat().st_size > 0 and (tmp_path / "attn.svg").stat().st_size > 0
+
+
 def test_tk_cache_binds_the_cache(shell, model):
     magics_of(shell).model = model
     if not hasattr(model, "run_with_cache"):  # until the interp layer lands: one clear line
@@ -114,6 +121,8 @@ def test_tk_cache_binds_the_cache(shell, model):
     assert result.success, cap.stderr
     assert names in list(shell.user_ns["acts"].keys())
     assert "bound to `acts`" in cap.stdout and "<table" in cap.outputs[0].data["text/html"]
+    data, _ = shell.display_formatter.format(shell.user_ns["acts"])   # `acts` alone in a cell
+    assert "<table" in data["text/html"] and names in data["text/html"]
 
 
 def test_tk_bench_measures_and_plots(shell, model):

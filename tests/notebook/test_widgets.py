@@ -166,3 +166,14 @@ def test_attention_explorer_follows_its_selectors(model):
     assert (ex.layer, ex.head, ex._layer.value, ex._head.value) == (5, -1, 5, -1)
     ex.prompt = ""
     assert ex.status == "enter a prompt"
+
+
+def test_attention_explorer_on_the_real_patterns(model):
+    ex = AttentionExplorer(model, prompt="The cat sat on the mat", layer=0, head=2)
+    tokens, pats = ex.patterns()
+    n = len(model.tokenizer.encode("The cat sat on the mat"))
+    assert len(tokens) == n and len(pats) == model.config.num_attention_heads
+    for q, row in enumerate(pats[2]):            # causal rows of probabilities
+        assert sum(row) == pytest.approx(1.0, abs=1e-5) and all(v == 0 for v in row[q + 1:])
+    drawn = ex.figure.axes[0].images[0].get_array().tolist()
+    assert [v for r in drawn for v in r] == pytest.approx([v for r in pats[2] for v in r])

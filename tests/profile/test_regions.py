@@ -62,7 +62,7 @@ def test_generation_counts_each_pass_in_each_region_and_sampling_outside(model):
     assert set(outside) <= {"sample", "convert"}
     rows = prof.per_token()
     assert len(rows) == passes
-    inside = sum(r["op_seconds"] + r["between_seconds"] for r in rows)
+    inside = sum(r["op_seconds"] for r in rows)          # sampling runs inside the steps
     assert inside == pytest.approx(prof.op_seconds, rel=0.02)
 
 
@@ -153,3 +153,35 @@ def test_a_profile_started_inside_a_module_keeps_its_regions_consistent():
     layers = profs[0].by_layer()
     assert set(layers) == {"outer", "outer.inner"}
     assert layers["outer"]["calls"] == 1
+
+
+def test_threads_count_apart_and_keep_their_own_regions():
+    import threading
+
+    m = _Outer()
+    m.hook_path, m.inner.hook_path = "outer", "outer.inner"
+    x = Tensor.from_list([1.0] * 8)
+    y = Tensor.from_list([2.0] * 8)
+    go = threading.Barrier(2)
+
+    def in_module():
+        go.wait()
+        for _ in range(300):
+            m(x)                                   # scale in "outer", add in "outer.inner"
+
+    def bare():
+        go.wait()
+        for _ in range(300):
+            F.mul(y, y, out=y)
+
+    with Profiler() as prof:
+        ts = [threading.Thread(target=in_module), threading.Thread(target=bare)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    ops = prof.by_op()
+    assert ops["scale"]["calls"] == ops["add"]["calls"] == ops["mul"]["calls"] == 300
+    assert _own_ops(prof) == {"outer": {"scale": 300}, "outer.inner": {"add": 300},
+                              "(outside modules)": {"mul": 300}}
+    assert len({ev[2] for ev in prof._events}) == 2  # two recording threads

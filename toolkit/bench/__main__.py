@@ -1,4 +1,4 @@
-"""`python -m toolkit.bench {kernels,generate,hooks,batch} [options]`: dispatches to one benchmark module.
+"""`python -m toolkit.bench {kernels,generate,hooks,batch,profiler} [options]`: dispatches to one benchmark module.
 
 Each benchmark is imported only when asked for, so one that needs optional packages (llama.cpp for
 `generate`) does not slow down or break the others.

@@ -117,9 +117,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="sizes 1,2,4,8, 32 new tokens, one run")
     p.add_argument("--no-peer", action="store_true", help="skip llama.cpp even if it is installed")
-    p.add_argument("--not-invariant", action="store_true",
-                   help="turn the engine's batch invariance off (packed GEMM for many rows: faster prefill, "
-                        "but a request's logits then depend on what shares its pass)")
+    p.add_argument("--compare-gemm", action="store_true",
+                   help="also time every size with the engine's batch invariance off (packed GEMM for many "
+                        "rows, so a request's logits depend on what shares its pass), interleaved")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.new, args.repeats = "1,2,4,8", 32, 1
@@ -138,8 +138,6 @@ def main(argv=None):
     m = toolkit.load(path, threads=args.threads)
     threads = backend.get_threads()
     invariant = backend.get_batch_invariant()
-    if args.not_invariant:
-        backend.set_batch_invariant(False)
     prompts = _prompts(m.tokenizer, max(sizes), args.prompt)
     peer = None
     if not args.no_peer:
@@ -151,32 +149,46 @@ def main(argv=None):
             print(f"llama.cpp's batched API is not usable with this llama-cpp-python ({e}); our figures only")
     print(f"model {path}\nCPU {_cpu_name()}, threads {threads}; {args.prompt}-token prompts, {args.new} new tokens "
           f"per sequence (greedy, EOS ignored)")
-    print(f"engine: {backend.build_info()}; batch invariance {'on' if backend.get_batch_invariant() else 'OFF'}")
+    print(f"engine: {backend.build_info()}; batch invariance {'on' if invariant else 'OFF'}")
     _ours(m, prompts[:2], 4)  # warm up: page in the weights, start the pool
     if peer:
         peer.run(prompts[:2], 4)
     ours = {n: [] for n in sizes}
+    gemm = {n: [] for n in sizes}
     theirs = {n: [] for n in sizes}
-    for _ in range(args.repeats):
-        for n in sizes:
-            ours[n].append(_ours(m, prompts[:n], args.new))
-            if peer:
-                theirs[n].append(peer.run(prompts[:n], args.new))
+    try:
+        for _ in range(args.repeats):
+            for n in sizes:
+                ours[n].append(_ours(m, prompts[:n], args.new))
+                if args.compare_gemm:
+                    backend.set_batch_invariant(False)
+                    gemm[n].append(_ours(m, prompts[:n], args.new))
+                    backend.set_batch_invariant(invariant)
+                if peer:
+                    theirs[n].append(peer.run(prompts[:n], args.new))
+    finally:
+        backend.set_batch_invariant(invariant)
     med = {n: statistics.median(v) for n, v in ours.items()}
     base = med[sizes[0]] if sizes[0] == 1 else None
     head = f"\n{'sequences':>10}{'ours tok/s':>13}{'vs batch 1':>12}"
+    if args.compare_gemm:
+        head += f"{'GEMM tok/s':>12}{'ours/GEMM':>11}"
     if peer:
         head += f"{'llama.cpp tok/s':>17}{'ours/llama.cpp':>16}"
     print(head)
     for n in sizes:
         line = f"{n:>10}{med[n]:>13.1f}" + (f"{med[n] / base:>11.2f}x" if base else f"{'-':>12}")
+        if args.compare_gemm:
+            g = statistics.median(gemm[n])
+            line += f"{g:>12.1f}{med[n] / g:>10.2f}x"
         if peer:
             t = statistics.median(theirs[n])
             line += f"{t:>17.1f}{med[n] / t:>15.2f}x"
         print(line)
     print("targets: 8 sequences >= 3x our batch 1" + (", >= 1.5x llama.cpp at 8" if peer else ""))
     print(f"(medians of {args.repeats} interleaved runs; the CPU is shared, so figures drift between runs)")
-    backend.set_batch_invariant(invariant)
+    if args.compare_gemm:
+        print("GEMM: the same runs with batch invariance off (not bit-identical to running alone)")
     m.close()
     return 0
 

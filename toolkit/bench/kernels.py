@@ -11,7 +11,9 @@ threads:
     back to back: the first pass (right after the other measurements: threads and caches cold) is
     shown on its own, the steady state is the median of the passes after it;
   - lm-head GEMV: one 49152x576 matrix alone;
-  - GEMM: x[512, 576] @ w[1536, 576]^T (a prefill chunk), in GFLOP/s.
+  - prefill: x[512, 576] @ w[1536, 576]^T (a prefill chunk), in GFLOP/s, as the models run it
+    (batch invariant: the GEMV's arithmetic for every row) and with the packed GEMM
+    (set_batch_invariant(False), whose rows depend on the batch).
 Q4_0 and Q4_1 are measured with each Q4 unpacking path (--q4-paths, default both: subnormal lanes,
 fast on AMD Zen, and normal floats, fast everywhere; they give the same bits), interleaved.
 A dtype whose decode set reads under WARN_SHARE of the bandwidth is flagged with a warning line:
@@ -146,7 +148,7 @@ def main(argv=None):
                     F.matmul_n(x, ws, outs=outs)
 
     bw = {th: [] for th in threads}
-    res = {(v, th): {"first": [], "decode": [], "head": [], "gemm": []} for v in variants for th in threads}
+    res = {(v, th): {"first": [], "decode": [], "head": [], "gemm": [], "packed": []} for v in variants for th in threads}
     q4_setting = B.q4_probe()["setting"]
     for rnd in range(rounds + 1):  # round 0 warms up (page faults, pool start) and is dropped
         for th in threads:
@@ -161,11 +163,17 @@ def main(argv=None):
                 t_dec = [_time(lambda: decode_pass(c)) for _ in range(DECODE_PASSES)]
                 t_head = _time(lambda: F.matmul(x_model, c.head, out=o_head))
                 t_gemm = _time(lambda: F.matmul(x_gemm, c.gemm_w, out=o_gemm))
+                B.set_batch_invariant(False)
+                try:
+                    t_packed = _time(lambda: F.matmul(x_gemm, c.gemm_w, out=o_gemm))
+                finally:
+                    B.set_batch_invariant(True)
                 if rnd:
                     r["first"].append(c.decode_bytes / t_dec[0] / 1e9)
                     r["decode"].extend(c.decode_bytes / t / 1e9 for t in t_dec[1:])
                     r["head"].append(c.head.nbytes / t_head / 1e9)
                     r["gemm"].append(2.0 * GEMM_M * D_FF * D_MODEL / t_gemm / 1e9)
+                    r["packed"].append(2.0 * GEMM_M * D_FF * D_MODEL / t_packed / 1e9)
 
     B.set_q4_path(q4_setting)
     med = statistics.median
@@ -176,10 +184,11 @@ def main(argv=None):
         for th in threads))
     print(f"decode set: {N_LAYERS}+ layers x (q, k, v; o; gate, up; down) in 4 calls, cycled from DRAM, {DECODE_PASSES} "
           f"passes back to back: the first, then the steady state (the passes after it); "
-          f"lm head: 49152x576; GEMM: [{GEMM_M},576] @ [1536,576]^T")
+          f"lm head: 49152x576; prefill: [{GEMM_M},576] @ [1536,576]^T, batch invariant (as the models run it) "
+          f"and packed GEMM (opt-in)")
     head = (f"{'dtype':<16}{'thr':>4} {'set MB':>7} {'1st pass':>9} {'decode GB/s':>12} {'% bw':>6} "
             f"{'lm-head GB/s':>13} {'% bw':>6}"
-            f" {'GEMM GFLOP/s':>13}")
+            f" {'prefill GFLOP/s':>16} {'packed GEMM':>12}")
     print(head)
     print("-" * len(head))
     slow = []
@@ -192,7 +201,7 @@ def main(argv=None):
             if d < WARN_SHARE * b:
                 slow.append(f"{name} ({th} thread{'s' if th > 1 else ''}): {d:.1f} GB/s = {100 * d / b:.0f}%")
             print(f"{name:<16}{th:>4} {cases[dt].decode_bytes / 1e6:>7.0f} {med(r['first']):>9.1f} {d:>12.1f} {100 * d / b:>5.0f}% "
-                  f"{h:>13.1f} {100 * h / b:>5.0f}% {med(r['gemm']):>13.1f}")
+                  f"{h:>13.1f} {100 * h / b:>5.0f}% {med(r['gemm']):>16.1f} {med(r['packed']):>12.1f}")
     for line in slow:
         print(f"WARNING: decode set of {line} of the measured read bandwidth, under {100 * WARN_SHARE:.0f}%: "
               "a kernel is far slower on this CPU than it should be, or other programs kept the cores busy "

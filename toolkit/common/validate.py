@@ -19,20 +19,12 @@ INT32_MAX = 2**31 - 1
 
 
 def _to_list(ids: Any, what: str, error: type | None) -> list:
-    if hasattr(ids, "to_list") and hasattr(ids, "shape"):  # an engine Tensor (any shape)
-        return ids.to_list() if len(ids.shape) <= 1 else [v for row in ids.to_list() for v in _flat(row)]
+    if hasattr(ids, "to_list") and hasattr(ids, "shape"):  # an engine Tensor: to_list() is flat
+        return ids.to_list()
     if isinstance(ids, (list, tuple, range)):
         return list(ids)
     raise (error or errors.ArgumentTypeError)(
         f"{what} must be a list of ints (or a Tensor), got {type(ids).__name__}")
-
-
-def _flat(v):
-    if isinstance(v, list):
-        for x in v:
-            yield from _flat(x)
-    else:
-        yield v
 
 
 def token_id(v: Any, vocab_size: int | None = None, what: str = "token id",

@@ -39,12 +39,12 @@ def run_case(path: str) -> None:
         m.close()
 
 
-def worker(seed: int, start: int, stop: int, workdir: str, kind: str | None) -> int:
+def worker(seed: int, start: int, stop: int, workdir: str, kind: str | None, gguf: str | None = None) -> int:
     from toolkit.errors import ToolkitError
     from toolkit.fuzz.mutate import Base, make_case
 
     warnings.simplefilter("ignore")
-    base = Base()
+    base = Base(gguf)
     out = sys.stdout
     for i in range(start, stop):
         k, path, ops = make_case(seed, i, base, workdir, kind)
@@ -89,6 +89,8 @@ class Runner:
                "--start", str(start), "--stop", str(stop), "--work", self.workdir]
         if self.args.kind:
             cmd += ["--kind", self.args.kind]
+        if self.args.gguf:
+            cmd += ["--gguf", self.args.gguf]
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", RAYON_NUM_THREADS="1",
                    OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="")
         err = open(os.path.join(self.workdir, f"worker-{start}.err"), "wb")
@@ -218,6 +220,9 @@ def parse_args(argv=None):
     ap.add_argument("--mem-gib", type=int, default=0 if asan else 4,
                     help="address-space cap per worker in GiB (0: none; the default under ASan)")
     ap.add_argument("--kind", default=None, help="only this mutation kind (see toolkit.fuzz.mutate.KINDS)")
+    ap.add_argument("--gguf", default=None,
+                    help="mutate this GGUF file (e.g. the default model) instead of the tiny model: "
+                         "header byte mutations and truncations, ~1 s per case")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--stop", type=int, help=argparse.SUPPRESS)
@@ -228,7 +233,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
-        return worker(args.seed, args.start, args.stop, args.work, args.kind)
+        return worker(args.seed, args.start, args.stop, args.work, args.kind, args.gguf)
     s = Runner(args).run()
     print(json.dumps({k: s[k] for k in ("seed", "cases", "seconds", "counts", "failures")}))
     return 1 if s["failures"] else 0

@@ -30,9 +30,21 @@ INTERESTING_STRINGS = ["", "576", "64", "llama", "gpt2", "x" * 1000, "\x00", "é
 class Base:
     """The intact files, built once per process."""
 
-    def __init__(self):
-        self.gguf = tiny.tiny_gguf_bytes(seed=0)
-        self.gguf_untied = tiny.tiny_gguf_bytes(seed=0, tied=False)
+    def __init__(self, gguf_path: str | None = None):
+        """gguf_path: mutate that (real) GGUF file instead, with byte mutations and truncations
+        of its header (each case writes a full copy, so it is much slower than the tiny model)."""
+        self.external = gguf_path is not None
+        if self.external:
+            from toolkit.common.loaders.gguf import GGUFFile
+
+            with GGUFFile(gguf_path) as g:
+                self.header_end = g.data_offset
+            with open(gguf_path, "rb") as f:
+                self.gguf = self.gguf_untied = f.read()
+        else:
+            self.gguf = tiny.tiny_gguf_bytes(seed=0)
+            self.gguf_untied = tiny.tiny_gguf_bytes(seed=0, tied=False)
+            self.header_end = _gguf_header_end(self.gguf)
         self.md = tiny.gguf_metadata()
         self.st = None
         self.hf_files = {}
@@ -282,11 +294,13 @@ def hf_tokenizer(rng, tok_raw: bytes) -> tuple[bytes, list[str]]:
 def make_case(seed: int, index: int, base: Base, workdir: str, kind: str | None = None):
     """Writes case `index` under `workdir`; returns (kind, path to load, list of mutation ops)."""
     rng = random.Random(f"{seed}:{index}")
-    kind = kind or rng.choice(KINDS)
+    kind = kind or rng.choice(("gguf_bytes", "gguf_bytes", "gguf_trunc") if base.external else KINDS)
+    if base.external and kind not in ("gguf_bytes", "gguf_trunc"):
+        raise ValueError(f"--gguf supports the kinds gguf_bytes and gguf_trunc, not {kind}")
     if kind.startswith("gguf"):
         src = base.gguf if rng.random() < 0.8 else base.gguf_untied
         if kind == "gguf_bytes":
-            data, ops = mutate_bytes(rng, src, _gguf_header_end(src))
+            data, ops = mutate_bytes(rng, src, base.header_end)
         elif kind == "gguf_meta":
             data, ops = gguf_meta(rng, base)
         else:

@@ -176,12 +176,15 @@ def register_type(fmt, cls, fn):
 
 
 def register(ip, cache_type=None, profile_type=None):
-    """Registers the HTML views with IPython `ip` (the model always; cache / profile types when given)."""
+    """Registers the HTML views with IPython `ip`: the model and the activation cache; the profile's
+    type when given (it lives in the engine layer, which this layer does not import: %tk_profile
+    registers it from the first profile it makes)."""
     from toolkit.api import Model
+    from toolkit.interp import ActivationCache
 
     fmt = ip.display_formatter.formatters["text/html"]
     register_type(fmt, Model, model_html)
-    register_type(fmt, cache_type, cache_html)
+    register_type(fmt, cache_type or ActivationCache, cache_html)
     register_type(fmt, profile_type, profile_html)
 
 

@@ -259,6 +259,7 @@ class GGUFFile(MappedFile):
                 name, type_id, ggml_type(type_id).name, shape, start, nbytes
             )
         self._check_overlaps()
+        self._check_layout(infos)
         self.file_size = r.size
 
     def _read_alignment(self) -> int:
@@ -289,6 +290,18 @@ class GGUFFile(MappedFile):
             raise UnsupportedError(f"{self.path}: tensor {name!r}: {e}") from None
         rel = r.scalar("Q", f"data offset of tensor {name!r}")
         return name, shape, type_id, rel
+
+    def _check_layout(self, infos) -> None:
+        # As ggml's reader: tensor data follows the table's order, each tensor padded to the
+        # alignment, with no gaps. An offset anywhere else means the table and the data disagree.
+        expected = 0
+        for name, *_ , rel in infos:
+            if rel != expected:
+                raise FormatError(
+                    f"{self.path}: tensor {name!r} has data offset {rel}, expected {expected} (GGUF "
+                    f"stores tensor data in table order, each padded to {self.alignment} bytes)")
+            n = self.tensors[name].nbytes
+            expected += -(-n // self.alignment) * self.alignment
 
     def _check_overlaps(self) -> None:
         spans = sorted(self.tensors.values(), key=lambda t: t.offset)

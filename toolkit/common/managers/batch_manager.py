@@ -14,13 +14,17 @@ per request over its own KV cache. Requests join as others leave, between any tw
   budget (`kv_budget_tokens` or `kv_budget_bytes`) requests that do not fit wait in FIFO order; one
   that could never fit is refused at `add_request`. Finished and cancelled requests free their slots
   before the next pass. `kv_usage` reports what is reserved now and the peak.
-- Threads: `add_request`, `cancel`, `status`, `stream` and `wait` may be called from any thread
-  while another steps; one pass runs at a time and the forward pass itself runs outside the
+- Threads: `add_request`, `cancel`, `discard`, `status`, `stream` and `wait` may be called from any
+  thread while another steps; one pass runs at a time and the forward pass itself runs outside the
   manager's lock. Requests are collected once: by `step()`, `run()` or `wait(ids)`; ids claimed by
-  a `wait` are never handed to `step()` or `run()`.
+  a `wait` (or added with private=True) are never handed to `step()` or `run()`.
+- Failures: a request whose token cannot be drawn or decoded, or whose cache cannot be allocated,
+  ends with finish_reason 'error' and the others go on; a forward pass that raises (a hook, say)
+  leaves every request as it was before the pass and re-raises in the stepping thread.
 - Batch invariance: a request's tokens and logits are bit-identical whatever shares its passes and
-  however its prompt is chunked, given an engine whose every matmul row is independent of the
-  other rows (the engine's contract); the scheduling here never changes what a request computes.
+  however its prompt is chunked, given the engine's batch-invariant matmul (on by default: every
+  matmul row's bits independent of the other rows); the scheduling never changes what a request
+  computes.
 """
 import inspect
 import sys
@@ -120,6 +124,21 @@ class BatchManager:
             if req.state == QUEUED:
                 self._queued.remove(req)
             self._finish(req, "cancelled")
+            return True
+
+    def discard(self, request_id):
+        """Cancels a request if it still runs and forgets it and its result, whoever would have
+        collected it. Returns False if no such request is known (never added, or collected)."""
+        with self._cond:
+            check_request_id(request_id)
+            req = self._requests.get(request_id)
+            if req is None:
+                return False
+            if not req.done:
+                if req.state == QUEUED:
+                    self._queued.remove(req)
+                self._finish(req, "cancelled")
+            self._collect(request_id)
             return True
 
     def status(self, request_id):

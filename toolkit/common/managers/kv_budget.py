@@ -13,7 +13,10 @@ from toolkit import errors
 def kv_bytes_per_token(config):
     """Bytes one token takes in a KVCache: keys and values of every layer."""
     elem = {"F32": 4, "F16": 2}.get(getattr(config, "kv_cache_dtype", "F32"), 4)
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * elem
+    # a plugin's own config may know nothing of grouped-query attention: then every head has its keys
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * elem
 
 
 def _positive_int(name, v):

@@ -18,6 +18,7 @@ as in llama.cpp (plain sentencepiece never sees special tokens in text).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from enum import IntEnum
 from typing import Any, Mapping, Sequence
@@ -173,7 +174,9 @@ def build_bpe_backend(
         if len(parts) != 2:
             raise FormatError(f"GGUF merge {m!r} is not two tokens separated by one space")
         pairs.append((parts[0], parts[1]))
-    model = models.BPE(vocab=_vocab(tokens), merges=pairs, ignore_merges=spec.ignore_merges)
+    vocab = _vocab(tokens)
+    with _library_errors("GGUF BPE vocabulary"):
+        model = models.BPE(vocab=vocab, merges=pairs, ignore_merges=spec.ignore_merges)
     backend = _HFBackend(model)
     backend.pre_tokenizer = spec.build()
     backend.decoder = decoders.ByteLevel()
@@ -213,13 +216,15 @@ def build_spm_backend(
     unk_id: int | None = None,
 ) -> _HFBackend:
     """SentencePiece-BPE equivalent: merges from scores, byte fallback, "▁" for spaces."""
-    model = models.BPE(
-        vocab=_vocab(pieces),
-        merges=spm_merges(pieces, scores, types),
-        unk_token=None if unk_id is None else pieces[unk_id],
-        fuse_unk=True,
-        byte_fallback=True,
-    )
+    vocab, merges = _vocab(pieces), spm_merges(pieces, scores, types)
+    with _library_errors("GGUF SentencePiece vocabulary"):
+        model = models.BPE(
+            vocab=vocab,
+            merges=merges,
+            unk_token=None if unk_id is None else pieces[unk_id],
+            fuse_unk=True,
+            byte_fallback=True,
+        )
     backend = _HFBackend(model)
     # A normalizer (not Metaspace) because it runs on every fragment between special tokens and
     # prepends "▁" even when the text already starts with a space, exactly like sentencepiece's
@@ -246,4 +251,17 @@ def bos_eos_processor(tokens: Sequence[str], bos: int | None, eos: int | None):
     second = [f"{t}:1" for t in pre] + ["$B:1"] + [f"{t}:1" for t in post]
     pair = " ".join(pre + ["$A"] + post + second)
     specials = [(tokens[i], i) for i in {bos, eos} if i is not None]
-    return processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
+    with _library_errors("GGUF BOS/EOS tokens"):
+        return processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
+
+
+@contextlib.contextmanager
+def _library_errors(what: str):
+    """The tokenizers library raises bare Exception for every inconsistency it finds (a merge of a
+    token that is not in the vocabulary, ...); in a file we read that is a FormatError."""
+    try:
+        yield
+    except FormatError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the library's only error type; re-raised typed
+        raise FormatError(f"{what} is inconsistent: {e}") from None

@@ -15,7 +15,7 @@ import tokenizers
 from toolkit.common.atomic import atomic_write
 from toolkit.common.tokenizers.base import Tokenizer
 from toolkit.common.tokenizers.hf_config import read_companions
-from toolkit.errors import FormatError, ModelNotFoundError
+from toolkit.errors import FormatError, ModelNotFoundError, TokenizerError
 
 
 class HFTokenizer(Tokenizer):
@@ -91,11 +91,19 @@ class HFTokenizer(Tokenizer):
     def special_ids(self) -> frozenset[int]:
         return self._special
 
+    # The Rust library raises bare Exception when the tokenizer file it accepted cannot encode or
+    # decode after all (e.g. a WordPiece model without its unknown token): a TokenizerError here.
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        except Exception as e:  # noqa: BLE001 - the library's only error type; re-raised typed
+            raise TokenizerError(f"the tokenizer failed to encode {text[:40]!r}: {e}") from None
 
     def _decode(self, ids: list[int], skip_special_tokens: bool) -> str:
-        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        try:
+            return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        except Exception as e:  # noqa: BLE001
+            raise TokenizerError(f"the tokenizer failed to decode {ids[:8]}: {e}") from None
 
     def _id_to_token(self, i: int) -> str:
         token = self._tok.id_to_token(i)

@@ -23,7 +23,7 @@ __all__ = [
     "silu", "gelu", "silu_mul", "add", "mul", "scale", "argmax", "topk", "copy_", "copy_rows_", "sample",
     "repetition_penalty_",
     "set_threads", "get_threads", "set_simd", "get_simd", "set_q4_path", "get_q4_path", "q4_probe",
-    "set_batch_invariant", "get_batch_invariant", "build_info", "engine_version", "bench_read_bandwidth",
+    "set_batch_invariant", "get_batch_invariant", "set_vector_bits", "get_vector_bits", "build_info", "engine_version", "bench_read_bandwidth",
 ]
 
 
@@ -102,6 +102,19 @@ def set_batch_invariant(enabled):
 
 def get_batch_invariant():
     return bool(lib.ce_get_batch_invariant())
+
+
+def set_vector_bits(bits):
+    """256 (default): the AVX2 kernels; 512: the 512-bit ones where compiled in (AVX-512F/VL) and
+    supported by the CPU (today the Q4 GEMV). Both give bit-identical results; 512 measured slower
+    on AMD Zen 4. Raises InvalidArgumentError for other values or where 512 is unavailable."""
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise errors.ArgumentTypeError(f"vector bits must be an int, got {type(bits).__name__}")
+    check(lib.ce_set_vector_bits(bits))
+
+
+def get_vector_bits():
+    return lib.ce_get_vector_bits()
 
 
 def build_info():

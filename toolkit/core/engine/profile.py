@@ -333,34 +333,40 @@ class Profiler:
         return out
 
     def per_token(self):
-        """One row per generation step (prefill, then each decode token), as `step()` timed them:
-        phase, tokens, seconds (the step's wall time), tokens_per_s, op_seconds (ops inside it),
-        python_seconds, between_seconds (ops after it before the next step: sampling), flops,
-        bytes_read, weight_bytes. Empty when nothing ran through generation."""
+        """One row per generation step (prefill, then each decode token), as `step()` timed them
+        (the same times as generation's TokenEvent.seconds): phase, tokens, seconds (the step's
+        wall time), tokens_per_s, op_seconds (ops inside it), python_seconds (the rest),
+        sampling_seconds (ops outside every module during the step or after it, before the next:
+        sampling, token probabilities, loading ids), between_seconds (ops after the step, before
+        the next: what the caller ran between passes), flops, bytes_read, weight_bytes. Empty when
+        nothing ran through generation."""
         self._done()
         steps = sorted(self._steps, key=lambda s: s.t0)
         rows = []
         starts = [s.t0 for s in steps]
-        acc = [[0, 0, 0, 0, 0] for _ in steps]      # op ns inside, op ns after, flops, bytes_read, weight
-        for ev in self._events:
-            t0, dur = ev[4], ev[5]
+        acc = [[0, 0, 0, 0, 0, 0] for _ in steps]   # op ns inside, outside modules, flops, bytes_read, weight, after
+        for op, region, _th, _pad, t0, dur, rd, _wr, wb, fl in self._events:
             i = bisect.bisect_right(starts, t0) - 1
             if i < 0:
                 continue
             a = acc[i]
-            if t0 + dur <= steps[i].t1:
+            inside = t0 + dur <= steps[i].t1
+            if inside:
                 a[0] += dur
-                a[2] += ev[9]
-                a[3] += ev[6]
-                a[4] += ev[8]
+                a[2] += fl
+                a[3] += rd
+                a[4] += wb
             else:
+                a[5] += dur
+            if not region:
                 a[1] += dur
         for i, s in enumerate(steps):
             a = acc[i]
             sec = (s.t1 - s.t0) * 1e-9
             rows.append(dict(index=i, phase=s.phase, tokens=s.tokens, seconds=sec,
                              tokens_per_s=s.tokens / sec if sec > 0 else 0.0, op_seconds=a[0] * 1e-9,
-                             python_seconds=max(sec - a[0] * 1e-9, 0.0), between_seconds=a[1] * 1e-9,
+                             python_seconds=max(sec - a[0] * 1e-9, 0.0), sampling_seconds=a[1] * 1e-9,
+                             between_seconds=a[5] * 1e-9,
                              flops=a[2], bytes_read=a[3], weight_bytes=a[4]))
         return rows
 
@@ -552,7 +558,7 @@ def _token_table(steps, head_rows=12, tail_rows=4):
             out.append(f"{'...':>5}")
             continue
         out.append(f"{r['index']:>5}  {r['phase']:<8}{r['tokens']:>7}{r['seconds'] * 1e3:>10.3f}{r['op_seconds'] * 1e3:>10.3f}"
-                   f"{r['python_seconds'] * 1e3:>10.3f}{r['between_seconds'] * 1e3:>12.3f}{r['tokens_per_s']:>9.1f}")
+                   f"{r['python_seconds'] * 1e3:>10.3f}{r['sampling_seconds'] * 1e3:>12.3f}{r['tokens_per_s']:>9.1f}")
     return out
 
 

@@ -70,7 +70,7 @@ class Llama_Plugin(TextModelPluginInterface):
         for k, v in kwargs.items():
             setattr(self._config, k, v)
         if self._config.threads is not None:
-            backend.set_threads(self._config.threads)
+            backend.set_threads(validate.number("threads", self._config.threads, 1, integer=True))
         logger.info("Initializing Llama plugin with %s", self._config.model)
         self.load_model()
         from ...common.managers.batch_manager import BatchManager
@@ -227,11 +227,7 @@ class Llama_Plugin(TextModelPluginInterface):
             return [r.text for r in bm.wait(rids)]
         except BaseException:
             for rid in rids:  # leave nothing of this call running or uncollected in the shared manager
-                try:
-                    bm.cancel(rid)
-                    bm.wait([rid])
-                except errors.InvalidArgumentError:
-                    pass  # unknown id: its result was already collected
+                bm.discard(rid)
             raise
 
 
