@@ -17,10 +17,11 @@ out_dir = "results/02_activations"
 # %%
 import math
 
-import matplotlib.pyplot as plt
+from IPython.display import display
 
 import toolkit
 import toolkit.experiments as ex
+from toolkit.notebook import plots            # figures from plain lists (matplotlib underneath)
 
 m = toolkit.load(model_name, threads=threads)
 names = m.hook_names()
@@ -61,40 +62,23 @@ def norm(v):
     return math.sqrt(sum(x * x for x in v))
 
 
-norms = [[norm(R[c][p]) for p in range(len(ids))] for c in range(len(labels))]
-fig, ax = plt.subplots(figsize=(8, 3.5))
-ax.plot(range(len(labels)), [row[0] for row in norms], label=f"position 0 ({tokens[0]!r})")
-ax.plot(range(len(labels)), [sum(row[1:]) / (len(ids) - 1) for row in norms], label="mean of the other positions")
-ax.set_xticks(range(0, len(labels), 3), [labels[i] for i in range(0, len(labels), 3)], rotation=45)
-ax.set_yscale("log")
-ax.set_ylabel("‖resid‖")
-ax.set_title("Residual-stream norm by layer")
-ax.legend()
-plt.show()
+norms = [[norm(R[c][p]) for p in range(len(ids))] for c in range(len(labels))]   # [layer][position]
+fig = plots.residual_norms(norms, layer_names=labels, positions=tokens)
+fig.axes[0].set_yscale("log")
+display(fig)
 for c in (0, len(labels) // 2, len(labels) - 1):
     print(f"{labels[c]:>10}: position 0 {norms[c][0]:8.1f}   others (mean) {sum(norms[c][1:]) / (len(ids) - 1):8.1f}")
 
 # %% [markdown]
 # ## The logit lens
-# Each cell shows the top token if the model had to answer from that layer's residual stream, and
+# `cache.logit_lens(k)` puts every layer's residual stream through the final norm and the
+# unembedding and keeps the top k tokens per position. In the figure each cell shows the top token if the model had to answer from that layer's residual stream, and
 # its colour that token's probability. Early layers mostly echo the input; the answer appears only
 # in the last third of the network.
 
 # %%
-lens = cache.logit_lens(k=5)
-probs = [[lens.probs[c][p][0] for p in range(len(ids))] for c in range(len(lens.labels))]
-fig, ax = plt.subplots(figsize=(1.0 * len(ids) + 2, 0.32 * len(lens.labels) + 1.5))
-im = ax.imshow(probs, aspect="auto", cmap="Blues", vmin=0, vmax=1)
-for c in range(len(lens.labels)):
-    for p in range(len(ids)):
-        ax.text(p, c, lens.tokens[c][p][0].strip()[:8], ha="center", va="center", fontsize=6,
-                color="white" if probs[c][p] > 0.5 else "black")
-ax.set_xticks(range(len(ids)), [t.strip() for t in tokens], rotation=45, ha="right")
-ax.set_yticks(range(len(lens.labels)), lens.labels, fontsize=6)
-ax.set_title("Logit lens: top-1 token and its probability, by layer and position")
-fig.colorbar(im, ax=ax, fraction=0.03)
-plt.tight_layout()
-plt.show()
+lens = cache.logit_lens(k=5)          # lens.tokens / lens.probs: [component][position][rank]
+display(plots.logit_lens_figure(lens, input_tokens=tokens))
 print(lens.table(pos=-1, k=3))
 
 # %% [markdown]
