@@ -141,13 +141,14 @@ def test_kv_budget_of_two_sequences_runs_six_requests(model, prompts):
     use = bm.kv_usage
     assert use.tokens == 0 and use.bytes == 0
     assert use.peak_tokens == budget == use.budget_tokens and peak_seen <= budget
-    assert use.peak_bytes == use.peak_tokens * kv_bytes_per_token(model.config)
+    assert use.peak_bytes == use.peak_tokens * kv_bytes_per_token(model.model)
 
 
 def test_kv_budget_in_bytes_and_requests_that_never_fit(model, prompts):
-    per = kv_bytes_per_token(model.config)
-    cache = model.model.new_cache(10)
-    assert cache.nbytes == 10 * per  # the accounting is what the caches really take
+    per = kv_bytes_per_token(model.model)
+    c = model.config
+    assert per == 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4  # K and V, F32
+    assert model.model.new_cache(10).nbytes == 10 * per  # the accounting is what the caches really take
     bm = BatchManager(model.model, kv_budget_bytes=20 * per + per // 2)
     assert bm.kv_usage.budget_tokens == 20
     with pytest.raises(errors.InvalidArgumentError, match="never run"):
@@ -299,3 +300,17 @@ def test_discard_forgets_a_request_in_any_state(model, prompts):
         bm.status("run")
     with pytest.raises(errors.ArgumentTypeError):
         bm.discard([1])
+
+
+def test_models_whose_caches_report_no_size(model):
+    class Opaque:
+        def __init__(self, lm):
+            self.config, self.tokenizer, self.forward_batch = lm.config, lm.tokenizer, lm.forward_batch
+
+        def new_cache(self, n):
+            return object()
+
+    with pytest.raises(errors.UnsupportedError, match="kv_budget_tokens"):
+        BatchManager(Opaque(model.model), kv_budget_bytes=10 ** 6)
+    use = BatchManager(Opaque(model.model), kv_budget_tokens=100).kv_usage
+    assert (use.tokens, use.bytes, use.budget_tokens, use.budget_bytes) == (0, None, 100, None)

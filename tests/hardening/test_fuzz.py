@@ -19,7 +19,7 @@ def test_seeded_fuzz_subset(tmp_path):
     s = fuzz.Runner(args).run()
     bad = {k: v for k, v in s["counts"].items() if k in fuzz.FAILURES}
     notes = [open(tmp_path / n).read()[:2000] for n in sorted(os.listdir(tmp_path)) if n.endswith(".txt")]
-    assert not bad and not s["failures"], "\n\n".join(notes)
+    assert not bad and not s["failures"] and not s["harness_errors"], "\n\n".join(notes)
     assert s["cases"] == 350
     assert s["counts"].get("ok", 0) > 20 and s["counts"].get("typed", 0) > 200
     assert set(s["by_kind"]) == set(KINDS)

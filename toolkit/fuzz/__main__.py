@@ -83,6 +83,7 @@ class Runner:
         self.out = args.out
         os.makedirs(self.out, exist_ok=True)
         self.workdir = tempfile.mkdtemp(prefix="toolkit-fuzz-")
+        self._err_path = {}  # thread -> stderr file of its current worker
 
     def _spawn(self, start, stop):
         cmd = [sys.executable, "-m", "toolkit.fuzz", "--worker", "--seed", str(self.args.seed),
@@ -93,16 +94,17 @@ class Runner:
             cmd += ["--gguf", self.args.gguf]
         env = dict(os.environ, TOKENIZERS_PARALLELISM="false", RAYON_NUM_THREADS="1",
                    OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="")
-        err = open(os.path.join(self.workdir, f"worker-{start}.err"), "wb")
-        try:
+        self._err_path[threading.get_ident()] = path = os.path.join(self.workdir, f"worker-{start}.err")
+        with open(path, "wb") as err:
             return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env,
                                     preexec_fn=_limit(self.args.mem_gib << 30))
-        finally:
-            err.close()
 
-    def _stderr(self, start):
+    def _stderr(self, start=None):
+        path = self._err_path.get(threading.get_ident())
+        if path is None:
+            return ""
         try:
-            with open(os.path.join(self.workdir, f"worker-{start}.err"), "rb") as f:
+            with open(path, "rb") as f:
                 return f.read()[-3000:].decode("utf-8", "replace")
         except OSError:
             return ""
@@ -110,6 +112,8 @@ class Runner:
     def _record(self, i, status, info, detail):
         with self.lock:
             self.results[i] = (status, info.get("kind", "?"), info.get("ops", []), detail)
+        if status == "harness":
+            print(f"case {i}: the fuzzer itself failed\n{detail[-1500:]}", file=sys.stderr, flush=True)
         if status in FAILURES:
             path = info.get("path")
             name = f"{status}-{self.args.seed}-{i}-{info.get('kind', '?')}"
@@ -149,9 +153,9 @@ class Runner:
                                      f"worker died with {'signal ' + str(-rc) if rc < 0 else 'exit ' + str(rc)}\n"
                                      f"{self._stderr(start)}")
                         start = current["start"] + 1
-                    elif rc != 0:
-                        raise RuntimeError(f"fuzz worker for cases {start}..{stop} failed with exit {rc}:\n"
-                                           f"{self._stderr(start)}")
+                    elif rc != 0:  # died between cases: a bug of the fuzzer itself (making case `start`)
+                        self._record(start, "harness", {"kind": "?"}, f"worker exit {rc}\n{self._stderr()}")
+                        start += 1
                     else:
                         start = stop
                     break
@@ -200,7 +204,8 @@ class Runner:
                 errors[name] = errors.get(name, 0) + 1
         s = {"seed": self.args.seed, "cases": len(self.results), "seconds": round(seconds, 1),
              "counts": counts, "by_kind": by_kind, "typed_errors": errors,
-             "failures": sorted(i for i, r in self.results.items() if r[0] in FAILURES)}
+             "failures": sorted(i for i, r in self.results.items() if r[0] in FAILURES),
+             "harness_errors": sorted(i for i, r in self.results.items() if r[0] == "harness")}
         with open(os.path.join(self.out, "summary.json"), "w") as f:
             json.dump(s, f, indent=1)
         return s
@@ -235,8 +240,8 @@ def main(argv=None) -> int:
     if args.worker:
         return worker(args.seed, args.start, args.stop, args.work, args.kind, args.gguf)
     s = Runner(args).run()
-    print(json.dumps({k: s[k] for k in ("seed", "cases", "seconds", "counts", "failures")}))
-    return 1 if s["failures"] else 0
+    print(json.dumps({k: s[k] for k in ("seed", "cases", "seconds", "counts", "failures", "harness_errors")}))
+    return 1 if s["failures"] or s["harness_errors"] else 0
 
 
 if __name__ == "__main__":

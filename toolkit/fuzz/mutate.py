@@ -142,7 +142,7 @@ def gguf_meta(rng, base: Base) -> tuple[bytes, list[str]]:
         if key == "general.alignment" and rng.random() < 0.7:
             v = GGUFValue(GGUFValueType.UINT32, rng.choice((1, 2, 4, 8, 16, 64, 3, 0)))
         elif key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type") \
-                and rng.random() < 0.6:
+                and isinstance(md.get(key), list) and md[key] and rng.random() < 0.6:
             lst = list(md[key])
             i = rng.randrange(len(lst))
             if rng.random() < 0.5:

@@ -63,7 +63,7 @@ class BatchManager:
         SamplingParams.from_kwargs(self.defaults)  # bad defaults fail here, not at the first request
         self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         self._eos = eos_ids(model)
-        self._budget = KVBudget(model.config, kv_budget_tokens, kv_budget_bytes)
+        self._budget = KVBudget(model, kv_budget_tokens, kv_budget_bytes)
         self._seq_hooks_ok = _accepts_seq_hooks(model)
         self._cond = threading.Condition(threading.RLock())   # guards everything below
         self._step_lock = threading.Lock()                     # one pass at a time

@@ -10,13 +10,11 @@ from typing import Optional
 from toolkit import errors
 
 
-def kv_bytes_per_token(config):
-    """Bytes one token takes in a KVCache: keys and values of every layer."""
-    elem = {"F32": 4, "F16": 2}.get(getattr(config, "kv_cache_dtype", "F32"), 4)
-    # a plugin's own config may know nothing of grouped-query attention: then every head has its keys
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * elem
+def kv_bytes_per_token(model):
+    """Bytes one token takes in the model's KV cache (keys and values of every layer), measured on a
+    one-slot cache so any model with `new_cache` counts right; None if its caches report no nbytes."""
+    nbytes = getattr(model.new_cache(1), "nbytes", None)
+    return nbytes if isinstance(nbytes, int) and nbytes > 0 else None
 
 
 def _positive_int(name, v):
@@ -30,9 +28,9 @@ def _positive_int(name, v):
 @dataclass(frozen=True)
 class KVUsage:
     tokens: int                    # KV slots reserved (= allocated) by running requests now
-    bytes: int
+    bytes: Optional[int]           # None for a model whose caches report no nbytes
     peak_tokens: int               # the most ever reserved at once
-    peak_bytes: int
+    peak_bytes: Optional[int]
     budget_tokens: Optional[int]   # None: no budget
     budget_bytes: Optional[int]
 
@@ -40,11 +38,14 @@ class KVUsage:
 class KVBudget:
     """Counts reserved KV slots against an optional budget. Not thread-safe: the manager's lock guards it."""
 
-    def __init__(self, config, budget_tokens=None, budget_bytes=None):
-        self.per_token = kv_bytes_per_token(config)
+    def __init__(self, model, budget_tokens=None, budget_bytes=None):
+        self.per_token = kv_bytes_per_token(model)
         if budget_tokens is not None and budget_bytes is not None:
             raise errors.InvalidArgumentError("give the KV budget in tokens or in bytes, not both")
         if budget_bytes is not None:
+            if self.per_token is None:
+                raise errors.UnsupportedError(f"{type(model).__name__}'s KV caches report no nbytes: give the "
+                                              "budget in tokens (kv_budget_tokens)")
             budget_tokens = _positive_int("kv_budget_bytes", budget_bytes) // self.per_token
             if budget_tokens < 1:
                 raise errors.InvalidArgumentError(
@@ -55,13 +56,15 @@ class KVBudget:
         self.used = 0
         self.peak = 0
 
+    def _mib(self, n):
+        return f" ({n * self.per_token / 2**20:.1f} MiB)" if self.per_token else ""
+
     def check_fits(self, rid, need):
         """Refuses a request that could not run even with the whole budget to itself."""
         if self.budget is not None and need > self.budget:
             raise errors.InvalidArgumentError(
-                f"request {rid!r} needs {need} KV slots ({need * self.per_token / 2**20:.1f} MiB: prompt + "
-                f"max_new_tokens) but the KV budget is {self.budget} slots "
-                f"({self.budget * self.per_token / 2**20:.1f} MiB); it can never run")
+                f"request {rid!r} needs {need} KV slots{self._mib(need)} (prompt + max_new_tokens) but the KV "
+                f"budget is {self.budget} slots{self._mib(self.budget)}; it can never run")
 
     def can_reserve(self, need):
         return self.budget is None or self.used + need <= self.budget
@@ -74,6 +77,6 @@ class KVBudget:
         self.used -= n
 
     def usage(self):
-        b = self.budget
-        return KVUsage(self.used, self.used * self.per_token, self.peak, self.peak * self.per_token, b,
-                       None if b is None else b * self.per_token)
+        def nbytes(n):
+            return None if n is None or self.per_token is None else n * self.per_token
+        return KVUsage(self.used, nbytes(self.used), self.peak, nbytes(self.peak), self.budget, nbytes(self.budget))
