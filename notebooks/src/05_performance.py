@@ -27,6 +27,7 @@ import random
 import statistics
 import time
 
+%matplotlib inline
 from IPython.display import display
 
 import toolkit
