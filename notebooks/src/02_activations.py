@@ -17,6 +17,7 @@ out_dir = "results/02_activations"
 # %%
 import math
 
+%matplotlib inline
 from IPython.display import display
 
 import toolkit

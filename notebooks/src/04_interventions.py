@@ -242,6 +242,9 @@ plt.tight_layout()
 plt.show()
 best = max(((heat[i][p], layers[i], p) for i in range(len(layers)) for p in range(len(x_ids))))
 print(f"largest single-site restoration: {best[0]:.2f} at resid_pre {best[1]}, position {best[2]}")
+moved = next((layers[i] for i in range(len(layers)) if heat[i][-1] > 0.5), None)
+print("patching the last position alone restores most of the answer from resid_pre", moved, "on:",
+      "the subject's information has been moved there by then" if moved is not None else "never, at these layers")
 
 # %%
 manifest = ex.record(out_dir, m, seed=seed, extra={
@@ -250,5 +253,6 @@ manifest = ex.record(out_dir, m, seed=seed, extra={
     "loss_increase_random_mean": statistics.mean(random_losses) - base,
     "steering": {"layer": steer_layer, "coeff": steer_coeff, "plain": plain, "steered": steered,
                  "gap_plain": gap_plain, "gap_steered": gap_steered},
-    "patching": {"layers": layers, "scores": heat, "clean_diff": d_clean, "corrupt_diff": d_corrupt}})
+    "patching": {"layers": layers, "scores": heat, "clean_diff": d_clean, "corrupt_diff": d_corrupt,
+                 "last_position_from_layer": moved}})
 print("wrote", manifest["_path"])

@@ -27,11 +27,13 @@ import random
 import statistics
 import time
 
-import matplotlib.pyplot as plt
+%matplotlib inline
+from IPython.display import display
 
 import toolkit
 import toolkit.experiments as ex
 from toolkit.core.engine import backend
+from toolkit.notebook import plots
 
 m = toolkit.load(model_name, threads=threads)
 cpu = ex.cpu_info()
@@ -103,14 +105,9 @@ for b in batch_sizes:
     scaling[b] = b * batch_new_tokens / statistics.median(times)
     print(f"batch {b}: {scaling[b]:7.1f} tok/s aggregate  ({scaling[b] / scaling[batch_sizes[0]]:.2f}x batch 1)")
 
-fig, ax = plt.subplots(figsize=(5, 3))
-ax.plot(list(scaling), list(scaling.values()), "o-")
-ax.set_xlabel("requests in the batch")
-ax.set_ylabel("generated tok/s (all requests)")
-ax.set_xscale("log", base=2)
-ax.set_title("Batch scaling (prefill included)")
-plt.tight_layout()
-plt.show()
+display(plots.throughput_vs_batch_size(list(scaling), list(scaling.values()),
+                                       per_sequence=[v / b for b, v in scaling.items()],
+                                       title="generated tok/s (prefill included)", cpu=cpu["model_name"]))
 
 # %% [markdown]
 # ## Per-layer time and the trace
@@ -124,14 +121,11 @@ with m.profile() as prof:
 print(prof.table())
 
 # %%
-layers = {name: r for name, r in prof.by_layer().items() if name.count(".") == 1 and name.startswith("blocks.")}
-fig, ax = plt.subplots(figsize=(8, 3))
-ax.bar(range(len(layers)), [r["seconds"] * 1e3 for r in layers.values()])
-ax.set_xlabel("layer")
-ax.set_ylabel("ms (prefill + 16 decode steps)")
-ax.set_title("Wall time per transformer block")
-plt.tight_layout()
-plt.show()
+rows = prof.by_layer()
+layers = {name: r for name, r in rows.items() if name.count(".") == 1 and name.startswith("blocks.")}
+parts = {part: [rows.get(f"{name}.{part}", {}).get("seconds") or 0.0 for name in layers] for part in ("attn", "mlp")}
+display(plots.layer_timing([n.split(".")[1] for n in layers], [r["seconds"] for r in layers.values()], parts=parts,
+                           title="wall time per transformer block (prefill + 16 decode steps)"))
 
 os.makedirs(out_dir, exist_ok=True)
 trace = os.path.join(out_dir, "trace.json")

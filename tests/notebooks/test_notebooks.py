@@ -69,6 +69,9 @@ def test_notebook_runs_and_reproduces(path, kernel_env, tmp_path):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     assert all(c.execution_count for c in nb.cells if c.cell_type == "code"), "every code cell ran"
+    blind = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+             if str(o.get("data", {}).get("text/plain", "")).startswith("<Figure") and "image/png" not in o["data"]]
+    assert not blind, "a figure was displayed as text only (no inline backend: %matplotlib inline)"
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     scope = {}
     exec(params.source, scope)
