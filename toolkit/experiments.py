@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit import errors
+from toolkit.common.machine import cpu_info  # noqa: F401  (part of this module's API)
 
 SCHEMA = "cengine-toolkit/experiment-manifest"
 SCHEMA_VERSION = 1
@@ -45,11 +46,6 @@ PROBE_PROMPT = "The quick brown fox jumps over the lazy dog. Paris is the capita
 PROBE_ATOL = 2e-3            # allowed |difference| of a probe logit when the kernels differ
 _SAMPLE_IDS = 8              # logits kept per position at fixed vocabulary ids (for "close" checks)
 _TOP = 5                     # top logits kept of the last position
-_CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
-              "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
-              "asimd", "sve", "neon")
-
-
 class ManifestNotFoundError(errors.ToolkitError, FileNotFoundError):
     """No manifest file at the given path."""
 
@@ -69,25 +65,6 @@ def _git_info():
         return None  # no git binary, or it hung: the manifest simply has no commit
     return {"commit": commit.stdout.strip(),
             "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
-
-
-def cpu_info():
-    """The CPU's model name and the SIMD flags that select kernels ({} fields it cannot read)."""
-    info = {"machine": platform.machine(), "model_name": None, "flags": None}
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return info  # not Linux: the build info still names the kernels
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and info["model_name"] is None:
-            info["model_name"] = value.strip()
-        elif key in ("flags", "Features") and info["flags"] is None:
-            have = set(value.split())
-            info["flags"] = [f for f in _CPU_FLAGS if f in have]
-    return info
 
 
 def _engine_info():

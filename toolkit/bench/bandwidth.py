@@ -6,28 +6,17 @@ A 256 MiB stream (8x a large L3) over the engine's threads takes ~0.1 s; the fig
 not a benchmark: `python -m toolkit.bench kernels` measures properly."""
 import json
 import os
-import platform
 
 from toolkit.common.hub import cache_dir
+from toolkit.common.machine import cpu_name
 from toolkit.core.engine import backend as B
 
 NBYTES = 256 << 20
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def read_bandwidth(cache=True):
     """Read bandwidth in bytes/s with the engine's current thread count (cached per CPU model)."""
-    key = f"{_cpu_model()} | {B.get_threads()} threads"
+    key = f"{cpu_name()} | {B.get_threads()} threads"
     path = cache_dir() / "bandwidth.json"
     table = {}
     if cache:

@@ -11,20 +11,9 @@ import argparse
 import statistics
 import time
 
+from toolkit.common.machine import cpu_name
+
 SIZES = (1, 2, 4, 8, 16)
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
 
 
 def _prompts(tokenizer, n, length):
@@ -147,7 +136,7 @@ def main(argv=None):
             print("llama-cpp-python is not installed (pip install '.[bench]'); showing our figures only")
         except (AttributeError, RuntimeError, OSError) as e:
             print(f"llama.cpp's batched API is not usable with this llama-cpp-python ({e}); our figures only")
-    print(f"model {path}\nCPU {_cpu_name()}, threads {threads}; {args.prompt}-token prompts, {args.new} new tokens "
+    print(f"model {path}\nCPU {cpu_name()}, threads {threads}; {args.prompt}-token prompts, {args.new} new tokens "
           f"per sequence (greedy, EOS ignored)")
     print(f"engine: {backend.build_info()}; batch invariance {'on' if invariant else 'OFF'}")
     _ours(m, prompts[:2], 4)  # warm up: page in the weights, start the pool

@@ -57,7 +57,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     import toolkit
-    from toolkit.bench.bandwidth import _cpu_model
+    from toolkit.common.machine import cpu_name
     from toolkit.core.engine import backend
 
     m = toolkit.load(args.model, threads=args.threads)
@@ -68,7 +68,7 @@ def main(argv=None):
         prompt += m.tokenizer.encode(text)
     prompt = prompt[:args.prompt]
     cfgs = configs(lm)
-    print(f"CPU {_cpu_model()}, {backend.get_threads()} threads; prompt {len(prompt)} tokens, "
+    print(f"CPU {cpu_name()}, {backend.get_threads()} threads; prompt {len(prompt)} tokens, "
           f"{args.decode} decode steps per run, {args.rounds} interleaved rounds")
     for _, hooks in cfgs:  # warm up
         _decode(lm, prompt[:8], 4, hooks)

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 
+from toolkit.common.machine import cpu_name
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -150,7 +152,7 @@ def main(argv=None):
 
     from toolkit.core.engine import backend
 
-    cpu = _cpu_name()
+    cpu = cpu_name()
     print(f"profiler overhead | {cpu} | {platform.python_version()} | engine: {backend.build_info()}")
     m, ids = _load(args.threads)
     print(f"decode {args.tokens} tokens per run, {backend.get_threads()} threads, {args.rounds} interleaved rounds")
@@ -202,19 +204,6 @@ def main(argv=None):
 def _slower(a, b):
     """Median over paired runs of how much slower a is than b, in percent."""
     return 100 * statistics.median(1 - x / y for x, y in zip(a, b))
-
-
-def _cpu_name():
-    import platform
-
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        out = ""
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

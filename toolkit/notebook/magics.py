@@ -13,7 +13,6 @@ A bad argument or a failure the toolkit reports (a ToolkitError) ends the magic 
 (IPython's UsageError, no traceback) and leaves the kernel as it was; bugs still show a traceback.
 """
 import functools
-import shlex
 import time
 
 from IPython.core.error import UsageError
@@ -24,6 +23,7 @@ from IPython.display import HTML, display
 import toolkit
 from toolkit import errors
 from toolkit.common.generation import summary_line
+from toolkit.common.machine import cpu_name
 
 from . import display as tk_display
 from . import plots, session
@@ -51,19 +51,6 @@ def _parse(magic, line):
         raise
     except ValueError as exc:  # unbalanced quotes in the line
         raise UsageError(f"{magic.__name__}: {exc}") from None
-
-
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 @magics_class
@@ -190,7 +177,7 @@ class ToolkitMagics(Magics):
         names, secs, attn, mlp = layer_seconds(prof.by_layer())
         if names:
             parts = {"attention": attn, "mlp": mlp} if attn and mlp else None
-            display(plots.layer_timing(names, secs, parts=parts, title=f"time per layer ({_cpu_name()})"))
+            display(plots.layer_timing(names, secs, parts=parts, title=f"time per layer ({cpu_name()})"))
         return None
 
     @magic_arguments()
@@ -209,7 +196,7 @@ class ToolkitMagics(Magics):
             raise UsageError("tk_bench: --new-tokens must be at least 1")
         m = self._model()
         rows = bench(m, lengths, args.new_tokens)
-        cpu = _cpu_name()
+        cpu = cpu_name()
         display(tk_display.Summary([(r["prompt_tokens"], round(r["prefill_tok_s"], 1), r["decode_tokens"],
                                      round(r["decode_tok_s"], 1)) for r in rows],
                                    header=("prompt tokens", "prefill tok/s", "decode tokens", "decode tok/s"),
