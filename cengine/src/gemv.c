@@ -466,8 +466,13 @@ AI void gemv_range(int dtype, int q4n, const mm_ctx *c, int64_t lo, int64_t hi, 
         for (int64_t n0 = lo; n0 < hi; n0 += GEMV_NB) {
             int64_t n1 = hi - n0 < GEMV_NB ? hi : n0 + GEMV_NB;
             int64_t m = m0;
-            if (WIDE_RQ > 2 && mm_is_block(dtype)) /* WIDE_RQ rows of x per tile: each block unpacked once for all */
+            if (WIDE_RQ > 2 && mm_is_block(dtype)) { /* WIDE_RQ rows of x per tile: each block unpacked once for all */
                 for (; m + WIDE_RQ <= m1; m += WIDE_RQ) gemv_rows(dtype, q4n, WIDE_RQ, 1, c, n0, n1, n1, m);
+                if (m1 - m == 3) { /* three left (M = 3, 7, ...: a batch as its sequences finish) */
+                    gemv_rows(dtype, q4n, 3, 1, c, n0, n1, n1, m);
+                    m += 3;
+                }
+            }
             for (; m < m1; m += 2) gemv_rows(dtype, q4n, m1 - m >= 2 ? 2 : 1, 1, c, n0, n1, n1, m);
         }
     }
