@@ -454,11 +454,11 @@ AI void gemv_rows(int dtype, int q4n, int R, int wide, const mm_ctx *c, int64_t 
  * arithmetic. */
 enum { GEMV_NB = 32, GEMV_MB_BYTES = 256 << 10 };
 
-AI void gemv_range(int dtype, int q4n, const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) {
-    if (c->M <= 2) { /* decode: one stream over the weights */
-        for (int64_t m = 0; m < c->M; m += 2) gemv_rows(dtype, q4n, c->M - m >= 2 ? 2 : 1, 0, c, lo, hi, pfhi, m);
-        return;
-    }
+AI void gemv_decode(int dtype, int q4n, const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) {
+    for (int64_t m = 0; m < c->M; m += 2) gemv_rows(dtype, q4n, c->M - m >= 2 ? 2 : 1, 0, c, lo, hi, pfhi, m);
+}
+
+AI void gemv_blocked(int dtype, int q4n, const mm_ctx *c, int64_t lo, int64_t hi) {
     int64_t mb = GEMV_MB_BYTES / (4 * c->K) / 2 * 2;
     if (mb < 2) mb = 2;
     for (int64_t m0 = 0; m0 < c->M; m0 += mb) {
@@ -480,9 +480,21 @@ AI void gemv_range(int dtype, int q4n, const mm_ctx *c, int64_t lo, int64_t hi, 
 
 typedef void (*gemv_fn)(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi);
 /* q4n in the kernels below: bit 0, Q4 lanes as normal floats (q4_ints) instead of subnormal ones
- * (q4_bits); bit 1, Q4 in 512-bit registers (dot_tile_qz) */
+ * (q4_bits); bit 1, Q4 in 512-bit registers (dot_tile_qz).
+ * Decode (M <= 2: one stream over the weights) and the blocked loop of more rows are separate
+ * functions: compiled as one, the wide tiles' loops left gcc short of general registers in the
+ * decode loop (row pointers kept in xmm registers: M = 1 measured 1.6x slower). */
 #define GEMV_FN(T, DT, Q4N) \
-    static void gemv_##T(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) { gemv_range(DT, Q4N, c, lo, hi, pfhi); }
+    __attribute__((noinline)) static void gemv_dec_##T(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) { \
+        gemv_decode(DT, Q4N, c, lo, hi, pfhi); \
+    } \
+    __attribute__((noinline)) static void gemv_blk_##T(const mm_ctx *c, int64_t lo, int64_t hi) { \
+        gemv_blocked(DT, Q4N, c, lo, hi); \
+    } \
+    static void gemv_##T(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) { \
+        if (c->M <= 2) gemv_dec_##T(c, lo, hi, pfhi); \
+        else gemv_blk_##T(c, lo, hi); \
+    }
 GEMV_FN(f32, CE_F32, 0)
 GEMV_FN(f16, CE_F16, 0)
 GEMV_FN(bf16, CE_BF16, 0)
