@@ -248,6 +248,9 @@ AI void dot_tile_q(int dtype, int q4n, int P, int R, const char *w0, int64_t ws,
     const int64_t bb = dtype == CE_Q8_0 ? 34 : dtype == CE_Q4_0 ? 18 : 20;
     const int npf = (int)((P * bb + 63) / 64);
     __m256 acc[GEMV_TILE_MAX], macc[GEMV_RMAX];
+    /* unrolled fully: otherwise gcc stores the accumulators to the stack every block (acc[] indexed
+     * by a loop it left rolled), measured ~3% at M = 8 */
+    #pragma GCC unroll 16
     for (int t = 0; t < P * R; t++) acc[t] = _mm256_setzero_ps();
     for (int r = 0; r < R; r++) macc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
@@ -295,6 +298,7 @@ AI void dot_tile_q(int dtype, int q4n, int P, int R, const char *w0, int64_t ws,
     }
     float ml[GEMV_RMAX][8];
     for (int r = 0; r < R; r++) _mm256_storeu_ps(ml[r], macc[r]);
+    #pragma GCC unroll 16
     for (int t = 0; t < P * R; t++) {
         res[t] = hsum8(acc[t]);
         if (dtype == CE_Q4_1) res[t] += ml[t % R][2 * (t / R) + 1];
@@ -319,6 +323,7 @@ AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws
                                           0xF << 20, 0xF << 20);
     const __m512i sh13 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
     __m256 acc[GEMV_TILE_MAX], macc[GEMV_RMAX];
+    #pragma GCC unroll 16
     for (int t = 0; t < P * R; t++) acc[t] = _mm256_setzero_ps();
     for (int r = 0; r < R; r++) macc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
@@ -369,6 +374,7 @@ AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws
     }
     float ml[GEMV_RMAX][8];
     for (int r = 0; r < R; r++) _mm256_storeu_ps(ml[r], macc[r]);
+    #pragma GCC unroll 16
     for (int t = 0; t < P * R; t++) {
         res[t] = hsum8(acc[t]);
         if (dtype == CE_Q4_1) res[t] += ml[t % R][2 * (t / R) + 1];
