@@ -104,3 +104,11 @@ def test_bad_shapes_are_typed_errors():
         plots.attention_pattern(causal(3), TOKENS)
     with pytest.raises(errors.InvalidArgumentError, match="tolist"):
         plots.attention_pattern([1.0, 2.0])
+
+
+def test_a_returned_figure_displays_as_an_image_without_pyplot(shell):
+    # no `%matplotlib inline` and no pyplot import: the Figure must still show as a picture, not as
+    # '<Figure size ...>' text
+    fig = plots.residual_norms([1.0, 2.0, 3.0])
+    data, _ = shell.display_formatter.format(fig)
+    assert data["image/png"][:8] == b"\x89PNG\r\n\x1a\n"

@@ -20,8 +20,29 @@ __all__ = ["attention_pattern", "attention_heads", "throughput_over_generation",
 def _figure(w, h):
     from matplotlib.figure import Figure
 
+    _show_figures_in_ipython(Figure)
     fig = Figure(figsize=(w, h), layout="constrained")
     return fig
+
+
+def _show_figures_in_ipython(figure_type):
+    """A Figure made without pyplot has no view of its own: IPython's inline backend registers its
+    PNG view only once pyplot is imported (`%matplotlib inline`), so without that a returned Figure
+    showed as '<Figure size ...>' text. Register the view with the running shell, if any."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # plain Python: nothing displays figures
+        return
+    ip = get_ipython()
+    if ip is None:
+        return
+    fmt = ip.display_formatter.formatters["image/png"]
+    try:
+        fmt.lookup_by_type(figure_type)   # the inline backend's own view, or ours from an earlier call
+    except KeyError:
+        from IPython.core.pylabtools import print_figure
+
+        fmt.for_type(figure_type, lambda fig: print_figure(fig, "png", bbox_inches="tight"))
 
 
 def token_label(text, width=12):
