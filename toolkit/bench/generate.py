@@ -20,7 +20,7 @@ def _prompt_ids(tokenizer, n):
     return ids[:n]
 
 
-def _ours(m, ids, n_decode):
+def greedy_run(m, ids, n_decode):
     # timed with the profiler's steps, the clock generation's tokens/s and `m.profile()` read
     from toolkit.core.engine import functional as F
     from toolkit.core.engine import profile
@@ -89,12 +89,12 @@ def main(argv=None):
     print(f"model {path}\nthreads {threads}, prefill {len(ids)} tokens, decode {args.decode} tokens (batch 1, greedy), "
           f"our KV cache {args.kv_dtype}")
     print(f"engine: {backend.build_info()}")
-    _ours(m, ids[:32], 4)  # warm up: page in the weights, start the pool
+    greedy_run(m, ids[:32], 4)  # warm up: page in the weights, start the pool
     if peer:
         peer.run(ids[:32], 4)
     ours, theirs = [], []
     for _ in range(args.repeats):
-        ours.append(_ours(m, ids, args.decode))
+        ours.append(greedy_run(m, ids, args.decode))
         if peer:
             theirs.append(peer.run(ids, args.decode))
     rows = [("cengine-toolkit", ours)] + ([("llama.cpp", theirs)] if peer else [])

@@ -26,18 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _decode_tok_s(m, ids, n):
     """Greedy decode of n tokens after ids; tokens/s of the decode passes (profiler's clock)."""
-    from toolkit.core.engine import functional as F
-    from toolkit.core.engine import profile
+    from toolkit.bench.generate import greedy_run
 
-    lm = m.model
-    cache = lm.new_cache(len(ids) + n + 1)
-    logits = lm.forward_batch([(ids, cache)], logits="last")
-    tok = F.sample(logits.reshape(-1), 0.0)
-    with profile.step("decode", n) as st:
-        for _ in range(n):
-            logits = lm.forward_batch([([tok], cache)], logits="last")
-            tok = F.sample(logits.reshape(-1), 0.0)
-    return n / st.seconds
+    return greedy_run(m, ids, n)[1]
 
 
 def _load(threads):
@@ -107,7 +98,7 @@ def _worker(args):
 def _build_without_profiler(dest):
     for part in ("cengine", "toolkit"):
         shutil.copytree(os.path.join(ROOT, part), os.path.join(dest, part),
-                        ignore=shutil.ignore_patterns("*.so", "*.o", "__pycache__", "_cengine.c"))
+                        ignore=shutil.ignore_patterns("*.so", "*.o", "__pycache__"))
     env = dict(os.environ, TOOLKIT_NO_PROFILE="1")
     r = subprocess.run([sys.executable, os.path.join(dest, "cengine", "build_cengine.py")], env=env,
                        capture_output=True, text=True)
