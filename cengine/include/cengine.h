@@ -122,11 +122,16 @@ int ce_get_threads(void);
 int ce_default_threads(void);          /* online cores */
 void ce_set_simd(int enabled);         /* 0: scalar reference kernels (tests), 1: SIMD if present */
 int ce_get_simd(void);                 /* 1 when SIMD kernels are selected and available */
-/* 512: the 512-bit kernels (the Q4 GEMV) where compiled in and supported; 256 (the default; env
- * TOOLKIT_VECTOR_BITS=512 sets 512 at load): the AVX2 ones. Both give the same bits.
- * CE_ERR_ARG for other values or when unavailable. */
+/* Vector width of the GEMV and packed-GEMM kernels: 512 (where compiled in with AVX-512F/VL and
+ * supported by the CPU) or 256 (AVX2). Both give the same bits. CE_VECTOR_AUTO: the start-up
+ * probe's choice (the default: 512 only where 512-bit FMAs give >= 1.3x the flops of 256-bit ones,
+ * as on Intel server cores; env TOOLKIT_VECTOR_BITS=256|512|auto sets the start value).
+ * CE_ERR_ARG for other values or when 512 is unavailable. */
+enum { CE_VECTOR_AUTO = 0 };
 ce_status ce_set_vector_bits(int bits);
-int ce_get_vector_bits(void);
+int ce_get_vector_bits(void);          /* the width in use: 256 or 512 */
+int ce_get_vector_bits_setting(void);  /* CE_VECTOR_AUTO, 256 or 512 */
+double ce_vector_probe_ns(int bits);   /* the probe's ns per FMA instruction of that width (0: not run) */
 /* Q4 GEMV unpacking. Both paths give the same bits; CE_Q4_SUBNORMAL (nibbles read in place as
  * subnormal floats) is fastest where the CPU takes subnormal FMA operands at full speed (AMD Zen),
  * CE_Q4_NORMAL (converted to normal floats) where it does not (Intel). CE_Q4_AUTO: the start-up

@@ -33,7 +33,7 @@ typedef struct {
     int nseg;
     int q4;                    /* some weight is Q4_0/Q4_1: xq per thread, MXCSR */
     int q4n;                   /* Q4 unpacking with normal floats (q4_ints), for the whole call */
-    int zl;                    /* Q4 runs the 512-bit kernel (xq in its layout), for the whole call */
+    int zl;                    /* the 512-bit kernels run (Q4's xq in their layout), for the whole call */
     int64_t start[CE_MATMUL_MAX + 1];
     ce_steal_range *ranges;    /* [nranges] rows each thread has left */
     int nranges;               /* or 0 (ranges NULL): one thread runs all rows */
@@ -51,7 +51,7 @@ typedef struct {
  * x spill: 30-40% slower). F32/F16/BF16 keep pairs of x rows: 2x2 tiles; with AVX2's 16 registers
  * everything stays at pairs (WIDE_RQ = 2: 2x2 and 1x2 tiles), as four rows would spill. */
 #if defined(__AVX512VL__)
-#define GEMV_HAVE_Z 1 /* the 512-bit Q4 kernel, dot_tile_qz (run when ce_vector_bits == 512) */
+#define GEMV_HAVE_Z 1 /* the 512-bit kernels, dot_tile_z and dot_tile_qz (run when ce_vector_bits == 512) */
 enum { WIDE_PQ = 4, WIDE_RQ = 4, WIDE_PQ4 = 4, WIDE_PF = 2 };
 #define KEEP_IN_REG(v) __asm__("" : "+v"(v))
 #else
@@ -61,6 +61,27 @@ enum { WIDE_PQ = 2, WIDE_RQ = 2, WIDE_PQ4 = 2, WIDE_PF = 1 };
 #endif
 
 /* ---- GEMV: P weight rows x R rows of x, weights read in their stored format ---- */
+
+/* dot_tile from the end of its 32-element blocks (k = 32 * (K / 32)): 8-element steps into each
+ * output's first accumulator, the four summed pairwise, hsum8, then the last K % 8 products */
+AI void dot_tile_tail(int dtype, int P, int R, const void *const *w, const float *const *x, int64_t K, int64_t k,
+                      __m256 acc[][4], float *res) {
+    for (; k + 8 <= K; k += 8)
+        for (int p = 0; p < P; p++) {
+            __m256 v = ld8(dtype, w[p], k);
+            for (int r = 0; r < R; r++)
+                acc[p * R + r][0] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x[r] + k), acc[p * R + r][0]);
+        }
+    for (int t = 0; t < P * R; t++)
+        res[t] = hsum8(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3])));
+    for (; k < K; k++) /* the last K % 8 elements of F32/F16/BF16 rows */
+        for (int p = 0; p < P; p++) {
+            float wv = dtype == CE_F32 ? ((const float *)w[p])[k]
+                     : dtype == CE_F16 ? ce_f16_to_f32(((const uint16_t *)w[p])[k])
+                                       : ce_bf16_to_f32(((const uint16_t *)w[p])[k]);
+            for (int r = 0; r < R; r++) res[p * R + r] += wv * x[r][k];
+        }
+}
 
 /* res[p * R + r] = w[p] . x[r]. Each output has its own four accumulators, so its value does not
  * depend on which tile shape computed it. */
@@ -83,23 +104,50 @@ AI void dot_tile(int dtype, int P, int R, const void *const *w, const float *con
                                                         acc[p * R + r][i]);
         }
     }
-    if (!mm_is_block(dtype))
-        for (; k + 8 <= K; k += 8)
-            for (int p = 0; p < P; p++) {
-                __m256 v = ld8(dtype, w[p], k);
-                for (int r = 0; r < R; r++)
-                    acc[p * R + r][0] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x[r] + k), acc[p * R + r][0]);
-            }
-    for (int t = 0; t < P * R; t++)
-        res[t] = hsum8(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3])));
-    for (; k < K; k++) /* the last K % 8 elements of F32/F16/BF16 rows */
-        for (int p = 0; p < P; p++) {
-            float wv = dtype == CE_F32 ? ((const float *)w[p])[k]
-                     : dtype == CE_F16 ? ce_f16_to_f32(((const uint16_t *)w[p])[k])
-                                       : ce_bf16_to_f32(((const uint16_t *)w[p])[k]);
-            for (int r = 0; r < R; r++) res[p * R + r] += wv * x[r][k];
-        }
+    dot_tile_tail(dtype, P, R, w, x, K, k, acc, res);
 }
+
+#if GEMV_HAVE_Z
+/* 16 elements of a non-block row from element k, as F32 */
+AI __m512 ld16(int dtype, const void *row, int64_t k) {
+    switch (dtype) {
+    case CE_F32: return _mm512_loadu_ps((const float *)row + k);
+    case CE_F16: return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + k)));
+    default:
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + k))), 16));
+    }
+}
+
+/* dot_tile in 512-bit registers, the same bits: an output's accumulators 0 and 1 (elements 0-15 of
+ * each block) are one zmm, 2 and 3 the other, so each lane sees the same FMAs in the same order;
+ * the halves go back to dot_tile's four ymm accumulators for the tail and the sums. */
+AI void dot_tile_z(int dtype, int P, int R, const void *const *w, const float *const *x, int64_t K,
+                   const char *pf, float *res) {
+    const int64_t eb = dtype == CE_F32 ? 4 : 2;
+    __m512 za[4][2];
+    #pragma GCC unroll 4
+    for (int t = 0; t < P * R; t++) za[t][0] = za[t][1] = _mm512_setzero_ps();
+    int64_t nb = K / 32;
+    for (int64_t b = 0; b < nb; b++) {
+        for (int i = 0; i < P * eb / 2; i++) _mm_prefetch(pf + (b * P * eb / 2 + i) * 64, _MM_HINT_T0);
+        for (int p = 0; p < P; p++) {
+            const __m512 v0 = ld16(dtype, w[p], 32 * b), v1 = ld16(dtype, w[p], 32 * b + 16);
+            for (int r = 0; r < R; r++) {
+                za[p * R + r][0] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(x[r] + 32 * b), za[p * R + r][0]);
+                za[p * R + r][1] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(x[r] + 32 * b + 16), za[p * R + r][1]);
+            }
+        }
+    }
+    __m256 acc[4][4];
+    for (int t = 0; t < P * R; t++)
+        for (int i = 0; i < 2; i++) {
+            acc[t][2 * i] = _mm512_castps512_ps256(za[t][i]);
+            acc[t][2 * i + 1] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(za[t][i]), 1));
+        }
+    dot_tile_tail(dtype, P, R, w, x, K, nb * 32, acc, res);
+}
+#endif
 
 /* Block dtypes: per block, s = q . x in F32 (small-integer weights; two muls, two FMAs and an add
  * in a fixed tree; for Q4_0 four FMAs that each add their lanes' -8 x, then two adds), then
@@ -307,14 +355,14 @@ AI void dot_tile_q(int dtype, int q4n, int P, int R, const char *w0, int64_t ws,
 }
 
 #if GEMV_HAVE_Z
-/* dot_tile_q for Q4_0/Q4_1 in 512-bit registers, the same bits: vectors 0 and 2 of a block (and 1
- * and 3) share a zmm, nibbles, x (xq in build_xq's zl order) and Q4_0's offsets alike, so
- * s = fma(v1, x1, v0 x0) + fma(v3, x3, v2 x2) is one zmm mul, one zmm FMA and the sum of its two
- * halves, and the unpacking takes one broadcast, two ANDs and one variable shift instead of a
- * broadcast, four ANDs and a shift. */
+/* dot_tile_q in 512-bit registers, the same bits: vectors 0 and 2 of a block (and 1 and 3) share a
+ * zmm, weights, x and Q4_0's offsets alike, so s = fma(v1, x1, v0 x0) + fma(v3, x3, v2 x2) is one
+ * zmm mul, one zmm FMA and the sum of its two halves. For Q4 the unpacking takes one broadcast, two
+ * ANDs and one variable shift instead of a broadcast, four ANDs and a shift (x is xq in build_xq's
+ * zl order); Q8_0 reads its bytes and x in element order, so both take a lane shuffle per pair. */
 AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws, const float *const *x,
                     const float *const *sq, const float *us, int64_t nb, const char *pf, float *res) {
-    const int64_t bb = dtype == CE_Q4_0 ? 18 : 20, qoff = dtype == CE_Q4_0 ? 2 : 4;
+    const int64_t bb = dtype == CE_Q8_0 ? 34 : dtype == CE_Q4_0 ? 18 : 20, qoff = dtype == CE_Q4_1 ? 4 : 2;
     const int npf = (int)((P * bb + 63) / 64);
     const __m512i m02 = _mm512_setr_epi32(0xF, 0xF, 0xF, 0xF, 0xF0, 0xF0, 0xF0, 0xF0, 0xF << 16, 0xF << 16, 0xF << 16,
                                           0xF << 16, 0xF << 20, 0xF << 20, 0xF << 20, 0xF << 20);
@@ -332,10 +380,14 @@ AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws
         __m512 xv[GEMV_RMAX][2];
         __m256 sv[GEMV_RMAX];
         for (int r = 0; r < R; r++) {
-            for (int i = 0; i < 2; i++) {
-                xv[r][i] = _mm512_loadu_ps(x[r] + 32 * b + 16 * i);
-                if (R <= 2) KEEP_IN_REG(xv[r][i]);
+            for (int i = 0; i < 2; i++) xv[r][i] = _mm512_loadu_ps(x[r] + 32 * b + 16 * i);
+            if (dtype == CE_Q8_0) { /* (x0 | x1), (x2 | x3) -> (x0 | x2), (x1 | x3) */
+                const __m512 lo = xv[r][0];
+                xv[r][0] = _mm512_shuffle_f32x4(lo, xv[r][1], 0x44);
+                xv[r][1] = _mm512_shuffle_f32x4(lo, xv[r][1], 0xEE);
             }
+            for (int i = 0; i < 2; i++)
+                if (R <= 2) KEEP_IN_REG(xv[r][i]);
             if (dtype == CE_Q4_1)
                 sv[r] = _mm256_castsi256_ps(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)(sq[r] + 2 * b))));
         }
@@ -350,10 +402,18 @@ AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws
         for (int p = 0; p < P; p++) {
             const char *bp = blk + p * ws;
             const __m256 d = bcast_f16((const uint16_t *)bp);
-            const __m512i bq = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(bp + qoff)));
-            __m512 z02 = _mm512_castsi512_ps(_mm512_and_si512(bq, m02));
-            __m512 z13 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_srlv_epi32(bq, sh13), m13));
-            if (q4n) {
+            __m512 z02, z13;
+            if (dtype == CE_Q8_0) {
+                const __m512i q01 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(bp + qoff)));
+                const __m512i q23 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(bp + qoff + 16)));
+                z02 = _mm512_cvtepi32_ps(_mm512_shuffle_i32x4(q01, q23, 0x44));
+                z13 = _mm512_cvtepi32_ps(_mm512_shuffle_i32x4(q01, q23, 0xEE));
+            } else {
+                const __m512i bq = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(bp + qoff)));
+                z02 = _mm512_castsi512_ps(_mm512_and_si512(bq, m02));
+                z13 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_srlv_epi32(bq, sh13), m13));
+            }
+            if (q4n && dtype != CE_Q8_0) {
                 z02 = _mm512_cvtepi32_ps(_mm512_castps_si512(z02));
                 z13 = _mm512_cvtepi32_ps(_mm512_castps_si512(z13));
             }
@@ -378,7 +438,7 @@ AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws
     for (int t = 0; t < P * R; t++) {
         res[t] = hsum8(acc[t]);
         if (dtype == CE_Q4_1) res[t] += ml[t % R][2 * (t / R) + 1];
-        res[t] *= us[t % R];
+        if (dtype != CE_Q8_0) res[t] *= us[t % R];
     }
 }
 #endif
@@ -405,7 +465,7 @@ AI void gemv_tile(int dtype, int q4n, int P, int R, const mm_ctx *c, int64_t n, 
             sq[r] = dtype == CE_Q8_0 ? NULL : c->sq + (m + r) * ex;
         }
 #if GEMV_HAVE_Z
-        if ((q4n & 2) && mm_is_q4(dtype))
+        if (q4n & 2)
             dot_tile_qz(dtype, q4n & 1, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
         else
 #endif
@@ -413,7 +473,12 @@ AI void gemv_tile(int dtype, int q4n, int P, int R, const mm_ctx *c, int64_t n, 
     } else {
         const void *w[4];
         for (int p = 0; p < 4; p++) w[p] = w0 + (p < P ? p : 0) * c->wstride;
-        dot_tile(dtype, P, R, w, c->xr + m, c->K, pf, res);
+#if GEMV_HAVE_Z
+        if (q4n & 2)
+            dot_tile_z(dtype, P, R, w, c->xr + m, c->K, pf, res);
+        else
+#endif
+            dot_tile(dtype, P, R, w, c->xr + m, c->K, pf, res);
     }
 }
 
@@ -486,7 +551,7 @@ AI void gemv_blocked(int dtype, int q4n, const mm_ctx *c, int64_t lo, int64_t hi
 
 typedef void (*gemv_fn)(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi);
 /* q4n in the kernels below: bit 0, Q4 lanes as normal floats (q4_ints) instead of subnormal ones
- * (q4_bits); bit 1, Q4 in 512-bit registers (dot_tile_qz).
+ * (q4_bits); bit 1, 512-bit registers (dot_tile_z, dot_tile_qz).
  * Decode (M <= 2: one stream over the weights) and the blocked loop of more rows are separate
  * functions: compiled as one, the wide tiles' loops left gcc short of general registers in the
  * decode loop (row pointers kept in xmm registers: M = 1 measured 1.6x slower). */
@@ -510,11 +575,19 @@ GEMV_FN(q4_1_sub, CE_Q4_1, 0)
 GEMV_FN(q4_0_norm, CE_Q4_0, 1)
 GEMV_FN(q4_1_norm, CE_Q4_1, 1)
 #if GEMV_HAVE_Z
+GEMV_FN(f32_z, CE_F32, 2)
+GEMV_FN(f16_z, CE_F16, 2)
+GEMV_FN(bf16_z, CE_BF16, 2)
+GEMV_FN(q8_0_z, CE_Q8_0, 2)
 GEMV_FN(q4_0_sub_z, CE_Q4_0, 2)
 GEMV_FN(q4_1_sub_z, CE_Q4_1, 2)
 GEMV_FN(q4_0_norm_z, CE_Q4_0, 3)
 GEMV_FN(q4_1_norm_z, CE_Q4_1, 3)
 #else /* never selected: gemv_job.zl is 0 without the 512-bit kernels */
+#define gemv_f32_z gemv_f32
+#define gemv_f16_z gemv_f16
+#define gemv_bf16_z gemv_bf16
+#define gemv_q8_0_z gemv_q8_0
 #define gemv_q4_0_sub_z gemv_q4_0_sub
 #define gemv_q4_1_sub_z gemv_q4_1_sub
 #define gemv_q4_0_norm_z gemv_q4_0_norm
@@ -526,8 +599,8 @@ GEMV_FN(q4_1_norm_z, CE_Q4_1, 3)
 static const gemv_fn gemvs[4][CE_I32] = {
     {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0_sub, gemv_q4_1_sub},
     {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0_norm, gemv_q4_1_norm},
-    {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0_sub_z, gemv_q4_1_sub_z},
-    {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0_norm_z, gemv_q4_1_norm_z},
+    {gemv_f32_z, gemv_f16_z, gemv_bf16_z, gemv_q8_0_z, gemv_q4_0_sub_z, gemv_q4_1_sub_z},
+    {gemv_f32_z, gemv_f16_z, gemv_bf16_z, gemv_q8_0_z, gemv_q4_0_norm_z, gemv_q4_1_norm_z},
 };
 
 /* Block dtypes: the first tiles of a stretch of rows [lo, hi), before the kernels' own prefetch

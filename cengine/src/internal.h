@@ -73,8 +73,10 @@ static inline void ce_split(int64_t n, int ith, int nth, int64_t align, int64_t 
 
 /* 1 when SIMD kernels should run (compiled in, supported by the CPU, not disabled for tests). */
 extern int ce_simd_on;
-/* 512 when the 512-bit kernels run (compiled in, CPU support, not set to 256), else 256. */
+/* 512 when the 512-bit kernels run (compiled in, CPU support, the probe's or a caller's choice:
+ * vecwidth.c), else 256. */
 extern int ce_vector_bits;
+void ce_vector_describe(char *buf, size_t n); /* " vec=... (probe timings)" for ce_build_info */
 
 /* Q4 GEMV unpacking (q4path.c): 1 for normal floats (q4_ints), 0 for subnormal (q4_bits). */
 extern int ce_q4_normal;

@@ -62,7 +62,7 @@ int ce_abi_version(void) { return CE_ABI_VERSION; }
 const char *ce_source_hash(void) { return CE_SOURCE_HASH; }
 
 const char *ce_build_info(void) {
-    static _Thread_local char buf[512]; /* the Q4 path can change: rebuilt per call, per thread */
+    static _Thread_local char buf[768]; /* the Q4 path and vector width can change: rebuilt per call, per thread */
     size_t n = (size_t)snprintf(buf, sizeof buf, "%s", CE_BUILD_FLAGS
 #if CE_HAVE_AVX2
         " simd=avx2+fma+f16c"
@@ -76,7 +76,8 @@ const char *ce_build_info(void) {
         " avx512bf16"
 #endif
     );
-    if (n < sizeof buf) n += (size_t)snprintf(buf + n, sizeof buf - n, " vec=%d", ce_vector_bits);
+    if (n < sizeof buf) ce_vector_describe(buf + n, sizeof buf - n);
+    n += strlen(buf + n);
     if (n < sizeof buf) ce_q4_describe(buf + n, sizeof buf - n);
     return buf;
 }

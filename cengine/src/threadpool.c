@@ -228,40 +228,4 @@ void ce_set_simd(int enabled) {
 
 int ce_get_simd(void) { return ce_simd_on; }
 
-/* 256 by default: the 512-bit Q4 GEMV (gemv.c, dot_tile_qz) gives the same bits but measured
- * 5-18% slower on AMD Zen 4, whose 512-bit ops issue as two 256-bit halves; ce_set_vector_bits(512)
- * (or TOOLKIT_VECTOR_BITS=512) selects it where compiled in (-march with AVX-512F/VL) and the CPU
- * has it. The tests run both. */
-int ce_vector_bits = 256;
-
-static int have_512(void) {
-#if CE_HAVE_AVX2 && defined(__AVX512F__) && defined(__AVX512VL__)
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
-#else
-    return 0;
-#endif
-}
-
-ce_status ce_set_vector_bits(int bits) {
-    if (bits != 256 && bits != 512)
-        return ce_fail(CE_ERR_ARG, "set_vector_bits: bits must be 256 or 512, got %d", bits);
-    if (bits == 512 && !have_512())
-        return ce_fail(CE_ERR_ARG, "set_vector_bits: 512-bit kernels are not available (%s)",
-#if defined(__AVX512F__) && defined(__AVX512VL__)
-                       "this CPU lacks AVX-512F/VL"
-#else
-                       "not compiled in: build on a CPU with AVX-512F/VL, or with -mavx512f -mavx512vl"
-#endif
-        );
-    ce_vector_bits = bits;
-    return CE_OK;
-}
-
-int ce_get_vector_bits(void) { return ce_vector_bits; }
-
-__attribute__((constructor)) static void vector_bits_from_env(void) {
-    const char *e = getenv("TOOLKIT_VECTOR_BITS");
-    if (e && !strcmp(e, "512") && have_512()) ce_vector_bits = 512;
-}
-
 __attribute__((constructor)) static void detect_simd(void) { ce_set_simd(1); }

@@ -6,7 +6,7 @@ from toolkit.core.engine import backend as B
 
 @pytest.fixture(autouse=True)
 def _restore_engine_settings():
-    threads, simd, q4, bits = B.get_threads(), B.get_simd(), B.q4_probe()["setting"], B.get_vector_bits()
+    threads, simd, q4, bits = B.get_threads(), B.get_simd(), B.q4_probe()["setting"], B.vector_probe()["setting"]
     yield
     B.set_vector_bits(bits)
     B.set_threads(threads)

@@ -23,7 +23,7 @@ __all__ = [
     "silu", "gelu", "silu_mul", "add", "mul", "scale", "argmax", "topk", "copy_", "copy_rows_", "sample",
     "repetition_penalty_",
     "set_threads", "get_threads", "set_simd", "get_simd", "set_q4_path", "get_q4_path", "q4_probe",
-    "set_batch_invariant", "get_batch_invariant", "set_vector_bits", "get_vector_bits", "build_info", "engine_version", "bench_read_bandwidth",
+    "set_batch_invariant", "get_batch_invariant", "set_vector_bits", "get_vector_bits", "vector_probe", "build_info", "engine_version", "bench_read_bandwidth",
 ]
 
 
@@ -105,16 +105,46 @@ def get_batch_invariant():
 
 
 def set_vector_bits(bits):
-    """256 (default): the AVX2 kernels; 512: the 512-bit ones where compiled in (AVX-512F/VL) and
-    supported by the CPU (today the Q4 GEMV). Both give bit-identical results; 512 measured slower
-    on AMD Zen 4. Raises InvalidArgumentError for other values or where 512 is unavailable."""
-    if isinstance(bits, bool) or not isinstance(bits, int):
-        raise errors.ArgumentTypeError(f"vector bits must be an int, got {type(bits).__name__}")
+    """The vector width of the GEMV and packed-GEMM kernels: 512 (AVX-512, where compiled in and
+    supported by the CPU), 256 (AVX2) or "auto" (the start-up probe's choice, the default: 512 only
+    where 512-bit FMAs give at least 1.3x the flops of 256-bit ones, as on Intel server cores; AMD
+    Zen 4/5 issue them as two halves and stay at 256). Both widths give bit-identical results. The
+    env var TOOLKIT_VECTOR_BITS=256|512|auto sets the value the process starts with. Raises
+    InvalidArgumentError for other values or where 512 is unavailable (vector_probe()["reason"])."""
+    if bits == "auto":
+        bits = lib.CE_VECTOR_AUTO
+    elif isinstance(bits, bool) or not isinstance(bits, int):
+        raise errors.ArgumentTypeError(f"vector bits must be 256, 512 or 'auto', got {type(bits).__name__}")
+    elif bits == lib.CE_VECTOR_AUTO:
+        raise errors.InvalidArgumentError("vector bits must be 256, 512 or 'auto', got 0")
     check(lib.ce_set_vector_bits(bits))
 
 
 def get_vector_bits():
+    """The width in use: 256 or 512 (see set_vector_bits)."""
     return lib.ce_get_vector_bits()
+
+
+def vector_probe():
+    """The start-up probe: {"setting": "auto"|256|512, "bits": the width in use, "ns_256" and
+    "ns_512": ns per FMA instruction of each width (0.0 where 512 is unavailable), "flops_ratio":
+    512-bit flops per second over 256-bit ones, "available": whether 512 can run, "reason": why not}."""
+    setting = lib.ce_get_vector_bits_setting()
+    ns256, ns512 = lib.ce_vector_probe_ns(256), lib.ce_vector_probe_ns(512)
+    info = build_info()
+    reason = info.split("512-bit kernels unavailable: ", 1)[1].split(")", 1)[0] if "kernels unavailable" in info else ""
+    return {"setting": "auto" if setting == lib.CE_VECTOR_AUTO else setting, "bits": get_vector_bits(),
+            "ns_256": ns256, "ns_512": ns512, "flops_ratio": 2.0 * ns256 / ns512 if ns512 > 0 else 0.0,
+            "available": not reason, "reason": reason}
+
+
+def _vector_bits_from_env():
+    value = os.environ.get("TOOLKIT_VECTOR_BITS")
+    if value is not None and value not in ("256", "512", "auto"):
+        raise errors.InvalidArgumentError(f"TOOLKIT_VECTOR_BITS must be one of 256, 512, auto, got {value!r}")
+
+
+_vector_bits_from_env()
 
 
 def build_info():

@@ -1,0 +1,130 @@
+/* vecwidth.c - which vector width the GEMV and GEMM kernels use (ce_vector_bits), chosen once per
+ * process by measuring.
+ *
+ * The 512-bit kernels (gemv.c dot_tile_z/dot_tile_qz, gemm.c micro_z) give the same bits as the
+ * 256-bit ones, so the choice is speed only, and what decides it is how many flops a 512-bit FMA
+ * gives per unit of time against a 256-bit one: Intel server cores with two 512-bit FMA units
+ * do twice the work per instruction; AMD Zen 4/5 (512-bit ops issued as two halves) and Intel
+ * cores with one 512-bit unit do the same work either way, where the 512-bit kernels measured
+ * slower (fewer, wider ops but the same lane shuffles). At load a probe times chains of
+ * independent FMAs of each width (~60 us, most of it warming the 512-bit units up: Intel cores
+ * run them at reduced throughput for the first ~10-20 us) and picks 512 only when it gives at
+ * least WIDE_FASTER times the flops. Never by vendor name. TOOLKIT_VECTOR_BITS=256|512|auto or
+ * ce_set_vector_bits() force a width (tests run both). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+
+int ce_vector_bits = 256;     /* read by the GEMV and GEMM once per call */
+static int forced;            /* CE_VECTOR_AUTO, or the width a caller forced */
+static int probe_pick = 256;  /* the probe's choice */
+static double probe_ns[2];    /* ns per FMA instruction: [0] 256-bit, [1] 512-bit; 0 if not measured */
+static int env_512_ignored;   /* TOOLKIT_VECTOR_BITS=512 asked for what this build or CPU lacks */
+
+#define WIDE_FASTER 1.3 /* 512-bit FMAs must give this many times the flops of 256-bit ones */
+
+#if CE_HAVE_AVX2 && defined(__AVX512F__) && defined(__AVX512VL__)
+#define VEC_HAVE_512 1
+#else
+#define VEC_HAVE_512 0
+#endif
+
+/* why the 512-bit kernels cannot run, or NULL */
+static const char *why_not_512(void) {
+#if VEC_HAVE_512
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vl")) return "this CPU lacks AVX-512F/VL";
+    return NULL;
+#else
+    return "not compiled in: the build targets no AVX-512F/VL (-march=native on a CPU without it, or TOOLKIT_PORTABLE)";
+#endif
+}
+
+#if VEC_HAVE_512
+enum { PROBE_ITERS = 256, PROBE_REPS = 7, PROBE_WARM_US = 50 };
+
+/* 12 independent chains: enough to keep two FMA units of latency 4 (Intel) or 4 pipes (Zen 4) busy */
+#define FMA12(fma)                                                                 \
+    for (int i = 0; i < PROBE_ITERS; i++)                                             \
+        for (int j = 0; j < 12; j++) c[j] = fma(c[j], a, b);
+
+/* ns per FMA instruction of 12 independent chains of that width */
+__attribute__((noinline)) static double time_fmas(int wide) {
+    volatile float av = 0.999f, bv = 1e-3f;
+    double t0, t;
+    float sink = 0.0f;
+    if (wide) {
+        __m512 a = _mm512_set1_ps(av), b = _mm512_set1_ps(bv), c[12];
+        for (int j = 0; j < 12; j++) c[j] = _mm512_set1_ps((float)j);
+        t0 = ce_now();
+        FMA12(_mm512_fmadd_ps)
+        t = ce_now() - t0;
+        for (int j = 0; j < 12; j++) sink += _mm512_cvtss_f32(c[j]);
+    } else {
+        __m256 a = _mm256_set1_ps(av), b = _mm256_set1_ps(bv), c[12];
+        for (int j = 0; j < 12; j++) c[j] = _mm256_set1_ps((float)j);
+        t0 = ce_now();
+        FMA12(_mm256_fmadd_ps)
+        t = ce_now() - t0;
+        for (int j = 0; j < 12; j++) sink += _mm256_cvtss_f32(c[j]);
+    }
+    volatile float keep = sink;
+    (void)keep;
+    return t * 1e9 / (12.0 * PROBE_ITERS);
+}
+
+static void probe(void) {
+    if (why_not_512()) return;
+    /* Intel cores power their 512-bit units up on first use and run them slowly meanwhile */
+    for (double t0 = ce_now(); ce_now() - t0 < PROBE_WARM_US * 1e-6;) time_fmas(1);
+    double best[2] = {1e30, 1e30};
+    for (int r = 0; r < PROBE_REPS; r++) /* interleaved, best of each: noise only slows a run */
+        for (int w = 0; w < 2; w++) {
+            double t = time_fmas(w);
+            if (t < best[w]) best[w] = t;
+        }
+    probe_ns[0] = best[0], probe_ns[1] = best[1];
+    /* flops per ns: 16 / ns512 against 8 / ns256 */
+    probe_pick = 2.0 * best[0] >= WIDE_FASTER * best[1] ? 512 : 256;
+}
+#else
+static void probe(void) {}
+#endif
+
+static void apply(void) { ce_vector_bits = forced == CE_VECTOR_AUTO ? probe_pick : forced; }
+
+ce_status ce_set_vector_bits(int bits) {
+    if (bits != CE_VECTOR_AUTO && bits != 256 && bits != 512)
+        return ce_fail(CE_ERR_ARG, "set_vector_bits: bits must be 256, 512 or CE_VECTOR_AUTO (0), got %d", bits);
+    if (bits == 512 && why_not_512())
+        return ce_fail(CE_ERR_ARG, "set_vector_bits: 512-bit kernels are not available (%s)", why_not_512());
+    forced = bits;
+    env_512_ignored = 0;
+    apply();
+    return CE_OK;
+}
+
+int ce_get_vector_bits(void) { return ce_vector_bits; }
+
+int ce_get_vector_bits_setting(void) { return forced; }
+
+double ce_vector_probe_ns(int bits) { return bits == 256 ? probe_ns[0] : bits == 512 ? probe_ns[1] : -1.0; }
+
+void ce_vector_describe(char *buf, size_t n) {
+    const char *why = why_not_512();
+    if (why)
+        snprintf(buf, n, " vec=256 (512-bit kernels unavailable: %s%s)", why,
+                 env_512_ignored ? "; TOOLKIT_VECTOR_BITS=512 ignored" : "");
+    else
+        snprintf(buf, n, " vec=%d (%s; probe: FMA 256-bit %.3f ns, 512-bit %.3f ns: 512-bit gives %.2fx the flops)",
+                 ce_vector_bits, forced == CE_VECTOR_AUTO ? "auto" : "forced", probe_ns[0], probe_ns[1],
+                 probe_ns[1] > 0 ? 2.0 * probe_ns[0] / probe_ns[1] : 0.0);
+}
+
+__attribute__((constructor)) static void vector_bits_init(void) {
+    probe();
+    const char *e = getenv("TOOLKIT_VECTOR_BITS");
+    forced = !e ? CE_VECTOR_AUTO : !strcmp(e, "256") ? 256 : !strcmp(e, "512") ? 512 : CE_VECTOR_AUTO;
+    if (forced == 512 && why_not_512()) forced = CE_VECTOR_AUTO, env_512_ignored = 1;
+    apply();
+}
