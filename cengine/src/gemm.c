@@ -2,8 +2,9 @@
  *
  * Each thread dequantizes a panel of GEMM_NC weight rows x GEMM_KC columns into F32, transposed
  * into 16-column groups, and a 6x16 register-tiled FMA microkernel runs every 6-row slice of x over
- * it, so the dequantization is paid once per panel, not once per row. Work units (panels, or row
- * slices when there are few columns) are claimed in order by whichever threads run
+ * it, so the dequantization is paid once per panel, not once per row. With 512-bit registers
+ * (ce_vector_bits == 512) a 6x32 microkernel takes two groups at once, the same bits. Work units
+ * (panels, or row slices when there are few columns) are claimed in order by whichever threads run
  * (ce_parallel_dyn); each output element is computed whole by one thread in an order that depends
  * only on M, N, K, so results are bit-identical for any thread count.
  */
@@ -113,6 +114,47 @@ AI void micro(int mr, int64_t kc, const float *const *a, const float *b, float *
     for (int r = 0; r < mr; r++) store_tile_row(cp[r], c0[r], c1[r], ncols, acc);
 }
 
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+#define GEMM_HAVE_Z 1
+/* Row r of a 512-bit tile: o[0..ncols) (+)= c0:c1, ncols in (16, 32], the last columns masked */
+static void store_tile_row_z(float *o, __m512 c0, __m512 c1, int ncols, int acc) {
+    const __mmask16 m1 = (__mmask16)((1u << (ncols - GEMM_NR)) - 1);
+    if (acc) {
+        c0 = _mm512_add_ps(_mm512_loadu_ps(o), c0);
+        c1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, o + GEMM_NR), c1);
+    }
+    _mm512_storeu_ps(o, c0);
+    _mm512_mask_storeu_ps(o + GEMM_NR, m1, c1);
+}
+
+/* micro over two adjacent 16-column groups of the panel (b and b + kc * 16) at once, a zmm per
+ * group and row: 6x32 tiles, 12 accumulators. Each output still sums its products in k order, so
+ * the bits are micro's. */
+AI void micro_z(int mr, int64_t kc, const float *const *a, const float *b, float *const *cp, int ncols,
+                int acc) {
+    __m512 c0[GEMM_MR], c1[GEMM_MR];
+    const float *ap[GEMM_MR], *b1 = b + kc * GEMM_NR;
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++) {
+        c0[r] = c1[r] = _mm512_setzero_ps();
+        ap[r] = a[r];
+    }
+    for (int64_t k = 0; k < kc; k++, b += GEMM_NR, b1 += GEMM_NR) {
+        __m512 v0 = _mm512_load_ps(b), v1 = _mm512_load_ps(b1);
+#pragma GCC unroll 6
+        for (int r = 0; r < mr; r++) {
+            __m512 av = _mm512_set1_ps(ap[r][k]);
+            c0[r] = _mm512_fmadd_ps(av, v0, c0[r]);
+            c1[r] = _mm512_fmadd_ps(av, v1, c1[r]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++) store_tile_row_z(cp[r], c0[r], c1[r], ncols, acc);
+}
+#else
+#define GEMM_HAVE_Z 0
+#endif
+
 typedef void (*micro_fn)(int64_t kc, const float *const *a, const float *b, float *const *cp, int ncols,
                          int acc);
 #define MICRO_FN(R) \
@@ -124,7 +166,31 @@ MICRO_FN(3)
 MICRO_FN(4)
 MICRO_FN(5)
 MICRO_FN(6)
-static const micro_fn micros[GEMM_MR + 1] = {NULL, micro_1, micro_2, micro_3, micro_4, micro_5, micro_6};
+#if GEMM_HAVE_Z
+#define MICRO_Z_FN(R) \
+    static void micro_z_##R(int64_t kc, const float *const *a, const float *b, float *const *cp, int ncols, \
+                            int acc) { micro_z(R, kc, a, b, cp, ncols, acc); }
+MICRO_Z_FN(1)
+MICRO_Z_FN(2)
+MICRO_Z_FN(3)
+MICRO_Z_FN(4)
+MICRO_Z_FN(5)
+MICRO_Z_FN(6)
+#else /* never selected: mm_ctx.wide is 0 without the 512-bit kernels */
+#define micro_z_1 NULL
+#define micro_z_2 NULL
+#define micro_z_3 NULL
+#define micro_z_4 NULL
+#define micro_z_5 NULL
+#define micro_z_6 NULL
+#endif
+
+/* The microkernel by width and rows of x: the one place that picks. [0]: 256-bit, 16 columns;
+ * [1]: 512-bit, two 16-column groups (a lone last group takes [0]). */
+static const micro_fn micros[2][GEMM_MR + 1] = {
+    {NULL, micro_1, micro_2, micro_3, micro_4, micro_5, micro_6},
+    {NULL, micro_z_1, micro_z_2, micro_z_3, micro_z_4, micro_z_5, micro_z_6},
+};
 
 /* GEMM work units, claimed in order by whichever threads run (ce_parallel_dyn): GEMM_NC-column panels
  * of the output, or with few columns (split_rows) GEMM_ROWS-row slices. Each output element is
@@ -157,11 +223,14 @@ static void gemm_unit(const mm_ctx *c, float *bp, float *tmp, int64_t n_lo, int6
                 int mr = m_hi - m < GEMM_MR ? (int)(m_hi - m) : GEMM_MR;
                 const float *a[GEMM_MR];
                 for (int r = 0; r < mr; r++) a[r] = c->xr[m + r] + k0;
-                for (int64_t g = 0; g * GEMM_NR < nc; g++) {
+                for (int64_t g = 0; g * GEMM_NR < nc;) {
                     float *cp[GEMM_MR];
                     for (int r = 0; r < mr; r++) cp[r] = c->outr[m + r] + n0 + g * GEMM_NR;
-                    int ncols = nc - g * GEMM_NR < GEMM_NR ? (int)(nc - g * GEMM_NR) : GEMM_NR;
-                    micros[mr](kc, a, bp + g * kc * GEMM_NR, cp, ncols, k0 > 0);
+                    const int64_t left = nc - g * GEMM_NR;
+                    const int two = c->wide && left > GEMM_NR; /* the 512-bit kernel takes two groups */
+                    const int64_t cols = GEMM_NR * (1 + two);
+                    micros[two][mr](kc, a, bp + g * kc * GEMM_NR, cp, (int)(left < cols ? left : cols), k0 > 0);
+                    g += 1 + two;
                 }
             }
         }
@@ -176,6 +245,7 @@ ce_status mm_gemm_run(mm_ctx *c, int nth) {
     c->scratch_floats = GEMM_NC * GEMM_KC + GEMM_NR * GEMM_KC;
     c->split_rows = c->N < (int64_t)GEMM_NR * 2 * nth && c->M >= (int64_t)GEMM_MR * 2 * nth;
     c->next_unit = &next_unit;
+    c->wide = GEMM_HAVE_Z && ce_vector_bits == 512;
     c->scratch = aligned_alloc(64, (size_t)nth * (size_t)c->scratch_floats * sizeof(float));
     if (!c->scratch) return ce_fail(CE_ERR_NOMEM, "matmul: out of memory for %d work areas", nth);
     ce_parallel_dyn(gemm_task, c, nth);
