@@ -26,7 +26,8 @@ def _rows(text, names):
 
 
 def test_kernels_bench_prints_every_dtype_and_thread_count(capsys):
-    assert kernels.main(["--quick", "--dtypes", "q4_1,BF16", "--layers", "2", "--threads", "2"]) == 0
+    assert kernels.main(["--quick", "--dtypes", "q4_1,BF16", "--layers", "2", "--threads", "2",
+                         "--vector-bits", "auto"]) == 0
     text = capsys.readouterr().out
     assert re.search(r"read bandwidth \(512 MiB\): 1 thread [\d.]+ GB/s .*2 threads [\d.]+ GB/s", text)
     rows = _rows(text, {"Q4_1/subnormal", "Q4_1/normal", "BF16"})  # Q4: both unpacking paths
@@ -47,6 +48,20 @@ def test_kernels_bench_measures_one_q4_path_when_asked(capsys):
     assert sorted(_rows(capsys.readouterr().out, {"Q4_0/normal", "Q4_0/subnormal"})) == ["Q4_0/normal"]
     with pytest.raises(SystemExit):
         kernels.main(["--q4-paths", "fastest"])
+
+
+def test_kernels_bench_compares_both_vector_widths(capsys):
+    from toolkit.core.engine import backend as B
+    assert kernels.main(["--quick", "--dtypes", "F16", "--layers", "1", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    widths = ["256", "512"] if B.vector_probe()["available"] else ["256"]
+    rows = _rows(text, {f"F16/{w}" for w in widths})
+    assert sorted(rows) == [f"F16/{w}" for w in widths]
+    if len(widths) == 2:  # the ratio table: 512 over 256 for decode, lm head, prefill, packed GEMM
+        ratios = _rows(text.split("512-bit over 256-bit")[1], {"F16"})["F16"]
+        assert len(ratios) == 1 and len(ratios[0]) == 5 and all(v > 0 for v in ratios[0][1:])
+    with pytest.raises(SystemExit):
+        kernels.main(["--vector-bits", "384"])
 
 
 def test_kernels_bench_rejects_unknown_dtypes_and_layer_counts(capsys):

@@ -15,7 +15,10 @@ threads:
     (batch invariant: the GEMV's arithmetic for every row) and with the packed GEMM
     (set_batch_invariant(False), whose rows depend on the batch).
 Q4_0 and Q4_1 are measured with each Q4 unpacking path (--q4-paths, default both: subnormal lanes,
-fast on AMD Zen, and normal floats, fast everywhere; they give the same bits), interleaved.
+fast on AMD Zen, and normal floats, fast everywhere; they give the same bits), interleaved, and
+every dtype with each vector width (--vector-bits, default both where the 512-bit kernels can
+run: they give the same bits; a second table shows the 512-bit figures over the 256-bit ones,
+medians of per-round ratios).
 A dtype whose decode set reads under WARN_SHARE of the bandwidth is flagged with a warning line:
 that is how a kernel that collapses on some CPU (Q4 with subnormal operands on Intel) shows up.
 Memory bandwidth drifts on this machine, so every measurement is repeated in interleaved rounds
@@ -107,6 +110,8 @@ def main(argv=None):
     p.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated subset of " + ",".join(DTYPES))
     p.add_argument("--q4-paths", default="both",
                    help="Q4 unpacking paths to measure: both (default), auto, normal or subnormal")
+    p.add_argument("--vector-bits", default="both",
+                   help="kernel widths to measure: both (default, where 512 is available), auto, 256 or 512")
     p.add_argument("--layers", type=int, default=None,
                    help="decode-set layers (default: 30, more when needed to be 2x the L3); a small set "
                         "stays in cache and measures nothing but that the tool runs")
@@ -120,8 +125,15 @@ def main(argv=None):
     q4_paths = {"both": Q4_PATHS, "auto": [None]}.get(args.q4_paths, [args.q4_paths])
     if q4_paths != [None] and not set(q4_paths) <= set(Q4_PATHS):
         p.error(f"--q4-paths must be both, auto, normal or subnormal, got {args.q4_paths!r}")
-    # what each row measures: (dtype, Q4 path or None for the engine's own choice)
-    variants = [(dt, q) for dt in dtypes for q in (q4_paths if dt.startswith("Q4") else [None])]
+    vp = B.vector_probe()
+    widths = {"both": [256, 512] if vp["available"] else [256], "auto": [None], "256": [256], "512": [512]}.get(
+        args.vector_bits)
+    if widths is None:
+        p.error(f"--vector-bits must be both, auto, 256 or 512, got {args.vector_bits!r}")
+    if widths == [512] and not vp["available"]:
+        p.error(f"--vector-bits 512: the 512-bit kernels are not available ({vp['reason']})")
+    # what each row measures: (dtype, Q4 path or None, vector width or None: the engine's own choice)
+    variants = [(dt, q, w) for dt in dtypes for q in (q4_paths if dt.startswith("Q4") else [None]) for w in widths]
     rounds = 3 if args.quick else 7
     threads = sorted({1, max(1, args.threads)})
     t_start = time.perf_counter()
@@ -149,7 +161,7 @@ def main(argv=None):
 
     bw = {th: [] for th in threads}
     res = {(v, th): {"first": [], "decode": [], "head": [], "gemm": [], "packed": []} for v in variants for th in threads}
-    q4_setting = B.q4_probe()["setting"]
+    q4_setting, bits_setting = B.q4_probe()["setting"], vp["setting"]
     for rnd in range(rounds + 1):  # round 0 warms up (page faults, pool start) and is dropped
         for th in threads:
             B.set_threads(th)
@@ -157,8 +169,9 @@ def main(argv=None):
             if rnd:
                 bw[th].append(BW_BYTES / s / 1e9)
             for v in variants:
-                dt, q4 = v
+                dt, q4, bits = v
                 B.set_q4_path(q4 or q4_setting)
+                B.set_vector_bits(bits or bits_setting)
                 c, r = cases[dt], res[v, th]
                 t_dec = [_time(lambda: decode_pass(c)) for _ in range(DECODE_PASSES)]
                 t_head = _time(lambda: F.matmul(x_model, c.head, out=o_head))
@@ -176,6 +189,7 @@ def main(argv=None):
                     r["packed"].append(2.0 * GEMM_M * D_FF * D_MODEL / t_packed / 1e9)
 
     B.set_q4_path(q4_setting)
+    B.set_vector_bits(bits_setting)
     med = statistics.median
     print(f"cengine kernels | {B.build_info()} | {rounds} interleaved rounds, medians "
           f"(setup {setup_s:.1f} s, total {time.perf_counter() - t_start:.1f} s)")
@@ -193,8 +207,8 @@ def main(argv=None):
     print("-" * len(head))
     slow = []
     for v in variants:
-        dt, q4 = v
-        name = f"{dt}/{q4}" if q4 else dt
+        dt, q4, bits = v
+        name = "/".join([dt] + ([q4] if q4 else []) + ([str(bits)] if bits else []))
         for th in threads:
             r, b = res[v, th], med(bw[th])
             d, h = med(r["decode"]), med(r["head"])
@@ -202,6 +216,22 @@ def main(argv=None):
                 slow.append(f"{name} ({th} thread{'s' if th > 1 else ''}): {d:.1f} GB/s = {100 * d / b:.0f}%")
             print(f"{name:<16}{th:>4} {cases[dt].decode_bytes / 1e6:>7.0f} {med(r['first']):>9.1f} {d:>12.1f} {100 * d / b:>5.0f}% "
                   f"{h:>13.1f} {100 * h / b:>5.0f}% {med(r['gemm']):>16.1f} {med(r['packed']):>12.1f}")
+    if len(widths) == 2:
+        print("512-bit over 256-bit kernels (same bits), medians of per-round ratios: >1 means 512 is faster")
+        head2 = f"{'dtype':<16}{'thr':>4} {'decode':>8} {'lm-head':>8} {'prefill':>8} {'packed GEMM':>12}"
+        print(head2)
+        print("-" * len(head2))
+        for v in variants:
+            dt, q4, bits = v
+            if bits != 512:
+                continue
+            name = f"{dt}/{q4}" if q4 else dt
+            for th in threads:
+                a, b = res[v, th], res[(dt, q4, 256), th]
+                # decode: per pass, so a ratio pairs the passes of one round
+                ratio = {key: med(x / y for x, y in zip(a[key], b[key])) for key in ("decode", "head", "gemm", "packed")}
+                print(f"{name:<16}{th:>4} {ratio['decode']:>8.2f} {ratio['head']:>8.2f} {ratio['gemm']:>8.2f} "
+                      f"{ratio['packed']:>12.2f}")
     for line in slow:
         print(f"WARNING: decode set of {line} of the measured read bandwidth, under {100 * WARN_SHARE:.0f}%: "
               "a kernel is far slower on this CPU than it should be, or other programs kept the cores busy "
