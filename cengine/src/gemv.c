@@ -406,11 +406,12 @@ AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws
             const __m256 d = bcast_f16((const uint16_t *)bp);
             __m512 z02, z13;
             if (dtype == CE_Q8_0) {
-                /* 256-bit widenings joined, as ld16 (512-bit ones from memory streamed slowly) */
-                __m256i q[4];
-                for (int i = 0; i < 4; i++) q[i] = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(bp + qoff + 8 * i)));
-                z02 = _mm512_cvtepi32_ps(_mm512_inserti64x4(_mm512_castsi256_si512(q[0]), q[2], 1));
-                z13 = _mm512_cvtepi32_ps(_mm512_inserti64x4(_mm512_castsi256_si512(q[1]), q[3], 1));
+                /* bytes (0-7 | 16-23) and (8-15 | 24-31), widened from registers (512-bit
+                 * widenings from memory streamed slowly on Zen 4, as in ld16) */
+                const __m128i q01 = _mm_loadu_si128((const __m128i *)(bp + qoff));
+                const __m128i q23 = _mm_loadu_si128((const __m128i *)(bp + qoff + 16));
+                z02 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpacklo_epi64(q01, q23)));
+                z13 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpackhi_epi64(q01, q23)));
             } else {
                 const __m512i bq = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(bp + qoff)));
                 z02 = _mm512_castsi512_ps(_mm512_and_si512(bq, m02));
