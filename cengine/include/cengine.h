@@ -132,6 +132,7 @@ ce_status ce_set_vector_bits(int bits);
 int ce_get_vector_bits(void);          /* the width in use: 256 or 512 */
 int ce_get_vector_bits_setting(void);  /* CE_VECTOR_AUTO, 256 or 512 */
 double ce_vector_probe_ns(int bits);   /* the probe's ns per FMA instruction of that width (0: not run) */
+const char *ce_vector_512_unavailable(void); /* why 512 cannot run here, or "" */
 /* Q4 GEMV unpacking. Both paths give the same bits; CE_Q4_SUBNORMAL (nibbles read in place as
  * subnormal floats) is fastest where the CPU takes subnormal FMA operands at full speed (AMD Zen),
  * CE_Q4_NORMAL (converted to normal floats) where it does not (Intel). CE_Q4_AUTO: the start-up

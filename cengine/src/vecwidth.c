@@ -108,6 +108,11 @@ int ce_get_vector_bits(void) { return ce_vector_bits; }
 
 int ce_get_vector_bits_setting(void) { return forced; }
 
+const char *ce_vector_512_unavailable(void) {
+    const char *why = why_not_512();
+    return why ? why : "";
+}
+
 double ce_vector_probe_ns(int bits) { return bits == 256 ? probe_ns[0] : bits == 512 ? probe_ns[1] : -1.0; }
 
 void ce_vector_describe(char *buf, size_t n) {

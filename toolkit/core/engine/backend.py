@@ -131,8 +131,7 @@ def vector_probe():
     512-bit flops per second over 256-bit ones, "available": whether 512 can run, "reason": why not}."""
     setting = lib.ce_get_vector_bits_setting()
     ns256, ns512 = lib.ce_vector_probe_ns(256), lib.ce_vector_probe_ns(512)
-    info = build_info()
-    reason = info.split("512-bit kernels unavailable: ", 1)[1].split(")", 1)[0] if "kernels unavailable" in info else ""
+    reason = ffi.string(lib.ce_vector_512_unavailable()).decode()
     return {"setting": "auto" if setting == lib.CE_VECTOR_AUTO else setting, "bits": get_vector_bits(),
             "ns_256": ns256, "ns_512": ns512, "flops_ratio": 2.0 * ns256 / ns512 if ns512 > 0 else 0.0,
             "available": not reason, "reason": reason}
