@@ -150,3 +150,15 @@ def test_environment_variable_sets_the_start_width():
     r = _run(code, "wide")
     assert r.returncode != 0 and "TOOLKIT_VECTOR_BITS must be one of 256, 512, auto" in r.stderr
 
+
+
+@needs_512
+def test_default_model_same_bits_at_both_widths(model):
+    """the real model (Q4_1 weights, F32 norms/embeddings) end to end: logits of a prompt (prefill,
+    M > 2) and of a one-token step (decode) are the same bits whichever width runs"""
+    ids = model.tokenizer.encode("The capital of France is")
+    got = {}
+    for bits in (256, 512):
+        B.set_vector_bits(bits)
+        got[bits] = (model.logits(ids).to_list(), model.logits(ids[:1]).to_list())
+    assert got[512] == got[256]
