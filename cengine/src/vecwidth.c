@@ -4,9 +4,11 @@
  * The 512-bit kernels (gemv.c dot_tile_z/dot_tile_qz, gemm.c micro_z) give the same bits as the
  * 256-bit ones, so the choice is speed only, and what decides it is how many flops a 512-bit FMA
  * gives per unit of time against a 256-bit one: Intel server cores with two 512-bit FMA units
- * do twice the work per instruction; AMD Zen 4/5 (512-bit ops issued as two halves) and Intel
- * cores with one 512-bit unit do the same work either way, where the 512-bit kernels measured
- * slower (fewer, wider ops but the same lane shuffles). At load a probe times chains of
+ * do twice the work per instruction; AMD Zen 4 (and Zen 5 parts with a 256-bit datapath), which
+ * issue 512-bit ops as two halves, and Intel cores with one 512-bit unit do the same work either
+ * way, where the 512-bit kernels measured mostly slower (docs/architecture.md). Intel cores that
+ * lower their clock under sustained 512-bit work (Skylake-SP) do so over ~0.5 ms, longer than the
+ * probe runs: there it overstates 512's gain, one reason the bar is 1.3x and not 1x. At load a probe times chains of
  * independent FMAs of each width (~60 us, most of it warming the 512-bit units up: Intel cores
  * run them at reduced throughput for the first ~10-20 us) and picks 512 only when it gives at
  * least WIDE_FASTER times the flops. Never by vendor name. TOOLKIT_VECTOR_BITS=256|512|auto or
@@ -36,7 +38,8 @@ static const char *why_not_512(void) {
     if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vl")) return "this CPU lacks AVX-512F/VL";
     return NULL;
 #else
-    return "not compiled in: the build targets no AVX-512F/VL (-march=native on a CPU without it, or TOOLKIT_PORTABLE)";
+    /* no parentheses: tools strip build_info's parenthesised remarks (toolkit/experiments.py) */
+    return "not compiled in: built without AVX-512F/VL, by -march=native on a CPU without them or TOOLKIT_PORTABLE=1";
 #endif
 }
 
