@@ -455,7 +455,7 @@ enum { XQ_LOCAL = 8192 }; /* floats: Q4 GEMVs whose xq fits build it per thread 
 
 /* res[p * R + r] = w[n + p] . x[m + r] for P weight rows and R rows of x; the thread's rows end
  * at hi. */
-AI void gemv_tile(int dtype, int q4n, int P, int R, const mm_ctx *c, int64_t n, int64_t hi, int64_t m, float *res) {
+AI void gemv_tile(int dtype, int var, int P, int R, const mm_ctx *c, int64_t n, int64_t hi, int64_t m, float *res) {
     const char *w0 = mm_w_at(c, n, 0);
     /* The kernels prefetch the tile PF_TILES (block dtypes; 1 otherwise) ahead of this one. Past
      * the thread's rows that would fetch another thread's rows (or the next tensor) from DRAM for
@@ -471,16 +471,16 @@ AI void gemv_tile(int dtype, int q4n, int P, int R, const mm_ctx *c, int64_t n, 
             sq[r] = dtype == CE_Q8_0 ? NULL : c->sq + (m + r) * ex;
         }
 #if GEMV_HAVE_Z
-        if (q4n & 2)
-            dot_tile_qz(dtype, q4n & 1, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
+        if (var & 2)
+            dot_tile_qz(dtype, var & 1, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
         else
 #endif
-            dot_tile_q(dtype, q4n & 1, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
+            dot_tile_q(dtype, var & 1, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
     } else {
         const void *w[4];
         for (int p = 0; p < 4; p++) w[p] = w0 + (p < P ? p : 0) * c->wstride;
 #if GEMV_HAVE_Z
-        if (q4n & 2)
+        if (var & 2)
             dot_tile_z(dtype, P, R, w, c->xr + m, c->K, pf, res);
         else
 #endif
@@ -490,7 +490,7 @@ AI void gemv_tile(int dtype, int q4n, int P, int R, const mm_ctx *c, int64_t n, 
 
 /* Outputs [lo, hi) of rows m .. m + R - 1 of x: R >= 2 rows of x share each weight row; a single
  * x row takes weight rows in tiles. */
-AI void gemv_rows(int dtype, int q4n, int R, int wide, const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi, int64_t m) {
+AI void gemv_rows(int dtype, int var, int R, int wide, const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi, int64_t m) {
     float res[GEMV_TILE_MAX];
     int64_t n = lo;
     if (R >= 2) {
@@ -498,28 +498,28 @@ AI void gemv_rows(int dtype, int q4n, int R, int wide, const mm_ctx *c, int64_t 
         const int wp = !wide ? 1 : !mm_is_block(dtype) ? WIDE_PF : R > 2 ? WIDE_PQ4 : WIDE_PQ;
         if (wp > 1)
             for (; n + wp <= hi; n += wp) {
-                gemv_tile(dtype, q4n, wp, R, c, n, pfhi, m, res);
+                gemv_tile(dtype, var, wp, R, c, n, pfhi, m, res);
                 for (int p = 0; p < wp; p++)
                     for (int r = 0; r < R; r++) c->outr[m + r][n + p] = mm_add_bias(c, res[p * R + r], n + p);
             }
         for (; n < hi; n++) {
-            gemv_tile(dtype, q4n, 1, R, c, n, pfhi, m, res);
+            gemv_tile(dtype, var, 1, R, c, n, pfhi, m, res);
             for (int r = 0; r < R; r++) c->outr[m + r][n] = mm_add_bias(c, res[r], n);
         }
         return;
     }
     if (mm_is_block(dtype))
         for (; n + GEMV_P <= hi; n += GEMV_P) {
-            gemv_tile(dtype, q4n, GEMV_P, 1, c, n, pfhi, m, res);
+            gemv_tile(dtype, var, GEMV_P, 1, c, n, pfhi, m, res);
             for (int p = 0; p < GEMV_P; p++) c->outr[m][n + p] = mm_add_bias(c, res[p], n + p);
         }
     for (; n + 2 <= hi; n += 2) {
-        gemv_tile(dtype, q4n, 2, 1, c, n, pfhi, m, res);
+        gemv_tile(dtype, var, 2, 1, c, n, pfhi, m, res);
         c->outr[m][n] = mm_add_bias(c, res[0], n);
         c->outr[m][n + 1] = mm_add_bias(c, res[1], n + 1);
     }
     if (n < hi) {
-        gemv_tile(dtype, q4n, 1, 1, c, n, pfhi, m, res);
+        gemv_tile(dtype, var, 1, 1, c, n, pfhi, m, res);
         c->outr[m][n] = mm_add_bias(c, res[0], n);
     }
 }
@@ -531,11 +531,11 @@ AI void gemv_rows(int dtype, int q4n, int R, int wide, const mm_ctx *c, int64_t 
  * arithmetic. */
 enum { GEMV_NB = 32, GEMV_MB_BYTES = 256 << 10 };
 
-AI void gemv_decode(int dtype, int q4n, const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) {
-    for (int64_t m = 0; m < c->M; m += 2) gemv_rows(dtype, q4n, c->M - m >= 2 ? 2 : 1, 0, c, lo, hi, pfhi, m);
+AI void gemv_decode(int dtype, int var, const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) {
+    for (int64_t m = 0; m < c->M; m += 2) gemv_rows(dtype, var, c->M - m >= 2 ? 2 : 1, 0, c, lo, hi, pfhi, m);
 }
 
-AI void gemv_blocked(int dtype, int q4n, const mm_ctx *c, int64_t lo, int64_t hi) {
+AI void gemv_blocked(int dtype, int var, const mm_ctx *c, int64_t lo, int64_t hi) {
     int64_t mb = GEMV_MB_BYTES / (4 * c->K) / 2 * 2;
     if (mb < 2) mb = 2;
     for (int64_t m0 = 0; m0 < c->M; m0 += mb) {
@@ -544,31 +544,31 @@ AI void gemv_blocked(int dtype, int q4n, const mm_ctx *c, int64_t lo, int64_t hi
             int64_t n1 = hi - n0 < GEMV_NB ? hi : n0 + GEMV_NB;
             int64_t m = m0;
             /* WIDE_RQ rows of x per tile for block dtypes (each block unpacked once for all) and
-             * for any dtype in zmm (q4n & 2) */
-            if (WIDE_RQ > 2 && (mm_is_block(dtype) || (q4n & 2))) {
-                for (; m + WIDE_RQ <= m1; m += WIDE_RQ) gemv_rows(dtype, q4n, WIDE_RQ, 1, c, n0, n1, n1, m);
+             * for any dtype in zmm (var & 2) */
+            if (WIDE_RQ > 2 && (mm_is_block(dtype) || (var & 2))) {
+                for (; m + WIDE_RQ <= m1; m += WIDE_RQ) gemv_rows(dtype, var, WIDE_RQ, 1, c, n0, n1, n1, m);
                 if (m1 - m == 3) { /* three left (M = 3, 7, ...: a batch as its sequences finish) */
-                    gemv_rows(dtype, q4n, 3, 1, c, n0, n1, n1, m);
+                    gemv_rows(dtype, var, 3, 1, c, n0, n1, n1, m);
                     m += 3;
                 }
             }
-            for (; m < m1; m += 2) gemv_rows(dtype, q4n, m1 - m >= 2 ? 2 : 1, 1, c, n0, n1, n1, m);
+            for (; m < m1; m += 2) gemv_rows(dtype, var, m1 - m >= 2 ? 2 : 1, 1, c, n0, n1, n1, m);
         }
     }
 }
 
 typedef void (*gemv_fn)(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi);
-/* q4n in the kernels below: bit 0, Q4 lanes as normal floats (q4_ints) instead of subnormal ones
+/* var (the variant) in the kernels below: bit 0, Q4 lanes as normal floats (q4_ints) instead of subnormal ones
  * (q4_bits); bit 1, 512-bit registers (dot_tile_z, dot_tile_qz).
  * Decode (M <= 2: one stream over the weights) and the blocked loop of more rows are separate
  * functions: compiled as one, the wide tiles' loops left gcc short of general registers in the
  * decode loop (row pointers kept in xmm registers: M = 1 measured 1.6x slower). */
-#define GEMV_FN(T, DT, Q4N) \
+#define GEMV_FN(T, DT, VAR) \
     __attribute__((noinline)) static void gemv_dec_##T(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) { \
-        gemv_decode(DT, Q4N, c, lo, hi, pfhi); \
+        gemv_decode(DT, VAR, c, lo, hi, pfhi); \
     } \
     __attribute__((noinline)) static void gemv_blk_##T(const mm_ctx *c, int64_t lo, int64_t hi) { \
-        gemv_blocked(DT, Q4N, c, lo, hi); \
+        gemv_blocked(DT, VAR, c, lo, hi); \
     } \
     static void gemv_##T(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) { \
         if (c->M <= 2) gemv_dec_##T(c, lo, hi, pfhi); \
