@@ -40,6 +40,7 @@ typedef struct { /* one sequence: its queries, its cache */
     int64_t *part_off; /* [T]: first partial entry of query t, or -1 when it has one chunk */
     float *part;       /* entries of D + 2 floats: a[D], m, z; (t, h, c) at part_off[t] + h * nch + c */
     int simd;          /* the SIMD kernels apply (ce_simd_on and D % 8 == 0) */
+    int wide;          /* ... in 512-bit registers (ce_vector_bits == 512; the same bits) */
 } attn_ctx;
 
 /* One call: the sequences whose units the threads share (one for ce_attention), in order. */
@@ -179,6 +180,87 @@ static void qk_tile_n(float *S, const float *const *q, const float *const *k, in
     else qk_tile(S, q[0], q[0], q[0], k[0], k[1], k[2], k[3], D, vs, 1);
 }
 
+#if defined(__AVX512F__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+#define ATTN_HAVE_Z 1
+/* The 512-bit forms of qk_tile and pv_tile (run when ce_vector_bits == 512), with the same bits:
+ * every lane sums the same products in the same order as a lane of the 256-bit kernel.
+ * q.k: a zmm holds the same 8 dims of two keys (the halves of one 256-bit accumulator each), so
+ * the per-key hadd tree is unchanged: 6 FMAs per 8 dims for 3 heads x 4 keys instead of 12, one
+ * lane insert per key pair. e.V: a zmm holds 16 dims of a head, which accumulate independently.
+ * On AMD Zen 4 (512-bit ops issue as two halves) they measured 0.95-0.97x of the 256-bit kernels
+ * (cache in L2, 1 thread) and the same within noise with the cache in DRAM; the width probe keeps
+ * 256 there. */
+static inline __attribute__((always_inline)) void qk_tile_z(float *S, const float *q0, const float *q1,
+                                                            const float *q2, const float *k0, const float *k1,
+                                                            const float *k2, const float *k3, int64_t D,
+                                                            __m128 vs, const int NR) {
+    __m512 z = _mm512_setzero_ps();
+    __m512 a0l = z, a0h = z, a1l = z, a1h = z, a2l = z, a2h = z; /* head r, keys (0, 1) and (2, 3) */
+    for (int64_t d = 0; d < D; d += 8) {
+        __m512 x0 = _mm512_broadcast_f32x8(_mm256_loadu_ps(q0 + d)), x1 = z, x2 = z;
+        if (NR > 1) x1 = _mm512_broadcast_f32x8(_mm256_loadu_ps(q1 + d));
+        if (NR > 2) x2 = _mm512_broadcast_f32x8(_mm256_loadu_ps(q2 + d));
+        __m512 kl = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(k0 + d)), _mm256_loadu_ps(k1 + d), 1);
+        __m512 kh = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(k2 + d)), _mm256_loadu_ps(k3 + d), 1);
+        a0l = _mm512_fmadd_ps(x0, kl, a0l);
+        a0h = _mm512_fmadd_ps(x0, kh, a0h);
+        if (NR > 1) a1l = _mm512_fmadd_ps(x1, kl, a1l), a1h = _mm512_fmadd_ps(x1, kh, a1h);
+        if (NR > 2) a2l = _mm512_fmadd_ps(x2, kl, a2l), a2h = _mm512_fmadd_ps(x2, kh, a2h);
+    }
+#define QK_Z_OUT(l, h, dst)                                                                      \
+    _mm_storeu_ps(dst, _mm_mul_ps(vs, reduce4(_mm512_castps512_ps256(l), _mm512_extractf32x8_ps(l, 1), \
+                                              _mm512_castps512_ps256(h), _mm512_extractf32x8_ps(h, 1))))
+    QK_Z_OUT(a0l, a0h, S);
+    if (NR > 1) QK_Z_OUT(a1l, a1h, S + ATTN_KC);
+    if (NR > 2) QK_Z_OUT(a2l, a2h, S + 2 * ATTN_KC);
+#undef QK_Z_OUT
+}
+
+static void qk_tile_zn(float *S, const float *const *q, const float *const *k, int64_t D, __m128 vs, int nr) {
+    if (nr == 3) qk_tile_z(S, q[0], q[1], q[2], k[0], k[1], k[2], k[3], D, vs, 3);
+    else if (nr == 2) qk_tile_z(S, q[0], q[1], q[1], k[0], k[1], k[2], k[3], D, vs, 2);
+    else qk_tile_z(S, q[0], q[0], q[0], k[0], k[1], k[2], k[3], D, vs, 1);
+}
+
+/* pv_tile's NW = 4 case (32 dims) in zmm: acc[r * D + d0 + ..] += sum_j P[r * ATTN_KC + j] V_j[..] */
+static inline __attribute__((always_inline)) void pv_tile_z(float *acc, int64_t D, const float *P,
+                                                            const float *const *vr, int64_t nb, int64_t d0,
+                                                            const int NR) {
+    float *o0 = acc + d0, *o1 = acc + D + d0, *o2 = acc + 2 * D + d0;
+    __m512 z = _mm512_setzero_ps();
+    __m512 a00 = _mm512_loadu_ps(o0), a01 = _mm512_loadu_ps(o0 + 16), a10 = z, a11 = z, a20 = z, a21 = z;
+    if (NR > 1) a10 = _mm512_loadu_ps(o1), a11 = _mm512_loadu_ps(o1 + 16);
+    if (NR > 2) a20 = _mm512_loadu_ps(o2), a21 = _mm512_loadu_ps(o2 + 16);
+    for (int64_t j = 0; j < nb; j++) {
+        const float *v = vr[j] + d0;
+        __m512 x0 = _mm512_loadu_ps(v), x1 = _mm512_loadu_ps(v + 16), p = _mm512_set1_ps(P[j]);
+        a00 = _mm512_fmadd_ps(p, x0, a00);
+        a01 = _mm512_fmadd_ps(p, x1, a01);
+        if (NR > 1) {
+            p = _mm512_set1_ps(P[ATTN_KC + j]);
+            a10 = _mm512_fmadd_ps(p, x0, a10);
+            a11 = _mm512_fmadd_ps(p, x1, a11);
+        }
+        if (NR > 2) {
+            p = _mm512_set1_ps(P[2 * ATTN_KC + j]);
+            a20 = _mm512_fmadd_ps(p, x0, a20);
+            a21 = _mm512_fmadd_ps(p, x1, a21);
+        }
+    }
+    _mm512_storeu_ps(o0, a00), _mm512_storeu_ps(o0 + 16, a01);
+    if (NR > 1) _mm512_storeu_ps(o1, a10), _mm512_storeu_ps(o1 + 16, a11);
+    if (NR > 2) _mm512_storeu_ps(o2, a20), _mm512_storeu_ps(o2 + 16, a21);
+}
+
+static void pv_tile_zn(float *acc, int64_t D, const float *P, const float *const *vr, int64_t nb, int64_t d0, int nr) {
+    if (nr == 3) pv_tile_z(acc, D, P, vr, nb, d0, 3);
+    else if (nr == 2) pv_tile_z(acc, D, P, vr, nb, d0, 2);
+    else pv_tile_z(acc, D, P, vr, nb, d0, 1);
+}
+#else
+#define ATTN_HAVE_Z 0
+#endif
+
 /* Keys ahead that scores_avx2 prefetches. A decode step's caches stream from memory (a few MB per
  * layer at batch 8, behind ~90 MB of weights) in runs too short for the hardware prefetcher: with
  * K prefetched ahead and V during the scores, 8 sequences x 100 keys measured 130 us per layer
@@ -213,7 +295,11 @@ static void scores_avx2(const attn_ctx *c, int64_t t, int64_t hk, int64_t j0, in
                     prefetch_row(vbase + (j + i) * vstr, vrb, _MM_HINT_T1);
                 }
             for (int i = 0; i < 4; i++) kr[i] = row_f32(krow + i * ks, kt, buf + i * D, D);
-            qk_tile_n(S + g * ATTN_KC + j, qr, kr, D, vs, nr);
+#if ATTN_HAVE_Z
+            if (c->wide) qk_tile_zn(S + g * ATTN_KC + j, qr, kr, D, vs, nr);
+            else
+#endif
+                qk_tile_n(S + g * ATTN_KC + j, qr, kr, D, vs, nr);
         }
         for (; j < L; j++, krow += ks) {
             const float *k = row_f32(krow, kt, buf, D);
@@ -294,6 +380,10 @@ static void pv_avx2(const attn_ctx *c, int64_t hk, int64_t j0, int64_t L, const 
         for (int64_t g = 0; g < G; g += 3) {
             int nr = G - g < 3 ? (int)(G - g) : 3;
             int64_t d0 = 0;
+#if ATTN_HAVE_Z
+            if (c->wide)
+                for (; d0 + 32 <= D; d0 += 32) pv_tile_zn(acc + g * D, D, E + g * ATTN_KC + jb, vr, nb, d0, nr);
+#endif
             for (; d0 + 32 <= D; d0 += 32) pv_tile_n(acc + g * D, D, E + g * ATTN_KC + jb, vr, nb, d0, nr, 4);
             for (; d0 < D; d0 += 8) pv_tile_n(acc + g * D, D, E + g * ATTN_KC + jb, vr, nb, d0, nr, 1);
         }
@@ -525,9 +615,10 @@ static ce_status attn_prepare(attn_ctx *c, const char *op, ce_tensor *out, const
                            (long long)probs->shape[1], (long long)probs->shape[2]);
     }
     *c = (attn_ctx){out, probs, q, k, v, (const int32_t *)pos->data, T, Hq, Hkv, D, n_kv, Hq / Hkv, scale,
-                    NULL, NULL, 0};
+                    NULL, NULL, 0, 0};
 #if CE_HAVE_AVX2
     c->simd = ce_simd_on && D % 8 == 0;
+    c->wide = ATTN_HAVE_Z && ce_vector_bits == 512;
 #endif
     return CE_OK;
 }
