@@ -52,6 +52,16 @@ class KVCache:
     def free(self):
         return self.capacity - self.length
 
+    def decode_kv_set(self, i):
+        """Layer i's cache as attention_seqs takes it for one new row, made once per cache (a decode
+        step would otherwise convert the same pointers in every layer, every token)."""
+        sets = self.__dict__.setdefault("_decode_kv", {})
+        kv = sets.get(i)
+        k, v = self.k[i], self.v[i]
+        if kv is None or kv._keep[0][0] is not k or kv._keep[1][0] is not v:  # rebuilt if a layer's tensors were replaced
+            kv = sets[i] = F.KVSet([1], [k], [v])
+        return kv
+
     def truncate(self, length):
         if not 0 <= length <= self.length:
             raise errors.InvalidArgumentError(f"cannot truncate a cache of {self.length} tokens to {length}")
@@ -375,8 +385,11 @@ class _KVSets:
         kv = self.sets.get(i)
         if kv is None:
             q = self.seqs
-            kv = self.sets[i] = F.KVSet([sq.t for sq in q], [sq.cache.k[i] for sq in q],
-                                        [sq.cache.v[i] for sq in q])
+            if len(q) == 1 and q[0].t == 1:  # a decode step of one sequence: its cache keeps the sets
+                kv = q[0].cache.decode_kv_set(i)
+            else:
+                kv = F.KVSet([sq.t for sq in q], [sq.cache.k[i] for sq in q], [sq.cache.v[i] for sq in q])
+            self.sets[i] = kv
         return kv
 
 
