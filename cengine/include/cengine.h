@@ -93,6 +93,7 @@ typedef enum {
     CE_OP_CONVERT,
     CE_OP_REPETITION_PENALTY,
     CE_OP_SAMPLE,
+    CE_OP_ATTENTION_SEQS,
     CE_OP_COUNT
 } ce_op;
 
@@ -210,6 +211,20 @@ ce_status ce_scale(ce_tensor *out, const ce_tensor *x, float s);
  * scale multiplies q.k (usually 1/sqrt(D)). */
 ce_status ce_attention(ce_tensor *out, const ce_tensor *q, const ce_tensor *k, const ce_tensor *v,
                        const ce_tensor *pos, int64_t n_kv, float scale, ce_tensor *probs);
+
+/* The attention of several sequences' new rows in one call (a batched decode step, or prefill
+ * chunks side by side), each against its own KV cache, with the threads sharing all their work.
+ * Sequence s owns rows [r_s, r_s + rows[s]) of q, k_new, v_new, pos and out (r_s = rows[0] + ...
+ * + rows[s - 1]); its positions are consecutive, from p_s = pos[r_s]. Unless k_new and v_new are
+ * NULL, its new keys and values are first written to rows p_s .. of k_cache[s] / v_cache[s]
+ * (converted to the cache's dtype); then its queries attend to its keys 0..pos[t]. Each
+ * sequence's output has exactly the bits ce_attention gives it alone (n_kv = p_s + rows[s]).
+ * Every argument is checked before any cache is written.
+ *   q, out [N, Hq, D] F32; k_new, v_new [N, Hkv, D] F32; pos I32 [N];
+ *   k_cache[s], v_cache[s] [S_s, Hkv, D] F32 or F16, one pair per sequence, none shared. */
+ce_status ce_attention_seqs(ce_tensor *out, const ce_tensor *q, const ce_tensor *k_new, const ce_tensor *v_new,
+                            const ce_tensor *pos, int64_t nseq, const int64_t *rows, ce_tensor *const *k_cache,
+                            ce_tensor *const *v_cache, float scale);
 
 /* out I32 [R]: index of the max of each row of x[R, N] (first one on ties). */
 ce_status ce_argmax(ce_tensor *out, const ce_tensor *x);

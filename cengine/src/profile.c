@@ -207,6 +207,24 @@ static cost op_cost(int op, const ce_prof_args *a) {
         c.flops = 4 * Hq * D * keys;
         break;
     }
+    case CE_OP_ATTENTION_SEQS: { /* out, q, pos, k_cache[], v_cache[], rows[]; n = {nseq, appends} */
+        ce_tensor *const *kc = a->t[3], *const *vc = a->t[4];
+        const int64_t *rows = a->t[5];
+        const ce_tensor *pos = a->t[2];
+        const int32_t *p = (const int32_t *)pos->data;
+        int64_t Hq = t1->shape[1], D = t1->shape[2], keys = 0, kvb = 0, app = 0, app_rd = 0;
+        for (int64_t s = 0, r0 = 0; s < a->n[0]; r0 += rows[s], s++) {
+            int64_t Hkv = kc[s]->shape[1], seen = (int64_t)p[r0 + rows[s] - 1] + 1;
+            int64_t eb = ce_dtype_block_bytes(kc[s]->dtype) + ce_dtype_block_bytes(vc[s]->dtype);
+            for (int64_t t = 0; t < rows[s]; t++) keys += (int64_t)p[r0 + t] + 1;
+            kvb += seen * Hkv * D * eb;
+            if (a->n[1]) app += rows[s] * Hkv * D * eb, app_rd += rows[s] * Hkv * D * 8; /* F32 k_new, v_new */
+        }
+        c.rd = tbytes(t1) + kvb + tbytes(pos) + app_rd;
+        c.wr = tbytes(t0) + app;
+        c.flops = 4 * Hq * D * keys;
+        break;
+    }
     case CE_OP_ARGMAX: /* out, x */
         c.rd = tbytes(t1);
         c.wr = tbytes(t0);

@@ -50,7 +50,7 @@ _Static_assert(sizeof dtype_names / sizeof dtype_names[0] == CE_DTYPE_COUNT, "dt
 static const char *op_names[] = {"matmul", "embedding", "rmsnorm", "rope", "softmax", "silu", "gelu",
                                  "silu_mul", "add", "mul", "scale", "attention", "argmax", "topk",
                                  "copy", "matmul_n", "copy_rows", "convert", "repetition_penalty",
-                                 "sample"};
+                                 "sample", "attention_seqs"};
 _Static_assert(sizeof op_names / sizeof op_names[0] == CE_OP_COUNT, "op name table");
 
 const char *ce_dtype_name(int dtype) {

@@ -63,6 +63,8 @@ def test_every_op_counts_one_call():
         "convert": lambda: lib.ce_convert(lib.CE_Q8_0, q8._ct.data, lib.CE_F32, x._ct.data, 4 * 64),
         "repetition_penalty": lambda: F.repetition_penalty_(logits, hist, 1.3),
         "sample": lambda: F.sample(logits, 0.0),
+        "attention_seqs": lambda: F.attention_seqs(q, pos, [2], [Tensor((6, 2, 32))], [Tensor((6, 2, 32))],
+                                                   kv[:2], kv[:2]),
     }
     assert set(runs) == set(profile.OPS)
     for op, fn in runs.items():
@@ -103,6 +105,21 @@ def test_attention_flops_count_both_dot_products_per_visible_key():
     keys = sum(p + 1 for p in pos.to_list())
     assert r["flops"] == 4 * H * D * keys
     assert r["bytes_read"] == T * H * D * 4 + 2 * 8 * Hkv * D * 4 + T * 4
+
+
+def test_attention_seqs_counts_each_sequence_and_the_appended_rows():
+    H, Hkv, D = 4, 2, 32
+    q, new = _t((3, H, D)), _t((3, Hkv, D))
+    caches = [Tensor((10, Hkv, D)), Tensor((10, Hkv, D), "F16")]
+    pos = Tensor((3,), "I32").load([5, 2, 3])  # sequence 0: one row at 5; sequence 1: two rows at 2, 3
+    with Profiler() as prof:
+        F.attention_seqs(q, pos, [1, 2], caches, caches, new, new)
+    r = prof.by_op()["attention_seqs"]
+    assert r["calls"] == 1 and set(prof.by_op()) == {"attention_seqs"}  # its copies are part of it
+    assert r["flops"] == 4 * H * D * (6 + 3 + 4)
+    kv_read = 6 * Hkv * D * 8 + 4 * Hkv * D * 4  # every visible key and value once, in the cache's dtype
+    assert r["bytes_read"] == 3 * H * D * 4 + kv_read + 3 * 4 + 3 * Hkv * D * 8
+    assert r["bytes_written"] == 3 * H * D * 4 + 1 * Hkv * D * 8 + 2 * Hkv * D * 4
 
 
 def test_failed_calls_are_counted_apart():

@@ -42,7 +42,7 @@ def test_prefill_flops_match_the_analytic_count(model):
     attention = 4 * c.head_dim * c.num_attention_heads * c.num_hidden_layers * T * (T + 1) // 2
     analytic = 2 * T * _matmul_params(lm) + attention
     assert counted == pytest.approx(analytic, rel=0.01)
-    assert prof.by_op()["attention"]["flops"] == attention
+    assert prof.by_op()["attention_seqs"]["flops"] == attention
 
 
 def test_one_decode_step_reads_the_weights_once(model):

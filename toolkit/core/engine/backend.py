@@ -11,7 +11,7 @@ from toolkit import errors
 from . import functional
 from . import functional as F
 from ._lib import check, ffi, lib
-from .functional import (add, argmax, copy_, copy_rows_, embedding, gelu, linear, matmul, matmul_n, mul,
+from .functional import (KVSet, add, argmax, attention_seqs, copy_, copy_rows_, embedding, gelu, linear, matmul, matmul_n, mul,
                          repetition_penalty_, rms_norm, rope_, sample, scale, scaled_dot_product_attention,
                          silu, silu_mul, softmax, topk)
 from .modules import Embedding, Linear, Module, ModuleList, RMSNorm
@@ -19,7 +19,7 @@ from .tensor import Tensor
 
 __all__ = [
     "Tensor", "Module", "Linear", "RMSNorm", "Embedding", "ModuleList", "F", "functional",
-    "scaled_dot_product_attention", "matmul", "matmul_n", "linear", "embedding", "rms_norm", "rope_", "softmax",
+    "scaled_dot_product_attention", "attention_seqs", "KVSet", "matmul", "matmul_n", "linear", "embedding", "rms_norm", "rope_", "softmax",
     "silu", "gelu", "silu_mul", "add", "mul", "scale", "argmax", "topk", "copy_", "copy_rows_", "sample",
     "repetition_penalty_",
     "set_threads", "get_threads", "set_simd", "get_simd", "set_q4_path", "get_q4_path", "q4_probe",

@@ -245,6 +245,52 @@ def scaled_dot_product_attention(q, k, v, pos=None, n_kv=None, scale=None, out=N
     return (out, probs) if return_probs else out
 
 
+def attention_seqs(q, pos, rows, k_caches, v_caches, k_new=None, v_new=None, scale=None, out=None):
+    """The attention of several sequences' new rows in one engine call, each against its own cache.
+
+    q [N, Hq, D] stacks the sequences' rows (rows[s] of them for sequence s, in order) and pos [N]
+    their positions (consecutive within a sequence). With k_new/v_new [N, Hkv, D], each sequence's
+    new keys and values are first written into k_caches[s]/v_caches[s] at its positions. Returns
+    out [N, Hq, D]; each sequence's rows have the bits scaled_dot_product_attention gives it alone.
+    The threads share every sequence's work, so a batched decode step is one call, not one per
+    sequence. k_caches/v_caches may be a prepared `KVSet` (reused across calls) or lists of Tensors.
+    """
+    if not isinstance(q, Tensor) or q.ndim != 3:
+        raise errors.ShapeError(f"attention_seqs needs q [N, Hq, D], got {q.shape if isinstance(q, Tensor) else type(q).__name__}")
+    kv = k_caches if isinstance(k_caches, KVSet) else KVSet(rows, k_caches, v_caches)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[2])
+    if out is None:
+        out = _like(q)
+    pos = _ids(pos, "pos")
+    kn = _NULL if k_new is None else _t(k_new, "k_new")
+    vn = _NULL if v_new is None else _t(v_new, "v_new")
+    check(lib.ce_attention_seqs(_t(out, "out"), q._ct, kn, vn, pos._ct, kv.n, kv.rows, kv.k, kv.v, scale))
+    return out
+
+
+class KVSet:
+    """The row counts and cache pointers of attention_seqs' sequences, converted once: a forward
+    pass builds one per layer and each call passes it as it is."""
+
+    __slots__ = ("n", "rows", "k", "v", "_keep")
+
+    def __init__(self, rows, k_caches, v_caches):
+        rows, k_caches, v_caches = list(rows), list(k_caches), list(v_caches)
+        if not rows or len(k_caches) != len(rows) or len(v_caches) != len(rows):
+            raise errors.InvalidArgumentError(
+                f"attention_seqs needs one row count, k cache and v cache per sequence, got "
+                f"{len(rows)}, {len(k_caches)} and {len(v_caches)}")
+        for r in rows:
+            if isinstance(r, bool) or not isinstance(r, int):
+                raise errors.ArgumentTypeError(f"rows must be ints, got {r!r}")
+        self.n = len(rows)
+        self.rows = ffi.new("int64_t[]", rows)
+        self.k = ffi.new("ce_tensor *[]", [_t(t, "k_caches[i]") for t in k_caches])
+        self.v = ffi.new("ce_tensor *[]", [_t(t, "v_caches[i]") for t in v_caches])
+        self._keep = (k_caches, v_caches)  # the tensors outlive the pointers
+
+
 def argmax(x):
     """I32 [rows]: index of each row's maximum (first on ties)."""
     xc = _t(x, "x")

@@ -52,6 +52,16 @@ class KVCache:
     def free(self):
         return self.capacity - self.length
 
+    def decode_kv_set(self, i):
+        """Layer i's cache as attention_seqs takes it for one new row, made once per cache (a decode
+        step would otherwise convert the same pointers in every layer, every token)."""
+        sets = self.__dict__.setdefault("_decode_kv", {})
+        kv = sets.get(i)
+        k, v = self.k[i], self.v[i]
+        if kv is None or kv._keep[0][0] is not k or kv._keep[1][0] is not v:  # rebuilt if a layer's tensors were replaced
+            kv = sets[i] = F.KVSet([1], [k], [v])
+        return kv
+
     def truncate(self, length):
         if not 0 <= length <= self.length:
             raise errors.InvalidArgumentError(f"cannot truncate a cache of {self.length} tokens to {length}")
@@ -160,16 +170,16 @@ class LlamaAttention(Module):
         if hk:
             hk.fire("attn.hook_rot_q", s.q3)
             hk.fire("attn.hook_rot_k", s.k3)
-        attn_hooked = hk and ("attn.hook_pattern" in hk or "attn.hook_attn_scores" in hk)
-        for sq in p.seqs:
-            kc, vc = sq.cache.k[i], sq.cache.v[i]                         # [capacity, Hkv, D]
-            F.copy_rows_(kc, sq.start, sq.k3)                             # append to the cache
-            F.copy_rows_(vc, sq.start, sq.v3)
-            n_kv = sq.start + sq.t
-            if attn_hooked:
-                self._attend_hooked(sq, kc, vc, n_kv, hk)
-            else:
-                F.scaled_dot_product_attention(sq.q3, kc, vc, sq.pos, n_kv, self.scale, out=sq.z3)  # [T, H, D]
+        if hk and ("attn.hook_pattern" in hk or "attn.hook_attn_scores" in hk):
+            for sq in p.seqs:
+                kc, vc = sq.cache.k[i], sq.cache.v[i]                     # [capacity, Hkv, D]
+                F.copy_rows_(kc, sq.start, sq.k3)                         # append to the cache
+                F.copy_rows_(vc, sq.start, sq.v3)
+                self._attend_hooked(sq, kc, vc, sq.start + sq.t, hk)
+        else:
+            # every sequence's keys and values appended to its cache, and its rows attended,
+            # in one engine call: the threads share all the sequences' work
+            F.attention_seqs(s.q3, p.pos, None, p.kv_sets[i], None, s.k3, s.v3, self.scale, out=s.z3)
         if hk:
             hk.fire("attn.hook_z", s.z3)
         return F.matmul(s.z, self.o_proj.weight, out=s.o)                 # [N, d_model]
@@ -338,9 +348,10 @@ class _Seq:
 
 
 class _Pass:
-    """What the blocks of one forward pass share: scratch buffers, positions, sequences, hooks."""
+    """What the blocks of one forward pass share: scratch buffers, positions, sequences, hooks,
+    and per layer the sequences' caches as attention_seqs takes them."""
 
-    __slots__ = ("s", "pos", "seqs", "hooks")
+    __slots__ = ("s", "pos", "seqs", "hooks", "kv_sets")
 
 
 def _standalone(config, x):
@@ -357,7 +368,29 @@ def _standalone(config, x):
     sq.b, sq.cache, sq.start, sq.t, sq.row0, sq.mask = 0, KVCache(config, T), 0, T, 0, None
     sq.q3, sq.k3, sq.v3, sq.z3, sq.pos = s.q3, s.k3, s.v3, s.z3, p.pos
     p.seqs, p.hooks = [sq], None
+    p.kv_sets = _KVSets(p.seqs)
     return p
+
+
+class _KVSets:
+    """Layer i's caches of a pass's sequences in attention_seqs' form, made when layer i first
+    asks (a pass that calls one block makes one)."""
+
+    __slots__ = ("seqs", "sets")
+
+    def __init__(self, seqs):
+        self.seqs, self.sets = seqs, {}
+
+    def __getitem__(self, i):
+        kv = self.sets.get(i)
+        if kv is None:
+            q = self.seqs
+            if len(q) == 1 and q[0].t == 1:  # a decode step of one sequence: its cache keeps the sets
+                kv = q[0].cache.decode_kv_set(i)
+            else:
+                kv = F.KVSet([sq.t for sq in q], [sq.cache.k[i] for sq in q], [sq.cache.v[i] for sq in q])
+            self.sets[i] = kv
+        return kv
 
 
 class LlamaModel(Module):
@@ -502,6 +535,7 @@ class LlamaModel(Module):
                                                   (s.q3[a:a + t], s.k3[a:a + t], s.v3[a:a + t], s.z3[a:a + t],
                                                    p.pos[a:a + t]))
             p.seqs.append(sq)
+        p.kv_sets = _KVSets(p.seqs)
         hooked = self.hook_set.active or (seq_hooks and any(seq_hooks))
         p.hooks = hk = self._pass_hooks(seq_hooks, spans) if hooked else None
         top = hk.top if hk else None
