@@ -1,18 +1,19 @@
-/* vecwidth.c - which vector width the GEMV and GEMM kernels use (ce_vector_bits), chosen once per
- * process by measuring.
+/* vecwidth.c - which vector width the GEMV, packed-GEMM and attention kernels use
+ * (ce_vector_bits), chosen once per process by measuring.
  *
- * The 512-bit kernels (gemv.c dot_tile_z/dot_tile_qz, gemm.c micro_z) give the same bits as the
- * 256-bit ones, so the choice is speed only, and what decides it is how many flops a 512-bit FMA
- * gives per unit of time against a 256-bit one: Intel server cores with two 512-bit FMA units
- * do twice the work per instruction; AMD Zen 4 (and Zen 5 parts with a 256-bit datapath), which
- * issue 512-bit ops as two halves, and Intel cores with one 512-bit unit do the same work either
- * way, where the 512-bit kernels measured mostly slower (docs/architecture.md). Intel cores that
- * lower their clock under sustained 512-bit work (Skylake-SP) do so over ~0.5 ms, longer than the
- * probe runs: there it overstates 512's gain, one reason the bar is 1.3x and not 1x. At load a probe times chains of
- * independent FMAs of each width (~60 us, most of it warming the 512-bit units up: Intel cores
- * run them at reduced throughput for the first ~10-20 us) and picks 512 only when it gives at
- * least WIDE_FASTER times the flops. Never by vendor name. TOOLKIT_VECTOR_BITS=256|512|auto or
- * ce_set_vector_bits() force a width (tests run both). */
+ * The 512-bit kernels (gemv.c dot_tile_z/dot_tile_qz, gemm.c micro_z, attention.c's _z tiles) give
+ * the same bits as the 256-bit ones, so the choice is speed only, and what decides it is how many
+ * flops a 512-bit FMA gives per unit of time against a 256-bit one: Intel server cores with two
+ * 512-bit FMA units do twice the work per instruction; AMD Zen 4 (and Zen 5 parts with a 256-bit
+ * datapath), which issue 512-bit ops as two halves, and Intel cores with one 512-bit unit do the
+ * same work either way, where the 512-bit kernels measured mostly slower (docs/architecture.md).
+ * At load a probe times chains of independent FMAs of each width (~0.1 ms in all, 110 us measured
+ * on Zen 4, half of it warming the 512-bit units up: Intel cores run them at reduced throughput for
+ * the first ~10-20 us) and picks 512 only when it gives at least WIDE_FASTER times the flops. Intel
+ * cores that lower their clock under sustained 512-bit work (Skylake-SP) do so over ~0.5 ms, longer
+ * than the probe runs: there it overstates 512's gain, one reason the bar is 1.3x and not 1x.
+ * Never by vendor name. TOOLKIT_VECTOR_BITS=256|512|auto or ce_set_vector_bits() force a width
+ * (tests run both). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
