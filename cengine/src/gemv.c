@@ -115,18 +115,25 @@ AI __m512 zcat(__m256 lo, __m256 hi) {
     return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
 }
 
-/* 16 elements of a non-block row from element k, as F32: two 256-bit conversions joined. A 512-bit
- * vcvtph2ps or vpmovzxwd from memory streamed F16/BF16 weights from DRAM at ~0.55x the 256-bit
- * kernel's speed on AMD Zen 4 (the same speed in cache); joined halves run at 0.95-1.0x. */
-AI __m512 ld16(int dtype, const void *row, int64_t k) {
+/* 16 elements of a non-block row from element k, as F32. Hot weights (the blocked prefill loop,
+ * rows reused by four rows of x from L1/L2) take one 512-bit vcvtph2ps / vpmovzxwd; weights
+ * streamed from DRAM (decode) two 256-bit conversions joined: on AMD Zen 4 the 512-bit widening
+ * streamed F16/BF16 from DRAM at 0.54x the 256-bit kernel's speed, joined halves at 0.95-1.0x,
+ * while in prefill the 512-bit form measured 1.17x (F16) and 1.29-1.32x (BF16) the 256-bit kernel
+ * against 1.10x and 1.06-1.15x joined. llvm-mca's Skylake-AVX512 model agrees for hot weights
+ * (BF16 prefill 0.38 against 0.63 cycles per 8 FMA lanes). */
+AI __m512 ld16(int dtype, int hot, const void *row, int64_t k) {
     if (dtype == CE_F32) return _mm512_loadu_ps((const float *)row + k);
-    return zcat(ld8(dtype, row, k), ld8(dtype, row, k + 8));
+    if (!hot) return zcat(ld8(dtype, row, k), ld8(dtype, row, k + 8));
+    const __m256i raw = _mm256_loadu_si256((const __m256i *)((const uint16_t *)row + k));
+    if (dtype == CE_F16) return _mm512_cvtph_ps(raw);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
 /* dot_tile in 512-bit registers, the same bits: an output's accumulators 0 and 1 (elements 0-15 of
  * each block) are one zmm, 2 and 3 the other, so each lane sees the same FMAs in the same order;
  * the halves go back to dot_tile's four ymm accumulators for the tail and the sums. */
-AI void dot_tile_z(int dtype, int P, int R, const void *const *w, const float *const *x, int64_t K,
+AI void dot_tile_z(int dtype, int hot, int P, int R, const void *const *w, const float *const *x, int64_t K,
                    const char *pf, float *res) {
     const int64_t eb = dtype == CE_F32 ? 4 : 2;
     __m512 za[8][2];
@@ -136,7 +143,7 @@ AI void dot_tile_z(int dtype, int P, int R, const void *const *w, const float *c
     for (int64_t b = 0; b < nb; b++) {
         for (int i = 0; i < P * eb / 2; i++) _mm_prefetch(pf + (b * P * eb / 2 + i) * 64, _MM_HINT_T0);
         for (int p = 0; p < P; p++) {
-            const __m512 v0 = ld16(dtype, w[p], 32 * b), v1 = ld16(dtype, w[p], 32 * b + 16);
+            const __m512 v0 = ld16(dtype, hot, w[p], 32 * b), v1 = ld16(dtype, hot, w[p], 32 * b + 16);
             for (int r = 0; r < R; r++) {
                 za[p * R + r][0] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(x[r] + 32 * b), za[p * R + r][0]);
                 za[p * R + r][1] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(x[r] + 32 * b + 16), za[p * R + r][1]);
@@ -454,8 +461,9 @@ enum { GEMV_P = 4 }; /* weight rows per tile of block dtypes when x has one row 
 enum { XQ_LOCAL = 8192 }; /* floats: Q4 GEMVs whose xq fits build it per thread (K up to ~7900 at M = 1) */
 
 /* res[p * R + r] = w[n + p] . x[m + r] for P weight rows and R rows of x; the thread's rows end
- * at hi. */
-AI void gemv_tile(int dtype, int var, int P, int R, const mm_ctx *c, int64_t n, int64_t hi, int64_t m, float *res) {
+ * at hi. hot: the weights are reused from cache (the blocked loop), not streamed (decode). */
+AI void gemv_tile(int dtype, int var, int hot, int P, int R, const mm_ctx *c, int64_t n, int64_t hi, int64_t m,
+                  float *res) {
     const char *w0 = mm_w_at(c, n, 0);
     /* The kernels prefetch the tile PF_TILES (block dtypes; 1 otherwise) ahead of this one. Past
      * the thread's rows that would fetch another thread's rows (or the next tensor) from DRAM for
@@ -481,7 +489,7 @@ AI void gemv_tile(int dtype, int var, int P, int R, const mm_ctx *c, int64_t n, 
         for (int p = 0; p < 4; p++) w[p] = w0 + (p < P ? p : 0) * c->wstride;
 #if GEMV_HAVE_Z
         if (var & 2)
-            dot_tile_z(dtype, P, R, w, c->xr + m, c->K, pf, res);
+            dot_tile_z(dtype, hot, P, R, w, c->xr + m, c->K, pf, res);
         else
 #endif
             dot_tile(dtype, P, R, w, c->xr + m, c->K, pf, res);
@@ -498,28 +506,28 @@ AI void gemv_rows(int dtype, int var, int R, int wide, const mm_ctx *c, int64_t 
         const int wp = !wide ? 1 : !mm_is_block(dtype) ? WIDE_PF : R > 2 ? WIDE_PQ4 : WIDE_PQ;
         if (wp > 1)
             for (; n + wp <= hi; n += wp) {
-                gemv_tile(dtype, var, wp, R, c, n, pfhi, m, res);
+                gemv_tile(dtype, var, wide, wp, R, c, n, pfhi, m, res);
                 for (int p = 0; p < wp; p++)
                     for (int r = 0; r < R; r++) c->outr[m + r][n + p] = mm_add_bias(c, res[p * R + r], n + p);
             }
         for (; n < hi; n++) {
-            gemv_tile(dtype, var, 1, R, c, n, pfhi, m, res);
+            gemv_tile(dtype, var, wide, 1, R, c, n, pfhi, m, res);
             for (int r = 0; r < R; r++) c->outr[m + r][n] = mm_add_bias(c, res[r], n);
         }
         return;
     }
     if (mm_is_block(dtype))
         for (; n + GEMV_P <= hi; n += GEMV_P) {
-            gemv_tile(dtype, var, GEMV_P, 1, c, n, pfhi, m, res);
+            gemv_tile(dtype, var, wide, GEMV_P, 1, c, n, pfhi, m, res);
             for (int p = 0; p < GEMV_P; p++) c->outr[m][n + p] = mm_add_bias(c, res[p], n + p);
         }
     for (; n + 2 <= hi; n += 2) {
-        gemv_tile(dtype, var, 2, 1, c, n, pfhi, m, res);
+        gemv_tile(dtype, var, wide, 2, 1, c, n, pfhi, m, res);
         c->outr[m][n] = mm_add_bias(c, res[0], n);
         c->outr[m][n + 1] = mm_add_bias(c, res[1], n + 1);
     }
     if (n < hi) {
-        gemv_tile(dtype, var, 1, 1, c, n, pfhi, m, res);
+        gemv_tile(dtype, var, wide, 1, 1, c, n, pfhi, m, res);
         c->outr[m][n] = mm_add_bias(c, res[0], n);
     }
 }
