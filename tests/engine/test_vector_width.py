@@ -65,9 +65,11 @@ def test_gemv_512_matmul_n_and_model_shapes():
             B.set_vector_bits(bits)
             got[bits] = [o.to_list() for o in F.matmul_n(xt, ws)]
         assert got[512] == got[256]
-    _, xt, wt = make(3, 1536, 576, "Q8_0", 5)
-    _, xf, wf = make(2, 576, 1536, "F32", 6)
-    for x, w in ((xt, wt), (xf, wf)):
+    cases = [make(3, 1536, 576, "Q8_0", 5)[1:], make(2, 576, 1536, "F32", 6)[1:]]
+    # many rows (blocks of x, the 4-row zmm tiles with odd rows left) and a K past XQ_LOCAL
+    cases += [make(67, 37, 576, dt, 7)[1:] for dt in ("F16", "BF16", "Q8_0", "Q4_1")]
+    cases += [make(2, 9, 8224, dt, 8)[1:] for dt in ("BF16", "Q4_0")]
+    for x, w in cases:
         B.set_vector_bits(256)
         a = F.matmul(x, w).to_list()
         B.set_vector_bits(512)
