@@ -123,7 +123,7 @@ int ce_get_threads(void);
 int ce_default_threads(void);          /* online cores */
 void ce_set_simd(int enabled);         /* 0: scalar reference kernels (tests), 1: SIMD if present */
 int ce_get_simd(void);                 /* 1 when SIMD kernels are selected and available */
-/* Vector width of the GEMV and packed-GEMM kernels: 512 (where compiled in with AVX-512F/VL and
+/* Vector width of the GEMV, packed-GEMM and attention kernels: 512 (where compiled in with AVX-512F/VL and
  * supported by the CPU) or 256 (AVX2). Both give the same bits. CE_VECTOR_AUTO: the start-up
  * probe's choice (the default: 512 only where 512-bit FMAs give >= 1.3x the flops of 256-bit ones,
  * as on Intel server cores; env TOOLKIT_VECTOR_BITS=256|512|auto sets the start value).

@@ -76,8 +76,10 @@ const char *ce_build_info(void) {
         " avx512bf16"
 #endif
     );
-    if (n < sizeof buf) ce_vector_describe(buf + n, sizeof buf - n);
-    n += strlen(buf + n);
+    if (n < sizeof buf) {
+        ce_vector_describe(buf + n, sizeof buf - n);
+        n += strlen(buf + n);
+    }
     if (n < sizeof buf) ce_q4_describe(buf + n, sizeof buf - n);
     return buf;
 }

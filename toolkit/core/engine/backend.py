@@ -105,10 +105,10 @@ def get_batch_invariant():
 
 
 def set_vector_bits(bits):
-    """The vector width of the GEMV and packed-GEMM kernels: 512 (AVX-512, where compiled in and
-    supported by the CPU), 256 (AVX2) or "auto" (the start-up probe's choice, the default: 512 only
-    where 512-bit FMAs give at least 1.3x the flops of 256-bit ones, as on Intel server cores; AMD
-    Zen 4/5 issue them as two halves and stay at 256). Both widths give bit-identical results. The
+    """The vector width of the GEMV, packed-GEMM and attention kernels: 512 (AVX-512, where compiled
+    in and supported by the CPU), 256 (AVX2) or "auto" (the start-up probe's choice, the default:
+    512 only where 512-bit FMAs give at least 1.3x the flops of 256-bit ones, as on Intel server
+    cores; AMD Zen 4 issues them as two halves and stays at 256). Both widths give bit-identical results. The
     env var TOOLKIT_VECTOR_BITS=256|512|auto sets the value the process starts with. Raises
     InvalidArgumentError for other values or where 512 is unavailable (vector_probe()["reason"])."""
     if bits == "auto":
