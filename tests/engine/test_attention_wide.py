@@ -6,24 +6,14 @@ multiple of 4, F16 caches, queries with several 256-key chunks, decode and prefi
 """
 import pytest
 
-from toolkit import errors
 from toolkit.core.engine import backend as B
 from toolkit.core.engine import functional as F
 from toolkit.core.engine.backend import Tensor
 from floats import rand_list
 
 
-def _why_not_512():
-    was = B.get_vector_bits()
-    try:
-        B.set_vector_bits(512)
-    except errors.ToolkitError as e:
-        return str(e)
-    B.set_vector_bits(was)
-    return None
-
-
-WHY_NOT = _why_not_512()
+_probe = B.vector_probe()
+WHY_NOT = None if _probe["available"] else _probe["reason"]
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"this CPU or build has no 512-bit kernels: {WHY_NOT}")
 
 
@@ -36,13 +26,9 @@ def test_512_bit_attention_has_the_256_bit_bits(Hq, Hkv, D, T, n_kv, kv_dtype):
     k = Tensor.from_list(rand_list(S * Hkv * D, 2), (S, Hkv, D)).to(kv_dtype)
     v = Tensor.from_list(rand_list(S * Hkv * D, 3), (S, Hkv, D)).to(kv_dtype)
     pos = list(range(n_kv - T, n_kv))
-    was = B.get_vector_bits()
     got = {}
-    try:
-        for bits in (256, 512):
-            B.set_vector_bits(bits)
-            out, probs = F.scaled_dot_product_attention(q, k, v, pos, n_kv, return_probs=True)
-            got[bits] = (out.to_list(), probs.to_list())
-    finally:
-        B.set_vector_bits(was)
+    for bits in (256, 512):  # the conftest puts the setting back
+        B.set_vector_bits(bits)
+        out, probs = F.scaled_dot_product_attention(q, k, v, pos, n_kv, return_probs=True)
+        got[bits] = (out.to_list(), probs.to_list())
     assert got[512] == got[256]
