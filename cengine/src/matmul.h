@@ -24,8 +24,8 @@ typedef struct mm_ctx {
     float *const *outr;        /* [M] rows of out */
     const float *bias;         /* [N] or NULL */
     const float *xq;           /* GEMV on Q4_0/Q4_1: [M][K] x permuted and scaled for the Q4 unpacking */
-    const float *sq;           /* and for Q4_1 [M][K / 32] pairs (0, scaled sum of x over a block),
-                                  for Q4_0 [M][K] the offsets -8 x (gemv.c's build_xq) */
+    const float *sq;           /* and [M][K / 32] pairs (0, scaled sum of x over a block), times -8
+                                  for Q4_0 (gemv.c's build_xq) */
     const float *xq_unscale;   /* and per row of x, the factor that undoes the scaling */
     float *scratch;            /* GEMM / scalar: per-thread work areas */
     int64_t scratch_floats;    /* floats per thread */

@@ -14,7 +14,7 @@ from toolkit import errors
 from toolkit.core.engine import backend as B
 from toolkit.core.engine import functional as F
 from toolkit.core.engine.backend import Tensor
-from test_matmul import check_against_reference, decode_weights, make, q4_1_mins, rand_list
+from test_matmul import check_q4_against_reference, decode_weights, make, rand_list
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # awkward shapes: one block, odd row counts around the tile sizes (4, 2, 1) and the 16-row thread
@@ -83,17 +83,7 @@ def test_paths_bit_identical_and_match_reference(dtype):
             assert sub == norm, (dtype, m, n, k, threads)
         if n * k <= 64 * 1024:  # the float64 reference is slow in Python: small shapes only
             w_rows = decode_weights(wt)
-            if dtype == "Q4_0":
-                check_against_reference(norm, [x[r * k:(r + 1) * k] for r in range(m)], w_rows)
-            else:  # Q4_1's m term is summed apart: error scale sum |x| (|w - m| + |m|)
-                ms = q4_1_mins(wt)
-                for r in range(m):
-                    xr = x[r * k:(r + 1) * k]
-                    for j in range(n):
-                        want = math.fsum(a * b for a, b in zip(xr, w_rows[j]))
-                        scale = math.fsum(abs(a) * (abs(b - ms[j][q // 32]) + abs(ms[j][q // 32]))
-                                          for q, (a, b) in enumerate(zip(xr, w_rows[j])))
-                        assert abs(norm[r * n + j] - want) <= 2e-6 * scale + 1e-30
+            check_q4_against_reference(norm, [x[r * k:(r + 1) * k] for r in range(m)], wt, w_rows)
         B.set_simd(False)  # the scalar twin (matmul_scalar.c): the same bits, lane by lane
         assert F.matmul(xt, wt).to_list() == norm, (dtype, m, n, k)
         B.set_simd(True)
