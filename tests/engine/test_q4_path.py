@@ -5,6 +5,7 @@ same bits as the scalar twin and the float64 reference's tolerance, and be selec
 choice and timings must show in build_info()."""
 import math
 import os
+import struct
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import pytest
 from toolkit import errors
 from toolkit.core.engine import backend as B
 from toolkit.core.engine import functional as F
+from toolkit.core.engine._lib import ffi
 from toolkit.core.engine.backend import Tensor
 from test_matmul import check_q4_against_reference, decode_weights, make, rand_list
 
@@ -112,6 +114,28 @@ def test_normal_path_stays_exact_for_tiny_activations():
         base = F.matmul(xt, wt).to_list()
         got = F.matmul(Tensor.from_list([math.ldexp(v, -100) for v in x], (m, k)), wt).to_list()
         assert got == [math.ldexp(v, -100) for v in base], dtype
+
+
+def test_q4_0_scales_past_f16_range():
+    """Q4_0's -8 rides in the m term (m = -8 d, gemv.c's build_xq): with d above 8192, -8 d does not
+    fit an F16, so it must be formed in F32. Weights up to ~1e5 give such blocks; both paths, every
+    width and the scalar twin must agree bit for bit and stay within the reference's tolerance."""
+    m, n, k = 3, 9, 96
+    x = rand_list(m * k, 61)
+    wt = Tensor.from_list([v * 1.0e5 for v in rand_list(n * k, 62)], (n, k), "Q4_0")
+    data = bytes(ffi.buffer(wt.ptr.data, wt.nbytes))
+    assert max(abs(struct.unpack("<e", data[o:o + 2])[0]) for o in range(0, len(data), 18)) > 8192
+    xt = Tensor.from_list(x, (m, k))
+    for threads in (1, 2):
+        B.set_threads(threads)
+        sub, norm = both_paths(lambda: F.matmul(xt, wt).to_list())
+        assert sub == norm and all(math.isfinite(v) for v in norm)
+    check_q4_against_reference(norm, [x[r * k:(r + 1) * k] for r in range(m)], wt, decode_weights(wt))
+    B.set_simd(False)
+    try:
+        assert F.matmul(xt, wt).to_list() == norm
+    finally:
+        B.set_simd(True)
 
 
 def test_matmul_n_paths_bit_identical():
