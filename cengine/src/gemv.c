@@ -33,7 +33,9 @@ typedef struct {
     int nseg;
     int q4;                    /* some weight is Q4_0/Q4_1: xq per thread, MXCSR */
     int q4n;                   /* Q4 unpacking with normal floats (q4_ints), for the whole call */
-    int zl;                    /* the 512-bit kernels run (Q4's xq in their layout), for the whole call */
+    int zl;                    /* the 512-bit quant kernels run (Q4's xq in their layout), for the whole call */
+    int loop;                  /* 0: the decode stream (M <= 2), 1: the blocked tiles (gemvs) */
+    int var[CE_I32];           /* per weight dtype, the kernel variant (gemvs) */
     int64_t start[CE_MATMUL_MAX + 1];
     ce_steal_range *ranges;    /* [nranges] rows each thread has left */
     int nranges;               /* or 0 (ranges NULL): one thread runs all rows */
@@ -53,7 +55,7 @@ typedef struct {
  * the 256-bit 2x2 tiles at M = 8 and 64 on Zen 4, where 2x2 zmm tiles were 0.85-0.95x. With AVX2's
  * 16 registers everything stays at pairs (WIDE_RQ = 2: 2x2 and 1x2 tiles), as four rows would spill. */
 #if defined(__AVX512VL__)
-#define GEMV_HAVE_Z 1 /* the 512-bit kernels, dot_tile_z and dot_tile_qz (run when ce_vector_bits == 512) */
+#define GEMV_HAVE_Z 1 /* the 512-bit kernels, dot_tile_z and dot_tile_qz (run at ce_vec_bits == 512: gemvs) */
 enum { WIDE_PQ = 4, WIDE_RQ = 4, WIDE_PQ4 = 4, WIDE_PF = 2 };
 #define KEEP_IN_REG(v) __asm__("" : "+v"(v))
 #else
@@ -564,12 +566,9 @@ typedef void (*gemv_fn)(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi);
     __attribute__((noinline)) static void gemv_dec_##T(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) { \
         gemv_decode(DT, VAR, c, lo, hi, pfhi); \
     } \
-    __attribute__((noinline)) static void gemv_blk_##T(const mm_ctx *c, int64_t lo, int64_t hi) { \
+    __attribute__((noinline)) static void gemv_blk_##T(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) { \
+        (void)pfhi; /* the blocked loop reuses its rows from cache: it prefetches within them */ \
         gemv_blocked(DT, VAR, c, lo, hi); \
-    } \
-    static void gemv_##T(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) { \
-        if (c->M <= 2) gemv_dec_##T(c, lo, hi, pfhi); \
-        else gemv_blk_##T(c, lo, hi); \
     }
 GEMV_FN(f32, CE_F32, 0)
 GEMV_FN(f16, CE_F16, 0)
@@ -588,24 +587,25 @@ GEMV_FN(q4_0_sub_z, CE_Q4_0, 2)
 GEMV_FN(q4_1_sub_z, CE_Q4_1, 2)
 GEMV_FN(q4_0_norm_z, CE_Q4_0, 3)
 GEMV_FN(q4_1_norm_z, CE_Q4_1, 3)
-#else /* never selected: gemv_job.zl is 0 without the 512-bit kernels */
-#define gemv_f32_z gemv_f32
-#define gemv_f16_z gemv_f16
-#define gemv_bf16_z gemv_bf16
-#define gemv_q8_0_z gemv_q8_0
-#define gemv_q4_0_sub_z gemv_q4_0_sub
-#define gemv_q4_1_sub_z gemv_q4_1_sub
-#define gemv_q4_0_norm_z gemv_q4_0_norm
-#define gemv_q4_1_norm_z gemv_q4_1_norm
+#define GEMV_Z(L, T) gemv_##L##_##T##_z
+#else /* never selected: gemv_job.var has no width bit without the 512-bit kernels */
+#define GEMV_Z(L, T) gemv_##L##_##T
 #endif
+#define GEMV_ROW(L, Q) gemv_##L##_f32, gemv_##L##_f16, gemv_##L##_bf16, gemv_##L##_q8_0, gemv_##L##_q4_0_##Q, gemv_##L##_q4_1_##Q
+#define GEMV_ROW_Z(L, Q) GEMV_Z(L, f32), GEMV_Z(L, f16), GEMV_Z(L, bf16), GEMV_Z(L, q8_0), GEMV_Z(L, q4_0_##Q), GEMV_Z(L, q4_1_##Q)
 
-/* The GEMV kernel of each weight dtype, by Q4 variant (ce_q4_normal, q4path.c; 512-bit registers,
- * ce_vector_bits): the one place that picks. */
-static const gemv_fn gemvs[4][CE_I32] = {
-    {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0_sub, gemv_q4_1_sub},
-    {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0_norm, gemv_q4_1_norm},
-    {gemv_f32_z, gemv_f16_z, gemv_bf16_z, gemv_q8_0_z, gemv_q4_0_sub_z, gemv_q4_1_sub_z},
-    {gemv_f32_z, gemv_f16_z, gemv_bf16_z, gemv_q8_0_z, gemv_q4_0_norm_z, gemv_q4_1_norm_z},
+/* The one place that picks a GEMV kernel: gemvs[loop][variant][dtype], loop 0 the decode stream
+ * (M <= 2), 1 the blocked tiles (M > 2); the variant's Q4 bit is the Q4 path (ce_q4_normal,
+ * q4path.c), its width bit the width of the kernel family gemv_family[loop][dtype] (ce_vec_bits,
+ * vecwidth.c's table: the float tiles take 512 where the others follow the probe). */
+static const gemv_fn gemvs[2][4][CE_I32] = {
+    {{GEMV_ROW(dec, sub)}, {GEMV_ROW(dec, norm)}, {GEMV_ROW_Z(dec, sub)}, {GEMV_ROW_Z(dec, norm)}},
+    {{GEMV_ROW(blk, sub)}, {GEMV_ROW(blk, norm)}, {GEMV_ROW_Z(blk, sub)}, {GEMV_ROW_Z(blk, norm)}},
+};
+#define GEMV_QUANT_FAMILIES CE_VK_GEMV_QUANT, CE_VK_GEMV_QUANT, CE_VK_GEMV_QUANT
+static const int gemv_family[2][CE_I32] = {
+    {CE_VK_GEMV_FLOAT_DECODE, CE_VK_GEMV_FLOAT_DECODE, CE_VK_GEMV_FLOAT_DECODE, GEMV_QUANT_FAMILIES},
+    {CE_VK_GEMV_FLOAT_TILES, CE_VK_GEMV_FLOAT_TILES, CE_VK_GEMV_FLOAT_TILES, GEMV_QUANT_FAMILIES},
 };
 
 /* Block dtypes: the first tiles of a stretch of rows [lo, hi), before the kernels' own prefetch
@@ -636,7 +636,8 @@ static void run_rows(const gemv_job *j, int64_t lo, int64_t hi, int64_t pfhi) {
     for (int s = seg_of(j, lo); lo < hi; s++) {
         int64_t a = j->start[s], b = j->start[s + 1], e = hi < b ? hi : b;
         if (e < hi) prefetch_start(&j->seg[s + 1], 0, (hi < j->start[s + 2] ? hi : j->start[s + 2]) - b);
-        gemvs[j->q4n | j->zl << 1][j->seg[s].dtype](&j->seg[s], lo - a, e - a, (pfhi < b ? pfhi : b) - a);
+        const int dt = j->seg[s].dtype;
+        gemvs[j->loop][j->var[dt]][dt](&j->seg[s], lo - a, e - a, (pfhi < b ? pfhi : b) - a);
         lo = e;
     }
 }
@@ -727,7 +728,12 @@ static void gemv_task(void *p, int ith, int nth) {
 
 /* The GEMV of seg[0..n) (filled in but for xq): split between up to nth threads. */
 ce_status mm_gemv_run(mm_ctx *seg, int n, int nth) {
-    gemv_job j = {.seg = seg, .nseg = n, .q4n = ce_q4_normal, .zl = GEMV_HAVE_Z && ce_vector_bits == 512};
+    gemv_job j = {.seg = seg, .nseg = n, .q4n = ce_q4_normal, .loop = seg[0].M > 2};
+    for (int dt = 0; dt < CE_I32; dt++) {
+        const int z = GEMV_HAVE_Z && ce_vec_bits[gemv_family[j.loop][dt]] == 512;
+        j.var[dt] = (mm_is_q4(dt) ? j.q4n : 0) | z << 1;
+    }
+    j.zl = j.var[CE_Q4_0] >> 1;
     for (int s = 0; s < n; s++) {
         j.start[s + 1] = j.start[s] + seg[s].N;
         j.q4 |= mm_is_q4(seg[s].dtype);

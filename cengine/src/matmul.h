@@ -30,7 +30,7 @@ typedef struct mm_ctx {
     float *scratch;            /* GEMM / scalar: per-thread work areas */
     int64_t scratch_floats;    /* floats per thread */
     int split_rows;            /* GEMM with few columns: threads split M instead of N */
-    int wide;                  /* GEMM: the 512-bit microkernel (ce_vector_bits == 512), for the whole call */
+    int wide;                  /* GEMM: the 512-bit microkernel (ce_vec_bits[CE_VK_GEMM] == 512), for the whole call */
     _Atomic int64_t *next_unit; /* GEMM: the first work unit no thread has claimed */
 } mm_ctx;
 
