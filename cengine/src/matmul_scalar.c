@@ -62,7 +62,10 @@ static float dot_block(int dtype, const char *w, const float *x, int64_t K) {
                 q[k] = dtype == CE_Q8_0 ? (float)(int8_t)qs[e] : (float)(e < 16 ? qs[e] & 15 : qs[e - 16] >> 4);
                 xv[k] = xb[e];
             }
-            const float s = fmaf(q[1], xv[1], q[0] * xv[0]) + fmaf(q[3], xv[3], q[2] * xv[2]);
+            /* Q4: the first products as FMAs with a zero addend, as gemv.c's q_mul does (+0 for -0) */
+            const float p0 = dtype == CE_Q8_0 ? q[0] * xv[0] : fmaf(q[0], xv[0], 0.0f);
+            const float p2 = dtype == CE_Q8_0 ? q[2] * xv[2] : fmaf(q[2], xv[2], 0.0f);
+            const float s = fmaf(q[1], xv[1], p0) + fmaf(q[3], xv[3], p2);
             acc[l] = fmaf(d, s, acc[l]);
         }
     }
