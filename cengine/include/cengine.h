@@ -130,8 +130,15 @@ int ce_get_simd(void);                 /* 1 when SIMD kernels are selected and a
  * CE_ERR_ARG for other values or when 512 is unavailable. */
 enum { CE_VECTOR_AUTO = 0 };
 ce_status ce_set_vector_bits(int bits);
-int ce_get_vector_bits(void);          /* the width in use: 256 or 512 */
+int ce_get_vector_bits(void);          /* the width in use (but see CE_VK_*): 256 or 512 */
 int ce_get_vector_bits_setting(void);  /* CE_VECTOR_AUTO, 256 or 512 */
+/* The kernel families whose width is chosen apart (vecwidth.c's table): with CE_VECTOR_AUTO the
+ * GEMV's F32/F16/BF16 tiles over M > 2 rows of x run at 512 wherever the 512-bit kernels can
+ * (they gain from the register file even where 512-bit FMAs give no more flops), the others at
+ * the probe's width (ce_get_vector_bits); a forced width applies to all. */
+enum { CE_VK_GEMV_FLOAT_DECODE, CE_VK_GEMV_FLOAT_TILES, CE_VK_GEMV_QUANT, CE_VK_GEMM, CE_VK_ATTENTION, CE_VK_COUNT };
+int ce_get_kernel_vector_bits(int kernel);     /* CE_VK_*: 256 or 512; -1 for another value */
+const char *ce_vector_kernel_name(int kernel); /* "gemv_float_tiles", ...; NULL for another value */
 double ce_vector_probe_ns(int bits);   /* the probe's ns per FMA instruction of that width (0: not run) */
 const char *ce_vector_512_unavailable(void); /* why 512 cannot run here, or "" */
 /* Q4 GEMV unpacking. Both paths give the same bits; CE_Q4_SUBNORMAL (nibbles read in place as

@@ -3,7 +3,7 @@
  * Each thread dequantizes a panel of GEMM_NC weight rows x GEMM_KC columns into F32, transposed
  * into 16-column groups, and a 6x16 register-tiled FMA microkernel runs every 6-row slice of x over
  * it, so the dequantization is paid once per panel, not once per row. With 512-bit registers
- * (ce_vector_bits == 512) a 6x32 microkernel takes two groups at once, the same bits. Work units
+ * (ce_vec_bits[CE_VK_GEMM] == 512) a 6x32 microkernel takes two groups at once, the same bits. Work units
  * (panels, or row slices when there are few columns) are claimed in order by whichever threads run
  * (ce_parallel_dyn); each output element is computed whole by one thread in an order that depends
  * only on M, N, K, so results are bit-identical for any thread count.
@@ -245,7 +245,7 @@ ce_status mm_gemm_run(mm_ctx *c, int nth) {
     c->scratch_floats = GEMM_NC * GEMM_KC + GEMM_NR * GEMM_KC;
     c->split_rows = c->N < (int64_t)GEMM_NR * 2 * nth && c->M >= (int64_t)GEMM_MR * 2 * nth;
     c->next_unit = &next_unit;
-    c->wide = GEMM_HAVE_Z && ce_vector_bits == 512;
+    c->wide = GEMM_HAVE_Z && ce_vec_bits[CE_VK_GEMM] == 512;
     c->scratch = aligned_alloc(64, (size_t)nth * (size_t)c->scratch_floats * sizeof(float));
     if (!c->scratch) return ce_fail(CE_ERR_NOMEM, "matmul: out of memory for %d work areas", nth);
     ce_parallel_dyn(gemm_task, c, nth);

@@ -33,7 +33,9 @@ typedef struct {
     int nseg;
     int q4;                    /* some weight is Q4_0/Q4_1: xq per thread, MXCSR */
     int q4n;                   /* Q4 unpacking with normal floats (q4_ints), for the whole call */
-    int zl;                    /* the 512-bit kernels run (Q4's xq in their layout), for the whole call */
+    int zl;                    /* the 512-bit quant kernels run (Q4's xq in their layout), for the whole call */
+    int loop;                  /* 0: the decode stream (M <= 2), 1: the blocked tiles (gemvs) */
+    int var[CE_I32];           /* per weight dtype, the kernel variant (gemvs) */
     int64_t start[CE_MATMUL_MAX + 1];
     ce_steal_range *ranges;    /* [nranges] rows each thread has left */
     int nranges;               /* or 0 (ranges NULL): one thread runs all rows */
@@ -53,7 +55,7 @@ typedef struct {
  * the 256-bit 2x2 tiles at M = 8 and 64 on Zen 4, where 2x2 zmm tiles were 0.85-0.95x. With AVX2's
  * 16 registers everything stays at pairs (WIDE_RQ = 2: 2x2 and 1x2 tiles), as four rows would spill. */
 #if defined(__AVX512VL__)
-#define GEMV_HAVE_Z 1 /* the 512-bit kernels, dot_tile_z and dot_tile_qz (run when ce_vector_bits == 512) */
+#define GEMV_HAVE_Z 1 /* the 512-bit kernels, dot_tile_z and dot_tile_qz (run at ce_vec_bits == 512: gemvs) */
 enum { WIDE_PQ = 4, WIDE_RQ = 4, WIDE_PQ4 = 4, WIDE_PF = 2 };
 #define KEEP_IN_REG(v) __asm__("" : "+v"(v))
 #else
@@ -161,8 +163,8 @@ AI void dot_tile_z(int dtype, int hot, int P, int R, const void *const *w, const
 #endif
 
 /* Block dtypes: per block, s = q . x in F32 (small-integer weights; two muls, two FMAs and an add
- * in a fixed tree; for Q4_0 four FMAs that each add their lanes' -8 x, then two adds), then
- * acc = fma(d, s, acc). Q4_1 adds its m term,
+ * in a fixed tree), then acc = fma(d, s, acc). Q4_1 adds its m term and Q4_0 its -8 d one (m = -8 d,
+ * with q the stored nibble 0..15: the same loop as Q4_1's, build_xq),
  * sum_b m_b S_b with S_b the sum of x over block b (precomputed per row of x), in the same loop,
  * for all P rows of a tile at once: their (d, m) pairs are inserted into one vector, converted by
  * one vcvtph2ps, and one FMA against S_b in the odd lanes accumulates m_p S_b in lane 2p + 1. Per
@@ -171,7 +173,8 @@ AI void dot_tile_z(int dtype, int hot, int P, int R, const void *const *w, const
  * stream from DRAM, the case that matters: the stores queue behind the stream's loads).
  * One set of accumulators per output, in the same order whatever the tile shape, so an output's
  * value never depends on which tile (or thread) computed it. Error stays at a few F32 ulps of
- * sum |w x| (for Q4_1, of sum |d q x| + |m| sum |x|, as the m term is summed apart). Each lane
+ * sum |w x| (for Q4_1, of sum |d q x| + |m| sum |x|, as the m term is summed apart; for Q4_0, of
+ * sum |d q x| + 8 |d| sum |x|). Each lane
  * of the m accumulator belongs to one row and sums its blocks in order, so it too is the same for
  * any P.
  * Q4 nibbles are never moved: q4_bits reads them in place as subnormal floats, q4_ints converts
@@ -193,21 +196,23 @@ static inline float pow2f(int e) {
 }
 
 /* xq[32b .. 32b + 32) for q4_bits: vector k of block b is x[32b + k + 4l] (l = 0..7) times
- * 2^(E - sh), sh = 8k + 4(l / 4) (16 + 4(l / 4) for k = 3). If sq (Q4_1): (sq[2b], sq[2b + 1]) =
- * (0, 2^(E - 149) * (sum of x over block b)), the pair the m term broadcasts. If cq (Q4_0): cq
- * is laid out as xq and holds -8 x 2^(E - 149), so fma(lane of q4_bits, xq, cq) is (q - 8) x on
- * the products' scale, rounded once (subtracting 8 on q4_bits' grid would give subnormal results,
- * which cost Zen 3 extra cycles: this form measured +13-24% for Q4_0). E puts the largest |x|
- * near 2^100, so the products q * x * 2^(E - 149) are normal unless |x| is below ~2^-76 of the
- * largest. Returns the factor 2^(149 - E) that undoes the scaling (E stays in [22, 127], so both
- * are finite floats).
+ * 2^(E - sh), sh = 8k + 4(l / 4) (16 + 4(l / 4) for k = 3), and (sq[2b], sq[2b + 1]) =
+ * (0, ms 2^(E - 149) * (sum of x over block b)), the pair the m term multiplies: ms = 1 for Q4_1
+ * (w = d q + m) and -8 for Q4_0 (w = d q - 8 d, so m = -8 d: the -8 rides in the m term, and a
+ * Q4_0 block costs what a Q4_1 block does; folding -8 x into each product's FMA instead took 4
+ * more loads and 2 more adds per block and row: on Zen 4 the batch-invariant prefill rose from 43
+ * to 66 GFLOP/s per thread with this form, decode stayed as fast). ms is a
+ * power of two times -1, so S ms 2^(E - 149) is exact and fma(d, ms S, .) rounds as fma(ms d, S, .)
+ * does (the scalar twin's form). E puts the largest |x| near 2^100, so the products q * x *
+ * 2^(E - 149) are normal unless |x| is below ~2^-76 of the largest. Returns the factor 2^(149 - E)
+ * that undoes the scaling (E stays in [22, 127], so both are finite floats).
  * For q4_ints (q4n: lanes q * 2^sh, 2^149 times q4_bits') x is scaled by 2^(E - Q4N_SHIFT - sh)
  * and the sums by 2^(E - Q4N_SHIFT): every product, sum and partial result is then the q4_bits
  * path's times 2^(149 - Q4N_SHIFT) exactly, all normal and far from overflow (|products| < 2^78),
  * so both paths give the same bits whenever the q4_bits path's products are normal, i.e. unless
  * some |x| is below ~2^-76 of the largest (there q4_ints is the more accurate one). */
 enum { Q4N_SHIFT = 26 };
-static float build_xq(const float *x, int64_t K, float *xq, float *sq, float *cq, int q4n, int zl) {
+static float build_xq(const float *x, int64_t K, float *xq, float *sq, float ms, int q4n, int zl) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 mx = _mm256_setzero_ps();
     for (int64_t k = 0; k < K; k += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)));
@@ -221,7 +226,7 @@ static float build_xq(const float *x, int64_t K, float *xq, float *sq, float *cq
     else if (amax > 0.0f && amax <= 0x1p127f) frexpf(amax, &e); /* subnormal amax */
     int E = 100 - e < 22 ? 22 : 100 - e > 127 ? 127 : 100 - e;
     const int pe = q4n ? E - Q4N_SHIFT : E - 149; /* the products' scale is 2^pe */
-    const float pE = pow2f(q4n ? pe : E), fs = pow2f(pe);
+    const float pE = pow2f(q4n ? pe : E), fs = ms * pow2f(pe);
     __m256 sv[4];
     for (int k = 0; k < 4; k++) {
         float lo = pE * pow2f(k < 3 ? -8 * k : -16), hi = lo * 0x1p-4f;
@@ -231,7 +236,7 @@ static float build_xq(const float *x, int64_t K, float *xq, float *sq, float *cq
         const float *p = x + 32 * b;
         __m256 a = _mm256_loadu_ps(p), bb = _mm256_loadu_ps(p + 8), cc = _mm256_loadu_ps(p + 16),
                d = _mm256_loadu_ps(p + 24);
-        if (sq) sq[2 * b] = 0.0f, sq[2 * b + 1] = hsum8(_mm256_add_ps(_mm256_add_ps(a, bb), _mm256_add_ps(cc, d))) * fs;
+        sq[2 * b] = 0.0f, sq[2 * b + 1] = hsum8(_mm256_add_ps(_mm256_add_ps(a, bb), _mm256_add_ps(cc, d))) * fs;
         /* rows (4 floats) r and r + 4 in the two halves, then a 4x4 transpose in each half */
         __m256 r0 = _mm256_permute2f128_ps(a, cc, 0x20), r1 = _mm256_permute2f128_ps(a, cc, 0x31);
         __m256 r2 = _mm256_permute2f128_ps(bb, d, 0x20), r3 = _mm256_permute2f128_ps(bb, d, 0x31);
@@ -243,27 +248,23 @@ static float build_xq(const float *x, int64_t K, float *xq, float *sq, float *cq
          * one zmm each */
         static const int at[2][4] = {{0, 1, 2, 3}, {0, 2, 1, 3}};
         for (int k = 0; k < 4; k++) _mm256_storeu_ps(xq + 32 * b + 8 * at[zl][k], _mm256_mul_ps(v[k], sv[k]));
-        if (cq) /* Q4_0: -8 x on the products' scale, so fma(q, xq, cq) = (q - 8) x rounded once */
-            for (int k = 0; k < 4; k++)
-                _mm256_storeu_ps(cq + 32 * b + 8 * at[zl][k], _mm256_mul_ps(v[k], _mm256_set1_ps(-8.0f * fs)));
     }
     return pow2f(-pe);
 }
 
-/* floats of sq per row of x: Q4_1's (0, S) pair per block, Q4_0's offset per element */
-static inline int64_t sq_floats(int dtype, int64_t K) { return dtype == CE_Q4_1 ? 2 * (K / 32) : K; }
+/* floats of sq per row of x: the (0, ms S) pair per block */
+static inline int64_t sq_floats(int64_t K) { return 2 * (K / 32); }
 
 /* floats of xq, sq and the unscaling factor per row of x */
-static inline int64_t xq_row_floats(int dtype, int64_t K) { return K + sq_floats(dtype, K) + 1; }
+static inline int64_t xq_row_floats(int64_t K) { return K + sq_floats(K) + 1; }
 
 /* xq of every row of x into buf ([M][K]), then their sq ([M][sq_floats]) and unscaling factors
  * ([M]); points c at them */
 static void build_xqs(mm_ctx *c, float *buf, int q4n, int zl) {
-    const int64_t ex = sq_floats(c->dtype, c->K);
+    const int64_t ex = sq_floats(c->K);
     float *sq = buf + c->M * c->K, *us = sq + c->M * ex;
     for (int64_t m = 0; m < c->M; m++)
-        us[m] = build_xq(c->xr[m], c->K, buf + m * c->K, c->dtype == CE_Q4_1 ? sq + m * ex : NULL,
-                                    c->dtype == CE_Q4_0 ? sq + m * ex : NULL, q4n, zl);
+        us[m] = build_xq(c->xr[m], c->K, buf + m * c->K, sq + m * ex, c->dtype == CE_Q4_0 ? -8.0f : 1.0f, q4n, zl);
     c->xq = buf;
     c->sq = sq;
     c->xq_unscale = us;
@@ -275,7 +276,7 @@ static int64_t xq_floats(const mm_ctx *seg, int n) {
     for (int s = 0, seen = 0; s < n; s++)
         if (mm_is_q4(seg[s].dtype) && !(seen & 1 << seg[s].dtype)) {
             seen |= 1 << seg[s].dtype;
-            f += seg[s].M * xq_row_floats(seg[s].dtype, seg[s].K);
+            f += seg[s].M * xq_row_floats(seg[s].K);
         }
     return f;
 }
@@ -286,7 +287,7 @@ static void build_seg_xqs(mm_ctx *seg, int n, float *buf, int q4n, int zl) {
     for (int s = 0; s < n; s++) {
         if (!mm_is_q4(seg[s].dtype) || seg[s].xq) continue;
         build_xqs(&seg[s], buf, q4n, zl);
-        buf += seg[s].M * xq_row_floats(seg[s].dtype, seg[s].K);
+        buf += seg[s].M * xq_row_floats(seg[s].K);
         for (int t = s + 1; t < n; t++)
             if (seg[t].dtype == seg[s].dtype)
                 seg[t].xq = seg[s].xq, seg[t].sq = seg[s].sq, seg[t].xq_unscale = seg[s].xq_unscale;
@@ -300,6 +301,30 @@ static inline int ld_i32(const void *p) {
     return v;
 }
 
+/* The first product of each pair in a block's tree: for Q4 an FMA with a zero addend, not a
+ * multiply. Both round q x once (the FMA gives +0 for a -0 product, as the scalar twin does; no
+ * output can tell, since every accumulator starts at +0), but AMD Zen 4 takes q4_bits' subnormal
+ * lanes at full speed in FMAs only: with vmulps a Q4 GEMV of 1536x576 weights in L2 (1 thread)
+ * ran at 10-14.5 GB/s, varying from process to process, and at 15.1 (Q4_0) and 17.1 (Q4_1) with
+ * the FMA; the normal-float path measured the same either way. Q8_0 (normal lanes) keeps the mul. */
+AI __m256 q_mul(int dtype, __m256 v, __m256 x, __m256 zero) {
+    return dtype == CE_Q8_0 ? _mm256_mul_ps(v, x) : _mm256_fmadd_ps(v, x, zero);
+}
+
+/* the m terms' factors of a tile's P weight rows at block blk, converted by one vcvtph2ps: lanes
+ * (2p, 2p + 1) = (d, m) of row p for Q4_1, (0, d) for Q4_0, whose m = -8 d takes its -8 from sq
+ * (build_xq); the even lanes meet sq's zeros */
+AI __m256 dm_pairs(int dtype, int P, const char *blk, int64_t ws) {
+    __m128i dm = _mm_cvtsi32_si128(ld_i32(blk));
+    if (P > 1) dm = _mm_insert_epi32(dm, ld_i32(blk + ws), 1);
+    if (P > 2) dm = _mm_insert_epi32(dm, ld_i32(blk + 2 * ws), 2);
+    if (P > 3) dm = _mm_insert_epi32(dm, ld_i32(blk + 3 * ws), 3);
+    /* Q4_0: (d, first two nibble bytes) -> (0, d), one shift for all P rows (ANDing the d lanes
+     * instead would leave the nibbles, which may read as infinities, to meet sq's zeros) */
+    if (dtype == CE_Q4_0) dm = _mm_slli_epi32(dm, 16);
+    return _mm256_cvtph_ps(dm);
+}
+
 /* res[p * R + r] = w[p] . x[r] for the P weight rows of a tile starting at w0 (row stride ws) and
  * R rows of x (Q4: xq rows, with their block sums sq and unscaling factors us). */
 AI void dot_tile_q(int dtype, int q4n, int P, int R, const char *w0, int64_t ws, const float *const *x,
@@ -311,6 +336,7 @@ AI void dot_tile_q(int dtype, int q4n, int P, int R, const char *w0, int64_t ws,
      * by a loop it left rolled), measured ~3% at M = 8 */
     #pragma GCC unroll 16
     for (int t = 0; t < P * R; t++) acc[t] = _mm256_setzero_ps();
+    const __m256 zero = _mm256_setzero_ps();
     for (int r = 0; r < R; r++) macc[r] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const char *blk = w0 + b * bb;
@@ -325,32 +351,19 @@ AI void dot_tile_q(int dtype, int q4n, int P, int R, const char *w0, int64_t ws,
                  * than fit are left to the compiler, which folds the loads into the FMAs) */
                 if (R <= 2) KEEP_IN_REG(xv[r][i]);
             }
-            if (dtype == CE_Q4_1) /* the pair (0, S_b), through a may-alias vector load */
+            if (dtype != CE_Q8_0) /* the pair (0, ms S_b), through a may-alias vector load */
                 sv[r] = _mm256_castsi256_ps(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)(sq[r] + 2 * b))));
         }
-        if (dtype == CE_Q4_1) { /* the (d, m) pairs of the P rows, converted at once: lanes 2p, 2p + 1 */
-            __m128i dm = _mm_cvtsi32_si128(ld_i32(blk));
-            if (P > 1) dm = _mm_insert_epi32(dm, ld_i32(blk + ws), 1);
-            if (P > 2) dm = _mm_insert_epi32(dm, ld_i32(blk + 2 * ws), 2);
-            if (P > 3) dm = _mm_insert_epi32(dm, ld_i32(blk + 3 * ws), 3);
-            __m256 dmf = _mm256_cvtph_ps(dm);
+        if (dtype != CE_Q8_0) {
+            const __m256 dmf = dm_pairs(dtype, P, blk, ws);
             for (int r = 0; r < R; r++) macc[r] = _mm256_fmadd_ps(dmf, sv[r], macc[r]);
         }
         for (int p = 0; p < P; p++) {
             __m256 v[4], d;
             ld32_ints(dtype, q4n, blk + p * ws, 0, v, &d);
             for (int r = 0; r < R; r++) {
-                __m256 s;
-                if (dtype == CE_Q4_0) {
-                    const float *cb = sq[r] + 32 * b;
-                    s = _mm256_add_ps(_mm256_add_ps(_mm256_fmadd_ps(v[0], xv[r][0], _mm256_loadu_ps(cb)),
-                                                    _mm256_fmadd_ps(v[1], xv[r][1], _mm256_loadu_ps(cb + 8))),
-                                      _mm256_add_ps(_mm256_fmadd_ps(v[2], xv[r][2], _mm256_loadu_ps(cb + 16)),
-                                                    _mm256_fmadd_ps(v[3], xv[r][3], _mm256_loadu_ps(cb + 24))));
-                } else {
-                    s = _mm256_add_ps(_mm256_fmadd_ps(v[1], xv[r][1], _mm256_mul_ps(v[0], xv[r][0])),
-                                      _mm256_fmadd_ps(v[3], xv[r][3], _mm256_mul_ps(v[2], xv[r][2])));
-                }
+                const __m256 s = _mm256_add_ps(_mm256_fmadd_ps(v[1], xv[r][1], q_mul(dtype, v[0], xv[r][0], zero)),
+                                               _mm256_fmadd_ps(v[3], xv[r][3], q_mul(dtype, v[2], xv[r][2], zero)));
                 acc[p * R + r] = _mm256_fmadd_ps(d, s, acc[p * R + r]);
             }
         }
@@ -360,14 +373,14 @@ AI void dot_tile_q(int dtype, int q4n, int P, int R, const char *w0, int64_t ws,
     #pragma GCC unroll 16
     for (int t = 0; t < P * R; t++) {
         res[t] = hsum8(acc[t]);
-        if (dtype == CE_Q4_1) res[t] += ml[t % R][2 * (t / R) + 1];
+        if (dtype != CE_Q8_0) res[t] += ml[t % R][2 * (t / R) + 1];
         if (dtype != CE_Q8_0) res[t] *= us[t % R];
     }
 }
 
 #if GEMV_HAVE_Z
 /* dot_tile_q in 512-bit registers, the same bits: vectors 0 and 2 of a block (and 1 and 3) share a
- * zmm, weights, x and Q4_0's offsets alike, so s = fma(v1, x1, v0 x0) + fma(v3, x3, v2 x2) is one
+ * zmm, weights and x alike, so s = fma(v1, x1, v0 x0) + fma(v3, x3, v2 x2) is one
  * zmm mul, one zmm FMA and the sum of its two halves. For Q4 the unpacking takes one broadcast, two
  * ANDs and one variable shift instead of a broadcast, four ANDs and a shift (x is xq in build_xq's
  * zl order); Q8_0 reads its bytes and x in element order, so both take a lane shuffle per pair. */
@@ -381,6 +394,7 @@ AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws
                                           0xF << 12, 0xF << 16, 0xF << 16, 0xF << 16, 0xF << 16, 0xF << 20, 0xF << 20,
                                           0xF << 20, 0xF << 20);
     const __m512i sh13 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
+    const __m512 zero = _mm512_setzero_ps();
     __m256 acc[GEMV_TILE_MAX], macc[GEMV_RMAX];
     #pragma GCC unroll 16
     for (int t = 0; t < P * R; t++) acc[t] = _mm256_setzero_ps();
@@ -399,15 +413,11 @@ AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws
             }
             for (int i = 0; i < 2; i++)
                 if (R <= 2) KEEP_IN_REG(xv[r][i]);
-            if (dtype == CE_Q4_1)
+            if (dtype != CE_Q8_0)
                 sv[r] = _mm256_castsi256_ps(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)(sq[r] + 2 * b))));
         }
-        if (dtype == CE_Q4_1) {
-            __m128i dm = _mm_cvtsi32_si128(ld_i32(blk));
-            if (P > 1) dm = _mm_insert_epi32(dm, ld_i32(blk + ws), 1);
-            if (P > 2) dm = _mm_insert_epi32(dm, ld_i32(blk + 2 * ws), 2);
-            if (P > 3) dm = _mm_insert_epi32(dm, ld_i32(blk + 3 * ws), 3);
-            __m256 dmf = _mm256_cvtph_ps(dm);
+        if (dtype != CE_Q8_0) {
+            const __m256 dmf = dm_pairs(dtype, P, blk, ws);
             for (int r = 0; r < R; r++) macc[r] = _mm256_fmadd_ps(dmf, sv[r], macc[r]);
         }
         for (int p = 0; p < P; p++) {
@@ -431,14 +441,8 @@ AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws
                 z13 = _mm512_cvtepi32_ps(_mm512_castps_si512(z13));
             }
             for (int r = 0; r < R; r++) {
-                __m512 t;
-                if (dtype == CE_Q4_0) {
-                    const float *cb = sq[r] + 32 * b;
-                    t = _mm512_add_ps(_mm512_fmadd_ps(z02, xv[r][0], _mm512_loadu_ps(cb)),
-                                      _mm512_fmadd_ps(z13, xv[r][1], _mm512_loadu_ps(cb + 16)));
-                } else {
-                    t = _mm512_fmadd_ps(z13, xv[r][1], _mm512_mul_ps(z02, xv[r][0]));
-                }
+                const __m512 t = _mm512_fmadd_ps(z13, xv[r][1], dtype == CE_Q8_0 ? _mm512_mul_ps(z02, xv[r][0])
+                                                                                  : _mm512_fmadd_ps(z02, xv[r][0], zero));
                 __m256 s = _mm256_add_ps(_mm512_castps512_ps256(t),
                                          _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(t), 1)));
                 acc[p * R + r] = _mm256_fmadd_ps(d, s, acc[p * R + r]);
@@ -450,7 +454,7 @@ AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws
     #pragma GCC unroll 16
     for (int t = 0; t < P * R; t++) {
         res[t] = hsum8(acc[t]);
-        if (dtype == CE_Q4_1) res[t] += ml[t % R][2 * (t / R) + 1];
+        if (dtype != CE_Q8_0) res[t] += ml[t % R][2 * (t / R) + 1];
         if (dtype != CE_Q8_0) res[t] *= us[t % R];
     }
 }
@@ -473,7 +477,7 @@ AI void gemv_tile(int dtype, int var, int hot, int P, int R, const mm_ctx *c, in
     const char *pf = n + (ahead + 1) * P <= hi ? w0 + ahead * P * c->wstride : (const char *)c->xr[m];
     if (mm_is_block(dtype)) {
         const float *x[GEMV_RMAX], *sq[GEMV_RMAX];
-        const int64_t ex = sq_floats(dtype, c->K);
+        const int64_t ex = sq_floats(c->K);
         for (int r = 0; r < R; r++) {
             x[r] = dtype == CE_Q8_0 ? c->xr[m + r] : c->xq + (m + r) * c->K;
             sq[r] = dtype == CE_Q8_0 ? NULL : c->sq + (m + r) * ex;
@@ -575,12 +579,9 @@ typedef void (*gemv_fn)(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi);
     __attribute__((noinline)) static void gemv_dec_##T(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) { \
         gemv_decode(DT, VAR, c, lo, hi, pfhi); \
     } \
-    __attribute__((noinline)) static void gemv_blk_##T(const mm_ctx *c, int64_t lo, int64_t hi) { \
+    __attribute__((noinline)) static void gemv_blk_##T(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) { \
+        (void)pfhi; /* the blocked loop reuses its rows from cache: it prefetches within them */ \
         gemv_blocked(DT, VAR, c, lo, hi); \
-    } \
-    static void gemv_##T(const mm_ctx *c, int64_t lo, int64_t hi, int64_t pfhi) { \
-        if (c->M <= 2) gemv_dec_##T(c, lo, hi, pfhi); \
-        else gemv_blk_##T(c, lo, hi); \
     }
 GEMV_FN(f32, CE_F32, 0)
 GEMV_FN(f16, CE_F16, 0)
@@ -599,24 +600,25 @@ GEMV_FN(q4_0_sub_z, CE_Q4_0, 2)
 GEMV_FN(q4_1_sub_z, CE_Q4_1, 2)
 GEMV_FN(q4_0_norm_z, CE_Q4_0, 3)
 GEMV_FN(q4_1_norm_z, CE_Q4_1, 3)
-#else /* never selected: gemv_job.zl is 0 without the 512-bit kernels */
-#define gemv_f32_z gemv_f32
-#define gemv_f16_z gemv_f16
-#define gemv_bf16_z gemv_bf16
-#define gemv_q8_0_z gemv_q8_0
-#define gemv_q4_0_sub_z gemv_q4_0_sub
-#define gemv_q4_1_sub_z gemv_q4_1_sub
-#define gemv_q4_0_norm_z gemv_q4_0_norm
-#define gemv_q4_1_norm_z gemv_q4_1_norm
+#define GEMV_Z(L, T) gemv_##L##_##T##_z
+#else /* never selected: gemv_job.var has no width bit without the 512-bit kernels */
+#define GEMV_Z(L, T) gemv_##L##_##T
 #endif
+#define GEMV_ROW(L, Q) gemv_##L##_f32, gemv_##L##_f16, gemv_##L##_bf16, gemv_##L##_q8_0, gemv_##L##_q4_0_##Q, gemv_##L##_q4_1_##Q
+#define GEMV_ROW_Z(L, Q) GEMV_Z(L, f32), GEMV_Z(L, f16), GEMV_Z(L, bf16), GEMV_Z(L, q8_0), GEMV_Z(L, q4_0_##Q), GEMV_Z(L, q4_1_##Q)
 
-/* The GEMV kernel of each weight dtype, by Q4 variant (ce_q4_normal, q4path.c; 512-bit registers,
- * ce_vector_bits): the one place that picks. */
-static const gemv_fn gemvs[4][CE_I32] = {
-    {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0_sub, gemv_q4_1_sub},
-    {gemv_f32, gemv_f16, gemv_bf16, gemv_q8_0, gemv_q4_0_norm, gemv_q4_1_norm},
-    {gemv_f32_z, gemv_f16_z, gemv_bf16_z, gemv_q8_0_z, gemv_q4_0_sub_z, gemv_q4_1_sub_z},
-    {gemv_f32_z, gemv_f16_z, gemv_bf16_z, gemv_q8_0_z, gemv_q4_0_norm_z, gemv_q4_1_norm_z},
+/* The one place that picks a GEMV kernel: gemvs[loop][variant][dtype], loop 0 the decode stream
+ * (M <= 2), 1 the blocked tiles (M > 2); the variant's Q4 bit is the Q4 path (ce_q4_normal,
+ * q4path.c), its width bit the width of the kernel family gemv_family[loop][dtype] (ce_vec_bits,
+ * vecwidth.c's table: the float tiles take 512 where the others follow the probe). */
+static const gemv_fn gemvs[2][4][CE_I32] = {
+    {{GEMV_ROW(dec, sub)}, {GEMV_ROW(dec, norm)}, {GEMV_ROW_Z(dec, sub)}, {GEMV_ROW_Z(dec, norm)}},
+    {{GEMV_ROW(blk, sub)}, {GEMV_ROW(blk, norm)}, {GEMV_ROW_Z(blk, sub)}, {GEMV_ROW_Z(blk, norm)}},
+};
+#define GEMV_QUANT_FAMILIES CE_VK_GEMV_QUANT, CE_VK_GEMV_QUANT, CE_VK_GEMV_QUANT
+static const int gemv_family[2][CE_I32] = {
+    {CE_VK_GEMV_FLOAT_DECODE, CE_VK_GEMV_FLOAT_DECODE, CE_VK_GEMV_FLOAT_DECODE, GEMV_QUANT_FAMILIES},
+    {CE_VK_GEMV_FLOAT_TILES, CE_VK_GEMV_FLOAT_TILES, CE_VK_GEMV_FLOAT_TILES, GEMV_QUANT_FAMILIES},
 };
 
 /* Block dtypes: the first tiles of a stretch of rows [lo, hi), before the kernels' own prefetch
@@ -647,7 +649,8 @@ static void run_rows(const gemv_job *j, int64_t lo, int64_t hi, int64_t pfhi) {
     for (int s = seg_of(j, lo); lo < hi; s++) {
         int64_t a = j->start[s], b = j->start[s + 1], e = hi < b ? hi : b;
         if (e < hi) prefetch_start(&j->seg[s + 1], 0, (hi < j->start[s + 2] ? hi : j->start[s + 2]) - b);
-        gemvs[j->q4n | j->zl << 1][j->seg[s].dtype](&j->seg[s], lo - a, e - a, (pfhi < b ? pfhi : b) - a);
+        const int dt = j->seg[s].dtype;
+        gemvs[j->loop][j->var[dt]][dt](&j->seg[s], lo - a, e - a, (pfhi < b ? pfhi : b) - a);
         lo = e;
     }
 }
@@ -738,7 +741,12 @@ static void gemv_task(void *p, int ith, int nth) {
 
 /* The GEMV of seg[0..n) (filled in but for xq): split between up to nth threads. */
 ce_status mm_gemv_run(mm_ctx *seg, int n, int nth) {
-    gemv_job j = {.seg = seg, .nseg = n, .q4n = ce_q4_normal, .zl = GEMV_HAVE_Z && ce_vector_bits == 512};
+    gemv_job j = {.seg = seg, .nseg = n, .q4n = ce_q4_normal, .loop = seg[0].M > 2};
+    for (int dt = 0; dt < CE_I32; dt++) {
+        const int z = GEMV_HAVE_Z && ce_vec_bits[gemv_family[j.loop][dt]] == 512;
+        j.var[dt] = (mm_is_q4(dt) ? j.q4n : 0) | z << 1;
+    }
+    j.zl = j.var[CE_Q4_0] >> 1;
     for (int s = 0; s < n; s++) {
         j.start[s + 1] = j.start[s] + seg[s].N;
         j.q4 |= mm_is_q4(seg[s].dtype);

@@ -74,8 +74,10 @@ static inline void ce_split(int64_t n, int ith, int nth, int64_t align, int64_t 
 /* 1 when SIMD kernels should run (compiled in, supported by the CPU, not disabled for tests). */
 extern int ce_simd_on;
 /* 512 when the 512-bit kernels run (compiled in, CPU support, the probe's or a caller's choice:
- * vecwidth.c), else 256. */
+ * vecwidth.c), else 256: ce_vec_bits per kernel family (CE_VK_*, cengine.h), ce_vector_bits for
+ * the families that follow the probe (attention). */
 extern int ce_vector_bits;
+extern int ce_vec_bits[CE_VK_COUNT];
 void ce_vector_describe(char *buf, size_t n); /* " vec=... (probe timings)" for ce_build_info */
 
 /* Q4 GEMV unpacking (q4path.c): 1 for normal floats (q4_ints), 0 for subnormal (q4_bits). */

@@ -24,13 +24,13 @@ typedef struct mm_ctx {
     float *const *outr;        /* [M] rows of out */
     const float *bias;         /* [N] or NULL */
     const float *xq;           /* GEMV on Q4_0/Q4_1: [M][K] x permuted and scaled for the Q4 unpacking */
-    const float *sq;           /* and for Q4_1 [M][K / 32] pairs (0, scaled sum of x over a block),
-                                  for Q4_0 [M][K] the offsets -8 x (gemv.c's build_xq) */
+    const float *sq;           /* and [M][K / 32] pairs (0, scaled sum of x over a block), times -8
+                                  for Q4_0 (gemv.c's build_xq) */
     const float *xq_unscale;   /* and per row of x, the factor that undoes the scaling */
     float *scratch;            /* GEMM / scalar: per-thread work areas */
     int64_t scratch_floats;    /* floats per thread */
     int split_rows;            /* GEMM with few columns: threads split M instead of N */
-    int wide;                  /* GEMM: the 512-bit microkernel (ce_vector_bits == 512), for the whole call */
+    int wide;                  /* GEMM: the 512-bit microkernel (ce_vec_bits[CE_VK_GEMM] == 512), for the whole call */
     _Atomic int64_t *next_unit; /* GEMM: the first work unit no thread has claimed */
 } mm_ctx;
 

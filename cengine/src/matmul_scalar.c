@@ -36,9 +36,9 @@ static float dot_float(const float *w, const float *x, int64_t K) {
 }
 
 /* Q8_0/Q4_0/Q4_1 (dot_tile_q): per block, lane l of vector k holds element 8k + l (Q8_0) or k + 4l
- * (Q4: q4_bits' order); s = fma(q1, x1, q0 x0) + fma(q3, x3, q2 x2), for Q4_0 (fma(q0, x0, -8 x0)
- * + fma(q1, x1, -8 x1)) + (...); acc_l = fma(d, s, acc_l); Q4_1 adds sum_b m_b S_b (S_b: the
- * block's sum of x in the order build_xq takes it), accumulated apart. */
+ * (Q4: q4_bits' order, q the stored nibble 0..15); s = fma(q1, x1, q0 x0) + fma(q3, x3, q2 x2);
+ * acc_l = fma(d, s, acc_l); Q4_1 adds sum_b m_b S_b (S_b: the block's sum of x in the order
+ * build_xq takes it), accumulated apart, and Q4_0 the same with m_b = -8 d_b (exact in F32). */
 static float dot_block(int dtype, const char *w, const float *x, int64_t K) {
     const int64_t bb = dtype == CE_Q8_0 ? 34 : dtype == CE_Q4_0 ? 18 : 20;
     float acc[8] = {0}, macc = 0.0f;
@@ -48,13 +48,13 @@ static float dot_block(int dtype, const char *w, const float *x, int64_t K) {
         uint16_t dh, mh = 0;
         memcpy(&dh, blk, 2);
         const uint8_t *qs = (const uint8_t *)blk + (dtype == CE_Q4_1 ? 4 : 2);
-        if (dtype == CE_Q4_1) {
-            memcpy(&mh, blk + 2, 2);
+        const float d = ce_f16_to_f32(dh);
+        if (dtype != CE_Q8_0) {
+            if (dtype == CE_Q4_1) memcpy(&mh, blk + 2, 2);
             float t[8];
             for (int j = 0; j < 8; j++) t[j] = (xb[j] + xb[8 + j]) + (xb[16 + j] + xb[24 + j]);
-            macc = fmaf(ce_f16_to_f32(mh), hsum8_twin(t), macc);
+            macc = fmaf(dtype == CE_Q4_1 ? ce_f16_to_f32(mh) : -8.0f * d, hsum8_twin(t), macc);
         }
-        const float d = ce_f16_to_f32(dh);
         for (int l = 0; l < 8; l++) {
             float q[4], xv[4];
             for (int k = 0; k < 4; k++) {
@@ -62,17 +62,15 @@ static float dot_block(int dtype, const char *w, const float *x, int64_t K) {
                 q[k] = dtype == CE_Q8_0 ? (float)(int8_t)qs[e] : (float)(e < 16 ? qs[e] & 15 : qs[e - 16] >> 4);
                 xv[k] = xb[e];
             }
-            float s;
-            if (dtype == CE_Q4_0)
-                s = (fmaf(q[0], xv[0], -8.0f * xv[0]) + fmaf(q[1], xv[1], -8.0f * xv[1])) +
-                    (fmaf(q[2], xv[2], -8.0f * xv[2]) + fmaf(q[3], xv[3], -8.0f * xv[3]));
-            else
-                s = fmaf(q[1], xv[1], q[0] * xv[0]) + fmaf(q[3], xv[3], q[2] * xv[2]);
+            /* Q4: the first products as FMAs with a zero addend, as gemv.c's q_mul does (+0 for -0) */
+            const float p0 = dtype == CE_Q8_0 ? q[0] * xv[0] : fmaf(q[0], xv[0], 0.0f);
+            const float p2 = dtype == CE_Q8_0 ? q[2] * xv[2] : fmaf(q[2], xv[2], 0.0f);
+            const float s = fmaf(q[1], xv[1], p0) + fmaf(q[3], xv[3], p2);
             acc[l] = fmaf(d, s, acc[l]);
         }
     }
     float res = hsum8_twin(acc);
-    return dtype == CE_Q4_1 ? res + macc : res;
+    return dtype != CE_Q8_0 ? res + macc : res;
 }
 
 static void scalar_task(void *p, int ith, int nth) {

@@ -90,7 +90,7 @@ CE_INLINE void ld32_q4_1(const void *row, int64_t b, __m256 v[4]) {
  * (~25x slower), so there q4_ints runs instead (q4path.c picks by measuring). Denormals-are-zero
  * and flush-to-zero modes must be off (the GEMV clears them for its own duration). Q4_0's - 8 is
  * not applied here: subtracting on this grid gives subnormal results, which cost Zen 3 extra
- * cycles; the GEMV folds -8 x into each product's FMA instead (gemv.c, build_xq). */
+ * cycles; the GEMV adds -8 d * (sum of x over the block) as Q4_1 adds its m term (gemv.c, build_xq). */
 CE_INLINE void q4_bits(const uint8_t *qs, __m256 v[4]) {
     const __m256i m0 = _mm256_setr_epi32(0xF, 0xF, 0xF, 0xF, 0xF0, 0xF0, 0xF0, 0xF0);
     const __m256i m3 = _mm256_setr_epi32(0xF << 16, 0xF << 16, 0xF << 16, 0xF << 16, 0xF << 20, 0xF << 20,
@@ -113,8 +113,8 @@ CE_INLINE void q4_ints(const uint8_t *qs, __m256 v[4]) {
     for (int i = 0; i < 4; i++) v[i] = _mm256_cvtepi32_ps(_mm256_castps_si256(v[i]));
 }
 
-/* The integers of a block as floats, unscaled (Q8_0: q, in element order; Q4_0: q - 8 and Q4_1: q,
- * as q4_bits (q4n = 0) or q4_ints (q4n = 1) leaves them), with the block's scale d broadcast: w = d * v (+ m for Q4_1, left to
+/* The integers of a block as floats, unscaled (Q8_0: q, in element order; Q4_0 and Q4_1: q, 0..15,
+ * as q4_bits (q4n = 0) or q4_ints (q4n = 1) leaves them), with the block's scale d broadcast: w = d * v (+ m for Q4_1, - 8 d for Q4_0, left to
  * the caller). The GEMV then scales a block's sum once instead of every weight. */
 CE_INLINE void ld32_ints(int dtype, int q4n, const void *row, int64_t b, __m256 v[4], __m256 *d) {
     if (dtype == CE_Q8_0) {
@@ -125,7 +125,7 @@ CE_INLINE void ld32_ints(int dtype, int q4n, const void *row, int64_t b, __m256 
     } else if (dtype == CE_Q4_0) {
         const ce_block_q4_0 *blk = (const ce_block_q4_0 *)row + b;
         *d = bcast_f16(&blk->d);
-        if (q4n) q4_ints(blk->qs, v); /* q; the GEMV adds the -8 x term per lane (gemv.c, build_xq) */
+        if (q4n) q4_ints(blk->qs, v); /* q; the GEMV adds the -8 d term per block (gemv.c, build_xq) */
         else q4_bits(blk->qs, v);
     } else {
         const ce_block_q4_1 *blk = (const ce_block_q4_1 *)row + b;

@@ -1,5 +1,5 @@
 /* vecwidth.c - which vector width the GEMV, packed-GEMM and attention kernels use
- * (ce_vector_bits), chosen once per process by measuring.
+ * (ce_vec_bits, per kernel family: the table `families`), chosen once per process by measuring.
  *
  * The 512-bit kernels (gemv.c dot_tile_z/dot_tile_qz, gemm.c micro_z, attention.c's _z tiles) give
  * the same bits as the 256-bit ones, so the choice is speed only, and what decides it is how many
@@ -19,13 +19,33 @@
 #include <string.h>
 #include "internal.h"
 
-int ce_vector_bits = 256;     /* read by the GEMV and GEMM once per call */
+int ce_vector_bits = 256;     /* the width of the kernels that follow the probe (attention.c reads it) */
+int ce_vec_bits[CE_VK_COUNT] = {256, 256, 256, 256, 256}; /* per kernel family, read once per call */
 static int forced;            /* CE_VECTOR_AUTO, or the width a caller forced */
 static int probe_pick = 256;  /* the probe's choice */
 static double probe_ns[2];    /* ns per FMA instruction: [0] 256-bit, [1] 512-bit; 0 if not measured */
 static int env_512_ignored;   /* TOOLKIT_VECTOR_BITS=512 asked for what this build or CPU lacks */
 
 #define WIDE_FASTER 1.3 /* 512-bit FMAs must give this many times the flops of 256-bit ones */
+
+/* The one place that says which width each kernel family runs at under CE_VECTOR_AUTO (a forced
+ * width applies to all): 512 wherever the 512-bit kernels can run (VW_512), or the probe's choice
+ * (VW_PROBE). The GEMV's F32/F16/BF16 tiles over many rows of x (prefill) gain from the 512-bit
+ * register file, not from wider FMAs: two zmm accumulators per output let a tile take four rows of
+ * x where ymm spills past two, measured 1.17-1.31x even on AMD Zen 4, whose 512-bit FMAs give no
+ * more flops (docs/architecture.md). Everything else was measured at 0.8-1.0x on Zen 4, where
+ * 512-bit ops are two halves, so it follows the probe, which picks 512 where a zmm FMA is one op. */
+enum { VW_PROBE, VW_512 };
+static const struct {
+    const char *name;
+    int pref;
+} families[CE_VK_COUNT] = {
+    [CE_VK_GEMV_FLOAT_DECODE] = {"gemv_float_decode", VW_PROBE}, /* F32/F16/BF16, M <= 2: 0.97-1.02x */
+    [CE_VK_GEMV_FLOAT_TILES] = {"gemv_float_tiles", VW_512},     /* F32/F16/BF16, M > 2: 1.17-1.31x */
+    [CE_VK_GEMV_QUANT] = {"gemv_quant", VW_PROBE},               /* Q8_0/Q4_0/Q4_1, any M: 0.78-0.97x */
+    [CE_VK_GEMM] = {"gemm", VW_PROBE},                           /* packed GEMM: 1.00-1.02x */
+    [CE_VK_ATTENTION] = {"attention", VW_PROBE},
+};
 
 #if CE_HAVE_AVX2 && defined(__AVX512F__) && defined(__AVX512VL__)
 #define VEC_HAVE_512 1
@@ -95,7 +115,11 @@ static void probe(void) {
 static void probe(void) {}
 #endif
 
-static void apply(void) { ce_vector_bits = forced == CE_VECTOR_AUTO ? probe_pick : forced; }
+static void apply(void) {
+    ce_vector_bits = forced == CE_VECTOR_AUTO ? probe_pick : forced;
+    for (int k = 0; k < CE_VK_COUNT; k++)
+        ce_vec_bits[k] = forced == CE_VECTOR_AUTO && families[k].pref == VW_512 && !why_not_512() ? 512 : ce_vector_bits;
+}
 
 ce_status ce_set_vector_bits(int bits) {
     if (bits != CE_VECTOR_AUTO && bits != 256 && bits != 512)
@@ -112,6 +136,10 @@ int ce_get_vector_bits(void) { return ce_vector_bits; }
 
 int ce_get_vector_bits_setting(void) { return forced; }
 
+int ce_get_kernel_vector_bits(int kernel) { return kernel >= 0 && kernel < CE_VK_COUNT ? ce_vec_bits[kernel] : -1; }
+
+const char *ce_vector_kernel_name(int kernel) { return kernel >= 0 && kernel < CE_VK_COUNT ? families[kernel].name : NULL; }
+
 const char *ce_vector_512_unavailable(void) {
     const char *why = why_not_512();
     return why ? why : "";
@@ -124,10 +152,16 @@ void ce_vector_describe(char *buf, size_t n) {
     if (why)
         snprintf(buf, n, " vec=256 (512-bit kernels unavailable: %s%s)", why,
                  env_512_ignored ? "; TOOLKIT_VECTOR_BITS=512 ignored" : "");
-    else
-        snprintf(buf, n, " vec=%d (%s; probe: FMA 256-bit %.3f ns, 512-bit %.3f ns: 512-bit gives %.2fx the flops)",
-                 ce_vector_bits, forced == CE_VECTOR_AUTO ? "auto" : "forced", probe_ns[0], probe_ns[1],
-                 probe_ns[1] > 0 ? 2.0 * probe_ns[0] / probe_ns[1] : 0.0);
+    else {
+        int k = snprintf(buf, n, " vec=%d (%s; probe: FMA 256-bit %.3f ns, 512-bit %.3f ns: 512-bit gives %.2fx the flops",
+                         ce_vector_bits, forced == CE_VECTOR_AUTO ? "auto" : "forced", probe_ns[0], probe_ns[1],
+                         probe_ns[1] > 0 ? 2.0 * probe_ns[0] / probe_ns[1] : 0.0);
+        /* the families that run at another width than vec= says */
+        for (int f = 0; f < CE_VK_COUNT; f++)
+            if (k >= 0 && (size_t)k < n && ce_vec_bits[f] != ce_vector_bits)
+                k += snprintf(buf + k, n - (size_t)k, "; %s %d", families[f].name, ce_vec_bits[f]);
+        if (k >= 0 && (size_t)k < n) snprintf(buf + k, n - (size_t)k, ")");
+    }
 }
 
 __attribute__((constructor)) static void vector_bits_init(void) {

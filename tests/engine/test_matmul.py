@@ -56,12 +56,32 @@ def decode_weights(w):
     return [flat[i * k:(i + 1) * k] for i in range(n)]
 
 
-def q4_1_mins(w):
-    """The m (minimum) of every block of a Q4_1 tensor, per row."""
+def q4_mins(w):
+    """The m term of every block of a Q4_1 tensor (its stored minimum) or a Q4_0 one (-8 d: w = d q
+    - 8 d with q in 0..15), per row: the GEMV sums m * (sum of x over the block) apart."""
     n, k = w.shape
     data = ffi.buffer(w.ptr.data, w.nbytes)[:]
-    mins = [struct.unpack("<e", data[o + 2:o + 4])[0] for o in range(0, len(data), 20)]
+    if w.dtype == "Q4_0":
+        mins = [-8.0 * struct.unpack("<e", data[o:o + 2])[0] for o in range(0, len(data), 18)]
+    else:
+        mins = [struct.unpack("<e", data[o + 2:o + 4])[0] for o in range(0, len(data), 20)]
     return [mins[r * (k // 32):(r + 1) * (k // 32)] for r in range(n)]
+
+
+def check_q4_against_reference(out, x_rows, w, w_rows, pairs=None, rel=2e-6):
+    """check_against_reference for Q4_0/Q4_1 weights w (decoded: w_rows), whose m term is summed
+    apart: the error scale of an output is sum |x| (|w - m| + |m|), not sum |x w|."""
+    ms = q4_mins(w)
+    n_count = len(w_rows)
+    if pairs is None:
+        pairs = [(m, n) for m in range(len(x_rows)) for n in range(n_count)]
+    for m, n in pairs:
+        xr = x_rows[m]
+        want = math.fsum(a * b for a, b in zip(xr, w_rows[n]))
+        scale = math.fsum(abs(a) * (abs(b - ms[n][i // 32]) + abs(ms[n][i // 32]))
+                          for i, (a, b) in enumerate(zip(xr, w_rows[n])))
+        got = out[m * n_count + n]
+        assert abs(got - want) <= rel * scale + 1e-30, (m, n, got, want, scale)
 
 
 def check_against_reference(out, x_rows, w_rows, bias=None, pairs=None, rel=2e-6):
@@ -167,7 +187,7 @@ def test_q4_gemv_holds_at_any_activation_scale(dtype):
     w_rows = decode_weights(wt)
     B.set_simd(True)
     base = F.matmul(xt, wt).to_list()
-    check_against_reference(base, [x], w_rows)
+    check_q4_against_reference(base, [x], wt, w_rows)
     for e in (-90, -40, 20, 60, 100):
         scaled = [math.ldexp(v, e) for v in x]
         got = F.matmul(Tensor.from_list(scaled, (m, k)), wt).to_list()
@@ -176,15 +196,7 @@ def test_q4_gemv_holds_at_any_activation_scale(dtype):
     mixed = [f32(v * 1e-3) for v in x]
     mixed[100] = 3.0e4
     got = F.matmul(Tensor.from_list(mixed, (m, k)), wt).to_list()
-    if dtype == "Q4_0":
-        check_against_reference(got, [mixed], w_rows)
-    else:  # Q4_1's m term is summed apart: its error scale is sum |x| (|w - m| + |m|), not sum |x w|
-        ms = q4_1_mins(wt)
-        for j in range(n):
-            want = math.fsum(a * b for a, b in zip(mixed, w_rows[j]))
-            scale = math.fsum(abs(a) * (abs(b - ms[j][i // 32]) + abs(ms[j][i // 32]))
-                              for i, (a, b) in enumerate(zip(mixed, w_rows[j])))
-            assert abs(got[j] - want) <= 2e-6 * scale, (j, got[j], want, scale)
+    check_q4_against_reference(got, [mixed], wt, w_rows)
     assert F.matmul(Tensor.from_list([0.0] * k, (m, k)), wt).to_list() == [0.0] * n
     bad = list(x)
     bad[5] = float("inf")

@@ -5,6 +5,7 @@ same bits as the scalar twin and the float64 reference's tolerance, and be selec
 choice and timings must show in build_info()."""
 import math
 import os
+import struct
 import subprocess
 import sys
 
@@ -13,8 +14,9 @@ import pytest
 from toolkit import errors
 from toolkit.core.engine import backend as B
 from toolkit.core.engine import functional as F
+from toolkit.core.engine._lib import ffi
 from toolkit.core.engine.backend import Tensor
-from test_matmul import check_against_reference, decode_weights, make, q4_1_mins, rand_list
+from test_matmul import check_q4_against_reference, decode_weights, make, rand_list
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # awkward shapes: one block, odd row counts around the tile sizes (4, 2, 1) and the 16-row thread
@@ -83,17 +85,7 @@ def test_paths_bit_identical_and_match_reference(dtype):
             assert sub == norm, (dtype, m, n, k, threads)
         if n * k <= 64 * 1024:  # the float64 reference is slow in Python: small shapes only
             w_rows = decode_weights(wt)
-            if dtype == "Q4_0":
-                check_against_reference(norm, [x[r * k:(r + 1) * k] for r in range(m)], w_rows)
-            else:  # Q4_1's m term is summed apart: error scale sum |x| (|w - m| + |m|)
-                ms = q4_1_mins(wt)
-                for r in range(m):
-                    xr = x[r * k:(r + 1) * k]
-                    for j in range(n):
-                        want = math.fsum(a * b for a, b in zip(xr, w_rows[j]))
-                        scale = math.fsum(abs(a) * (abs(b - ms[j][q // 32]) + abs(ms[j][q // 32]))
-                                          for q, (a, b) in enumerate(zip(xr, w_rows[j])))
-                        assert abs(norm[r * n + j] - want) <= 2e-6 * scale + 1e-30
+            check_q4_against_reference(norm, [x[r * k:(r + 1) * k] for r in range(m)], wt, w_rows)
         B.set_simd(False)  # the scalar twin (matmul_scalar.c): the same bits, lane by lane
         assert F.matmul(xt, wt).to_list() == norm, (dtype, m, n, k)
         B.set_simd(True)
@@ -122,6 +114,28 @@ def test_normal_path_stays_exact_for_tiny_activations():
         base = F.matmul(xt, wt).to_list()
         got = F.matmul(Tensor.from_list([math.ldexp(v, -100) for v in x], (m, k)), wt).to_list()
         assert got == [math.ldexp(v, -100) for v in base], dtype
+
+
+def test_q4_0_scales_past_f16_range():
+    """Q4_0's -8 rides in the m term (m = -8 d, gemv.c's build_xq): with d above 8192, -8 d does not
+    fit an F16, so it must be formed in F32. Weights up to ~1e5 give such blocks; both paths, every
+    width and the scalar twin must agree bit for bit and stay within the reference's tolerance."""
+    m, n, k = 3, 9, 96
+    x = rand_list(m * k, 61)
+    wt = Tensor.from_list([v * 1.0e5 for v in rand_list(n * k, 62)], (n, k), "Q4_0")
+    data = bytes(ffi.buffer(wt.ptr.data, wt.nbytes))
+    assert max(abs(struct.unpack("<e", data[o:o + 2])[0]) for o in range(0, len(data), 18)) > 8192
+    xt = Tensor.from_list(x, (m, k))
+    for threads in (1, 2):
+        B.set_threads(threads)
+        sub, norm = both_paths(lambda: F.matmul(xt, wt).to_list())
+        assert sub == norm and all(math.isfinite(v) for v in norm)
+    check_q4_against_reference(norm, [x[r * k:(r + 1) * k] for r in range(m)], wt, decode_weights(wt))
+    B.set_simd(False)
+    try:
+        assert F.matmul(xt, wt).to_list() == norm
+    finally:
+        B.set_simd(True)
 
 
 def test_matmul_n_paths_bit_identical():

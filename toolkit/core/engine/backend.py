@@ -106,11 +106,15 @@ def get_batch_invariant():
 
 def set_vector_bits(bits):
     """The vector width of the GEMV, packed-GEMM and attention kernels: 512 (AVX-512, where compiled
-    in and supported by the CPU), 256 (AVX2) or "auto" (the start-up probe's choice, the default:
-    512 only where 512-bit FMAs give at least 1.3x the flops of 256-bit ones, as on Intel server
-    cores; AMD Zen 4 issues them as two halves and stays at 256). Both widths give bit-identical results. The
-    env var TOOLKIT_VECTOR_BITS=256|512|auto sets the value the process starts with. Raises
-    InvalidArgumentError for other values or where 512 is unavailable (vector_probe()["reason"])."""
+    in and supported by the CPU) or 256 (AVX2) for every kernel, or "auto" (the default): each
+    kernel family at the width the engine's table gives it, the GEMV's F32/F16/BF16 tiles over
+    several rows of x (prefill) at 512 wherever the 512-bit kernels can run (their register file
+    gains 1.2-1.3x even on AMD Zen 4), the rest at the start-up probe's choice (512 only where
+    512-bit FMAs give at least 1.3x the flops of 256-bit ones, as on Intel server cores; Zen 4
+    issues them as two halves and stays at 256). vector_probe()["kernels"] says what each family
+    runs at. Both widths give bit-identical results. The env var TOOLKIT_VECTOR_BITS=256|512|auto
+    sets the value the process starts with. Raises InvalidArgumentError for other values or where
+    512 is unavailable (vector_probe()["reason"])."""
     if bits == "auto":
         bits = lib.CE_VECTOR_AUTO
     elif isinstance(bits, bool) or not isinstance(bits, int):
@@ -121,20 +125,25 @@ def set_vector_bits(bits):
 
 
 def get_vector_bits():
-    """The width in use: 256 or 512 (see set_vector_bits)."""
+    """The width of the kernels that follow the probe (or the forced width): 256 or 512. Some
+    kernel families run at another under "auto": see vector_probe()["kernels"]."""
     return lib.ce_get_vector_bits()
 
 
 def vector_probe():
-    """The start-up probe: {"setting": "auto"|256|512, "bits": the width in use, "ns_256" and
-    "ns_512": ns per FMA instruction of each width (0.0 where 512 is unavailable), "flops_ratio":
-    512-bit flops per second over 256-bit ones, "available": whether 512 can run, "reason": why not}."""
+    """The start-up probe: {"setting": "auto"|256|512, "bits": the width of the kernels that follow
+    the probe, "kernels": {family: 256|512} (gemv_float_decode, gemv_float_tiles, gemv_quant, gemm,
+    attention: what each runs at now), "ns_256" and "ns_512": ns per FMA instruction of each width
+    (0.0 where 512 is unavailable), "flops_ratio": 512-bit flops per second over 256-bit ones,
+    "available": whether 512 can run, "reason": why not}."""
     setting = lib.ce_get_vector_bits_setting()
     ns256, ns512 = lib.ce_vector_probe_ns(256), lib.ce_vector_probe_ns(512)
     reason = ffi.string(lib.ce_vector_512_unavailable()).decode()
+    kernels = {ffi.string(lib.ce_vector_kernel_name(k)).decode(): lib.ce_get_kernel_vector_bits(k)
+               for k in range(lib.CE_VK_COUNT)}
     return {"setting": "auto" if setting == lib.CE_VECTOR_AUTO else setting, "bits": get_vector_bits(),
-            "ns_256": ns256, "ns_512": ns512, "flops_ratio": 2.0 * ns256 / ns512 if ns512 > 0 else 0.0,
-            "available": not reason, "reason": reason}
+            "kernels": kernels, "ns_256": ns256, "ns_512": ns512,
+            "flops_ratio": 2.0 * ns256 / ns512 if ns512 > 0 else 0.0, "available": not reason, "reason": reason}
 
 
 def _vector_bits_from_env():
