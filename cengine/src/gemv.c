@@ -33,6 +33,7 @@ typedef struct {
     int nseg;
     int q4;                    /* some weight is Q4_0/Q4_1: xq per thread, MXCSR */
     int q4n;                   /* Q4 unpacking with normal floats (q4_ints), for the whole call */
+    int fx;                    /* and with its first products' addends in xq (q4n in the decode loop) */
     int zl;                    /* the 512-bit quant kernels run (Q4's xq in their layout), for the whole call */
     int loop;                  /* 0: the decode stream (M <= 2), 1: the blocked tiles (gemvs) */
     int var[CE_I32];           /* per weight dtype, the kernel variant (gemvs) */
@@ -212,7 +213,8 @@ static inline float pow2f(int e) {
  * so both paths give the same bits whenever the q4_bits path's products are normal, i.e. unless
  * some |x| is below ~2^-76 of the largest (there q4_ints is the more accurate one). */
 enum { Q4N_SHIFT = 26 };
-static float build_xq(const float *x, int64_t K, float *xq, float *sq, float ms, int q4n, int zl) {
+static float build_xq(const float *x, int64_t K, float *xq, float *sq, float ms, int q4n, int fx, int zl) {
+    const int64_t xb = fx ? 48 : 32; /* floats of xq per block: x, then q4_ints' addends */
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 mx = _mm256_setzero_ps();
     for (int64_t k = 0; k < K; k += 8) mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)));
@@ -229,7 +231,8 @@ static float build_xq(const float *x, int64_t K, float *xq, float *sq, float ms,
     const float pE = pow2f(q4n ? pe : E), fs = ms * pow2f(pe);
     __m256 sv[4];
     for (int k = 0; k < 4; k++) {
-        float lo = pE * pow2f(k < 3 ? -8 * k : -16), hi = lo * 0x1p-4f;
+        /* q4_ints takes vector 2 from the bytes shifted right by 8: its lanes are q * 2^(sh - 8) */
+        float lo = pE * pow2f(k == 2 && fx ? -8 : k < 3 ? -8 * k : -16), hi = lo * 0x1p-4f;
         sv[k] = _mm256_setr_ps(lo, lo, lo, lo, hi, hi, hi, hi);
     }
     for (int64_t b = 0; b < K / 32; b++) {
@@ -247,7 +250,14 @@ static float build_xq(const float *x, int64_t K, float *xq, float *sq, float ms,
         /* zl (the 512-bit kernel): vectors in the order 0, 2, 1, 3, so that (0, 2) and (1, 3) are
          * one zmm each */
         static const int at[2][4] = {{0, 1, 2, 3}, {0, 2, 1, 3}};
-        for (int k = 0; k < 4; k++) _mm256_storeu_ps(xq + 32 * b + 8 * at[zl][k], _mm256_mul_ps(v[k], sv[k]));
+        for (int k = 0; k < 4; k++) {
+            const __m256 xs = _mm256_mul_ps(v[k], sv[k]);
+            _mm256_storeu_ps(xq + xb * b + 8 * at[zl][k], xs);
+            /* q4_ints' first products: fma(2^23 + n, xs, -2^23 xs) = n xs, rounded once; -2^23 xs
+             * is exact (xs < 2^75 here, or amax 2^-4 when E is clamped at 22: finite for |x| <
+             * 2^109, while the subnormal path's xq already overflows past 2^106) */
+            if (fx && (k == 0 || k == 2)) _mm256_storeu_ps(xq + xb * b + 32 + 4 * k, _mm256_mul_ps(xs, _mm256_set1_ps(-0x1p23f)));
+        }
     }
     return pow2f(-pe);
 }
@@ -255,39 +265,44 @@ static float build_xq(const float *x, int64_t K, float *xq, float *sq, float ms,
 /* floats of sq per row of x: the (0, ms S) pair per block */
 static inline int64_t sq_floats(int64_t K) { return 2 * (K / 32); }
 
-/* floats of xq, sq and the unscaling factor per row of x */
-static inline int64_t xq_row_floats(int64_t K) { return K + sq_floats(K) + 1; }
+/* floats of an xq row: 32 per block, 48 on the normal path (its first products' addends ride in
+ * the same row, block by block: a pointer per row of x is all the 4x4 tiles have registers for;
+ * a separate array's pointers spilled the accumulators, prefill 55 -> 41 GFLOP/s) */
+static inline int64_t xq_floats_row(int64_t K, int fx) { return fx ? K / 2 * 3 : K; }
 
-/* xq of every row of x into buf ([M][K]), then their sq ([M][sq_floats]) and unscaling factors
- * ([M]); points c at them */
-static void build_xqs(mm_ctx *c, float *buf, int q4n, int zl) {
-    const int64_t ex = sq_floats(c->K);
-    float *sq = buf + c->M * c->K, *us = sq + c->M * ex;
+/* floats of xq, sq and the unscaling factor per row of x */
+static inline int64_t xq_row_floats(int64_t K, int fx) { return xq_floats_row(K, fx) + sq_floats(K) + 1; }
+
+/* xq of every row of x into buf ([M][xq_floats_row]), then their sq ([M][sq_floats]) and
+ * unscaling factors ([M]); points c at them */
+static void build_xqs(mm_ctx *c, float *buf, int q4n, int fx, int zl) {
+    const int64_t ex = sq_floats(c->K), xr = xq_floats_row(c->K, fx);
+    float *sq = buf + c->M * xr, *us = sq + c->M * ex;
     for (int64_t m = 0; m < c->M; m++)
-        us[m] = build_xq(c->xr[m], c->K, buf + m * c->K, sq + m * ex, c->dtype == CE_Q4_0 ? -8.0f : 1.0f, q4n, zl);
+        us[m] = build_xq(c->xr[m], c->K, buf + m * xr, sq + m * ex, c->dtype == CE_Q4_0 ? -8.0f : 1.0f, q4n, fx, zl);
     c->xq = buf;
     c->sq = sq;
     c->xq_unscale = us;
 }
 
 /* floats of xq and sq that the weights seg[0..n) need: one copy per Q4 dtype among them */
-static int64_t xq_floats(const mm_ctx *seg, int n) {
+static int64_t xq_floats(const mm_ctx *seg, int n, int fx) {
     int64_t f = 0;
     for (int s = 0, seen = 0; s < n; s++)
         if (mm_is_q4(seg[s].dtype) && !(seen & 1 << seg[s].dtype)) {
             seen |= 1 << seg[s].dtype;
-            f += seg[s].M * xq_row_floats(seg[s].K);
+            f += seg[s].M * xq_row_floats(seg[s].K, fx);
         }
     return f;
 }
 
 /* xq for every Q4 weight of seg[0..n) that has none, into buf (xq_floats of them): weights of
  * one dtype share a copy */
-static void build_seg_xqs(mm_ctx *seg, int n, float *buf, int q4n, int zl) {
+static void build_seg_xqs(mm_ctx *seg, int n, float *buf, int q4n, int fx, int zl) {
     for (int s = 0; s < n; s++) {
         if (!mm_is_q4(seg[s].dtype) || seg[s].xq) continue;
-        build_xqs(&seg[s], buf, q4n, zl);
-        buf += seg[s].M * xq_row_floats(seg[s].K);
+        build_xqs(&seg[s], buf, q4n, fx, zl);
+        buf += seg[s].M * xq_row_floats(seg[s].K, fx);
         for (int t = s + 1; t < n; t++)
             if (seg[t].dtype == seg[s].dtype)
                 seg[t].xq = seg[s].xq, seg[t].sq = seg[s].sq, seg[t].xq_unscale = seg[s].xq_unscale;
@@ -307,8 +322,8 @@ static inline int ld_i32(const void *p) {
  * lanes at full speed in FMAs only: with vmulps a Q4 GEMV of 1536x576 weights in L2 (1 thread)
  * ran at 10-14.5 GB/s, varying from process to process, and at 15.1 (Q4_0) and 17.1 (Q4_1) with
  * the FMA; the normal-float path measured the same either way. Q8_0 (normal lanes) keeps the mul. */
-AI __m256 q_mul(int dtype, __m256 v, __m256 x, __m256 zero) {
-    return dtype == CE_Q8_0 ? _mm256_mul_ps(v, x) : _mm256_fmadd_ps(v, x, zero);
+AI __m256 q_mul(int dtype, __m256 v, __m256 x, __m256 c) {
+    return dtype == CE_Q8_0 ? _mm256_mul_ps(v, x) : _mm256_fmadd_ps(v, x, c);
 }
 
 /* the m terms' factors of a tile's P weight rows at block blk, converted by one vcvtph2ps: lanes
@@ -326,9 +341,11 @@ AI __m256 dm_pairs(int dtype, int P, const char *blk, int64_t ws) {
 }
 
 /* res[p * R + r] = w[p] . x[r] for the P weight rows of a tile starting at w0 (row stride ws) and
- * R rows of x (Q4: xq rows, with their block sums sq and unscaling factors us). */
-AI void dot_tile_q(int dtype, int q4n, int P, int R, const char *w0, int64_t ws, const float *const *x,
+ * R rows of x (Q4: xq rows, with their block sums sq and unscaling factors us; for q4n each
+ * block's 32 x are followed by the 16 addends of its first products). */
+AI void dot_tile_q(int dtype, int q4n, int fx, int P, int R, const char *w0, int64_t ws, const float *const *x,
                    const float *const *sq, const float *us, int64_t nb, const char *pf, float *res) {
+    const int64_t xb = fx ? 48 : 32;
     const int64_t bb = dtype == CE_Q8_0 ? 34 : dtype == CE_Q4_0 ? 18 : 20;
     const int npf = (int)((P * bb + 63) / 64);
     __m256 acc[GEMV_TILE_MAX], macc[GEMV_RMAX];
@@ -343,13 +360,18 @@ AI void dot_tile_q(int dtype, int q4n, int P, int R, const char *w0, int64_t ws,
         /* Odd-sized blocks defeat the hardware prefetcher: stream the rows of a tile ahead (adjacent
          * in memory) at P times this tile's pace, so they are in cache when that tile starts. */
         for (int i = 0; i < npf; i++) _mm_prefetch(pf + b * bb * P + 64 * i, _MM_HINT_T0);
-        __m256 xv[GEMV_RMAX][4], sv[GEMV_RMAX];
+        __m256 xv[GEMV_RMAX][4], sv[GEMV_RMAX], cv[GEMV_RMAX][2];
         for (int r = 0; r < R; r++) {
             for (int i = 0; i < 4; i++) {
-                xv[r][i] = _mm256_loadu_ps(x[r] + 32 * b + 8 * i);
+                xv[r][i] = _mm256_loadu_ps(x[r] + xb * b + 8 * i);
                 /* keep x in registers: gcc would rather reload it for every row (more rows of x
                  * than fit are left to the compiler, which folds the loads into the FMAs) */
                 if (R <= 2) KEEP_IN_REG(xv[r][i]);
+            }
+            /* the first products' addends: 0, or q4_ints' -2^23 x (fx, build_xq) */
+            for (int i = 0; i < 2; i++) {
+                cv[r][i] = fx ? _mm256_loadu_ps(x[r] + xb * b + 32 + 8 * i) : zero;
+                if (fx && R <= 2) KEEP_IN_REG(cv[r][i]);
             }
             if (dtype != CE_Q8_0) /* the pair (0, ms S_b), through a may-alias vector load */
                 sv[r] = _mm256_castsi256_ps(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)(sq[r] + 2 * b))));
@@ -360,10 +382,10 @@ AI void dot_tile_q(int dtype, int q4n, int P, int R, const char *w0, int64_t ws,
         }
         for (int p = 0; p < P; p++) {
             __m256 v[4], d;
-            ld32_ints(dtype, q4n, blk + p * ws, 0, v, &d);
+            ld32_ints(dtype, fx ? 2 : q4n, blk + p * ws, 0, v, &d);
             for (int r = 0; r < R; r++) {
-                const __m256 s = _mm256_add_ps(_mm256_fmadd_ps(v[1], xv[r][1], q_mul(dtype, v[0], xv[r][0], zero)),
-                                               _mm256_fmadd_ps(v[3], xv[r][3], q_mul(dtype, v[2], xv[r][2], zero)));
+                const __m256 s = _mm256_add_ps(_mm256_fmadd_ps(v[1], xv[r][1], q_mul(dtype, v[0], xv[r][0], cv[r][0])),
+                                               _mm256_fmadd_ps(v[3], xv[r][3], q_mul(dtype, v[2], xv[r][2], cv[r][1])));
                 acc[p * R + r] = _mm256_fmadd_ps(d, s, acc[p * R + r]);
             }
         }
@@ -384,8 +406,9 @@ AI void dot_tile_q(int dtype, int q4n, int P, int R, const char *w0, int64_t ws,
  * zmm mul, one zmm FMA and the sum of its two halves. For Q4 the unpacking takes one broadcast, two
  * ANDs and one variable shift instead of a broadcast, four ANDs and a shift (x is xq in build_xq's
  * zl order); Q8_0 reads its bytes and x in element order, so both take a lane shuffle per pair. */
-AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws, const float *const *x,
+AI void dot_tile_qz(int dtype, int q4n, int fx, int P, int R, const char *w0, int64_t ws, const float *const *x,
                     const float *const *sq, const float *us, int64_t nb, const char *pf, float *res) {
+    const int64_t xb = fx ? 48 : 32;
     const int64_t bb = dtype == CE_Q8_0 ? 34 : dtype == CE_Q4_0 ? 18 : 20, qoff = dtype == CE_Q4_1 ? 4 : 2;
     const int npf = (int)((P * bb + 63) / 64);
     const __m512i m02 = _mm512_setr_epi32(0xF, 0xF, 0xF, 0xF, 0xF0, 0xF0, 0xF0, 0xF0, 0xF << 16, 0xF << 16, 0xF << 16,
@@ -394,6 +417,11 @@ AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws
                                           0xF << 12, 0xF << 16, 0xF << 16, 0xF << 16, 0xF << 16, 0xF << 20, 0xF << 20,
                                           0xF << 20, 0xF << 20);
     const __m512i sh13 = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8);
+    /* q4_ints' vectors 0 and 2 (simd_load.h): vector 2 from the bytes shifted right by 8, so both
+     * come from the shifted bytes of z13, masked and ORed into 2^23 by one vpternlogd */
+    const __m512i m02n = _mm512_setr_epi32(0xF, 0xF, 0xF, 0xF, 0xF0, 0xF0, 0xF0, 0xF0, 0xF << 8, 0xF << 8, 0xF << 8,
+                                           0xF << 8, 0xF << 12, 0xF << 12, 0xF << 12, 0xF << 12);
+    const __m512i one = _mm512_set1_epi32(Q4N_MAGIC);
     const __m512 zero = _mm512_setzero_ps();
     __m256 acc[GEMV_TILE_MAX], macc[GEMV_RMAX];
     #pragma GCC unroll 16
@@ -402,10 +430,12 @@ AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws
     for (int64_t b = 0; b < nb; b++) {
         const char *blk = w0 + b * bb;
         for (int i = 0; i < npf; i++) _mm_prefetch(pf + b * bb * P + 64 * i, _MM_HINT_T0);
-        __m512 xv[GEMV_RMAX][2];
+        __m512 xv[GEMV_RMAX][2], cv[GEMV_RMAX];
         __m256 sv[GEMV_RMAX];
         for (int r = 0; r < R; r++) {
-            for (int i = 0; i < 2; i++) xv[r][i] = _mm512_loadu_ps(x[r] + 32 * b + 16 * i);
+            for (int i = 0; i < 2; i++) xv[r][i] = _mm512_loadu_ps(x[r] + xb * b + 16 * i);
+            cv[r] = fx ? _mm512_loadu_ps(x[r] + xb * b + 32) : zero; /* q4_ints' addends (dot_tile_q) */
+            if (fx && R <= 2) KEEP_IN_REG(cv[r]);
             if (dtype == CE_Q8_0) { /* (x0 | x1), (x2 | x3) -> (x0 | x2), (x1 | x3) */
                 const __m512 lo = xv[r][0];
                 xv[r][0] = _mm512_shuffle_f32x4(lo, xv[r][1], 0x44);
@@ -433,16 +463,22 @@ AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws
                 z13 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpackhi_epi64(q01, q23)));
             } else {
                 const __m512i bq = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(bp + qoff)));
-                z02 = _mm512_castsi512_ps(_mm512_and_si512(bq, m02));
-                z13 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_srlv_epi32(bq, sh13), m13));
-            }
-            if (q4n && dtype != CE_Q8_0) {
-                z02 = _mm512_cvtepi32_ps(_mm512_castps_si512(z02));
-                z13 = _mm512_cvtepi32_ps(_mm512_castps_si512(z13));
+                const __m512i b8 = _mm512_srlv_epi32(bq, sh13);
+                if (fx) {
+                    z02 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(b8, m02n, one, 0xEA)); /* (b8 & m) | one */
+                    z13 = _mm512_cvtepi32_ps(_mm512_and_si512(b8, m13));
+                } else {
+                    z02 = _mm512_castsi512_ps(_mm512_and_si512(bq, m02));
+                    z13 = _mm512_castsi512_ps(_mm512_and_si512(b8, m13));
+                    if (q4n) {
+                        z02 = _mm512_cvtepi32_ps(_mm512_castps_si512(z02));
+                        z13 = _mm512_cvtepi32_ps(_mm512_castps_si512(z13));
+                    }
+                }
             }
             for (int r = 0; r < R; r++) {
                 const __m512 t = _mm512_fmadd_ps(z13, xv[r][1], dtype == CE_Q8_0 ? _mm512_mul_ps(z02, xv[r][0])
-                                                                                  : _mm512_fmadd_ps(z02, xv[r][0], zero));
+                                                                                  : _mm512_fmadd_ps(z02, xv[r][0], cv[r]));
                 __m256 s = _mm256_add_ps(_mm512_castps512_ps256(t),
                                          _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(t), 1)));
                 acc[p * R + r] = _mm256_fmadd_ps(d, s, acc[p * R + r]);
@@ -462,7 +498,8 @@ AI void dot_tile_qz(int dtype, int q4n, int P, int R, const char *w0, int64_t ws
 
 enum { GEMV_MAX_THREADS = 64 }; /* more would only queue on the memory bus (results do not change) */
 enum { GEMV_P = 4 }; /* weight rows per tile of block dtypes when x has one row left */
-enum { XQ_LOCAL = 8192 }; /* floats: Q4 GEMVs whose xq fits build it per thread (K up to ~7900 at M = 1) */
+enum { XQ_LOCAL = 8192 }; /* floats: Q4 GEMVs whose xq fits build it per thread (K up to ~7900 at M = 1;
+                              ~5300 on the normal path, whose xq rows are 3K / 2) */
 
 /* res[p * R + r] = w[n + p] . x[m + r] for P weight rows and R rows of x; the thread's rows end
  * at hi. hot: the weights are reused from cache (the blocked loop), not streamed (decode). */
@@ -477,17 +514,21 @@ AI void gemv_tile(int dtype, int var, int hot, int P, int R, const mm_ctx *c, in
     const char *pf = n + (ahead + 1) * P <= hi ? w0 + ahead * P * c->wstride : (const char *)c->xr[m];
     if (mm_is_block(dtype)) {
         const float *x[GEMV_RMAX], *sq[GEMV_RMAX];
-        const int64_t ex = sq_floats(c->K);
+        /* the normal path's first products take addends from xq in the decode stream only: in
+         * the 4x4 tiles of the blocked loop their loads (2 per row of x and weight row) would be
+         * the bottleneck (prefill measured 55 -> 41 GFLOP/s), and the conversions they save are not */
+        const int fx = (var & 1) && !hot;
+        const int64_t ex = sq_floats(c->K), xr = xq_floats_row(c->K, fx);
         for (int r = 0; r < R; r++) {
-            x[r] = dtype == CE_Q8_0 ? c->xr[m + r] : c->xq + (m + r) * c->K;
+            x[r] = dtype == CE_Q8_0 ? c->xr[m + r] : c->xq + (m + r) * xr;
             sq[r] = dtype == CE_Q8_0 ? NULL : c->sq + (m + r) * ex;
         }
 #if GEMV_HAVE_Z
         if (var & 2)
-            dot_tile_qz(dtype, var & 1, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
+            dot_tile_qz(dtype, (var & 1) && !fx, fx, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
         else
 #endif
-            dot_tile_q(dtype, var & 1, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
+            dot_tile_q(dtype, (var & 1) && !fx, fx, P, R, w0, c->wstride, x, sq, c->xq_unscale + m, c->K / 32, pf, res);
     } else {
         const void *w[4];
         for (int p = 0; p < 4; p++) w[p] = w0 + (p < P ? p : 0) * c->wstride;
@@ -720,14 +761,14 @@ static void gemv_task(void *p, int ith, int nth) {
      * built with -ffast-math set both for the whole process when they load. */
     const unsigned csr = _mm_getcsr(), dazftz = 0x8040;
     if (j->q4 && (csr & dazftz)) _mm_setcsr(csr & ~dazftz);
-    if (j->q4 && xq_floats(j->seg, j->nseg) <= XQ_LOCAL) {
+    if (j->q4 && xq_floats(j->seg, j->nseg, j->fx) <= XQ_LOCAL) {
         /* Each thread builds its own xq, on its stack: no allocation, and the worker reads x
          * once instead of pulling every line of a shared copy from the caller's cache. Measured
          * 5-12% faster per decode-sized call with 2 threads (the most on the smallest). */
         _Alignas(64) float buf[XQ_LOCAL];
         mm_ctx seg[CE_MATMUL_MAX];
         memcpy(seg, j->seg, (size_t)j->nseg * sizeof *seg);
-        build_seg_xqs(seg, j->nseg, buf, j->q4n, j->zl);
+        build_seg_xqs(seg, j->nseg, buf, j->q4n, j->fx, j->zl);
         gemv_job lj = *j;
         lj.seg = seg;
         gemv_chunks(&lj, ith);
@@ -742,6 +783,7 @@ static void gemv_task(void *p, int ith, int nth) {
 /* The GEMV of seg[0..n) (filled in but for xq): split between up to nth threads. */
 ce_status mm_gemv_run(mm_ctx *seg, int n, int nth) {
     gemv_job j = {.seg = seg, .nseg = n, .q4n = ce_q4_normal, .loop = seg[0].M > 2};
+    j.fx = j.q4n && !j.loop; /* as gemv_tile decides per tile */
     for (int dt = 0; dt < CE_I32; dt++) {
         const int z = GEMV_HAVE_Z && ce_vec_bits[gemv_family[j.loop][dt]] == 512;
         j.var[dt] = (mm_is_q4(dt) ? j.q4n : 0) | z << 1;
@@ -755,10 +797,10 @@ ce_status mm_gemv_run(mm_ctx *seg, int n, int nth) {
     /* xq and sq, x as q4_bits reads it: built here, once, only when too big for gemv_task's
      * per-thread stack copy */
     float *xq = NULL;
-    if (xq_floats(seg, n) > XQ_LOCAL) {
-        xq = aligned_alloc(64, (size_t)((xq_floats(seg, n) * 4 + 63) / 64 * 64));
+    if (xq_floats(seg, n, j.fx) > XQ_LOCAL) {
+        xq = aligned_alloc(64, (size_t)((xq_floats(seg, n, j.fx) * 4 + 63) / 64 * 64));
         if (!xq) return ce_fail(CE_ERR_NOMEM, "matmul: out of memory");
-        build_seg_xqs(seg, n, xq, j.q4n, j.zl);
+        build_seg_xqs(seg, n, xq, j.q4n, j.fx, j.zl);
     }
     ce_steal_range ranges[GEMV_MAX_THREADS];
     if (nth > GEMV_MAX_THREADS) nth = GEMV_MAX_THREADS;

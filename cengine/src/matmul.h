@@ -23,7 +23,9 @@ typedef struct mm_ctx {
     const float *const *xr;    /* [M] rows of x */
     float *const *outr;        /* [M] rows of out */
     const float *bias;         /* [N] or NULL */
-    const float *xq;           /* GEMV on Q4_0/Q4_1: [M][K] x permuted and scaled for the Q4 unpacking */
+    const float *xq;           /* GEMV on Q4_0/Q4_1: [M][K] x permuted and scaled for the Q4 unpacking
+                                  ([M][3K / 2] on the normal-float path: per block, 32 x then the
+                                  16 addends of the first products, gemv.c's build_xq) */
     const float *sq;           /* and [M][K / 32] pairs (0, scaled sum of x over a block), times -8
                                   for Q4_0 (gemv.c's build_xq) */
     const float *xq_unscale;   /* and per row of x, the factor that undoes the scaling */

@@ -113,8 +113,43 @@ CE_INLINE void q4_ints(const uint8_t *qs, __m256 v[4]) {
     for (int i = 0; i < 4; i++) v[i] = _mm256_cvtepi32_ps(_mm256_castps_si256(v[i]));
 }
 
+/* (a & m) | o: one vpternlogd where AVX-512VL is there, else an AND and an OR */
+CE_INLINE __m256i and_or(__m256i a, __m256i m, __m256i o) {
+#ifdef __AVX512VL__
+    return _mm256_ternarylogic_epi32(a, m, o, 0xEA);
+#else
+    return _mm256_or_si256(_mm256_and_si256(a, m), o);
+#endif
+}
+
+/* q4_bits' lanes as normal floats, with no subnormal anywhere (on CPUs that take a microcode
+ * assist for every subnormal FMA operand, Intel cores ~25x per FMA, it is the fast path). Vectors
+ * 1 and 3 (the second products of their pairs): q4_bits' AND, then vcvtdq2ps, so lane i holds the
+ * masked integer n = q * 2^sh exactly. Vectors 0 and 2 (the first products, fma(v, x, 0) in the
+ * other path) skip the conversion: n is ORed into the mantissa of 2^23, f = 2^23 + n exactly
+ * (n < 2^23), and the GEMV computes fma(f, x, c) with c = -2^23 x (built per row of x, build_xq):
+ * the FMA rounds f x + c = n x once, the bits fma(n, x, 0) gives. Vector 2 is taken from the
+ * bytes shifted right by 8 (the shift vector 3 needs anyway), n = q * 2^(sh - 8) < 2^16, its x
+ * scaled by 2^8 more to match. One vcvtdq2ps saved per such vector (the AND+OR is one vpternlogd
+ * with AVX-512VL, so no op added); on Zen 4 this path measured within a few percent of q4_bits
+ * (docs/architecture.md). The GEMV scales x so that every product, sum and the result are exact
+ * power-of-two multiples of the q4_bits path's (gemv.c, build_xq): both give the same bits. */
+enum { Q4N_MAGIC = 0x4B000000 }; /* 2^23 */
+CE_INLINE void q4_ints_fx(const uint8_t *qs, __m256 v[4]) {
+    const __m256i m0 = _mm256_setr_epi32(0xF, 0xF, 0xF, 0xF, 0xF0, 0xF0, 0xF0, 0xF0);
+    const __m256i m1 = _mm256_slli_epi32(m0, 8);
+    const __m256i m3 = _mm256_setr_epi32(0xF << 16, 0xF << 16, 0xF << 16, 0xF << 16, 0xF << 20, 0xF << 20,
+                                         0xF << 20, 0xF << 20);
+    const __m256i one = _mm256_set1_epi32(Q4N_MAGIC);
+    const __m256i bq = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs)), b8 = _mm256_srli_epi32(bq, 8);
+    v[0] = _mm256_castsi256_ps(and_or(bq, m0, one));
+    v[1] = _mm256_cvtepi32_ps(_mm256_and_si256(bq, m1));
+    v[2] = _mm256_castsi256_ps(and_or(b8, m1, one));
+    v[3] = _mm256_cvtepi32_ps(_mm256_and_si256(b8, m3));
+}
+
 /* The integers of a block as floats, unscaled (Q8_0: q, in element order; Q4_0 and Q4_1: q, 0..15,
- * as q4_bits (q4n = 0) or q4_ints (q4n = 1) leaves them), with the block's scale d broadcast: w = d * v (+ m for Q4_1, - 8 d for Q4_0, left to
+ * as q4_bits (q4n = 0), q4_ints (1) or q4_ints_fx (2: vectors 0 and 2 biased by 2^23) leave them), with the block's scale d broadcast: w = d * v (+ m for Q4_1, - 8 d for Q4_0, left to
  * the caller). The GEMV then scales a block's sum once instead of every weight. */
 CE_INLINE void ld32_ints(int dtype, int q4n, const void *row, int64_t b, __m256 v[4], __m256 *d) {
     if (dtype == CE_Q8_0) {
@@ -125,12 +160,14 @@ CE_INLINE void ld32_ints(int dtype, int q4n, const void *row, int64_t b, __m256 
     } else if (dtype == CE_Q4_0) {
         const ce_block_q4_0 *blk = (const ce_block_q4_0 *)row + b;
         *d = bcast_f16(&blk->d);
-        if (q4n) q4_ints(blk->qs, v); /* q; the GEMV adds the -8 d term per block (gemv.c, build_xq) */
+        if (q4n == 2) q4_ints_fx(blk->qs, v); /* q; the GEMV adds the -8 d term per block (gemv.c, build_xq) */
+        else if (q4n) q4_ints(blk->qs, v);
         else q4_bits(blk->qs, v);
     } else {
         const ce_block_q4_1 *blk = (const ce_block_q4_1 *)row + b;
         *d = bcast_f16(&blk->d);
-        if (q4n) q4_ints(blk->qs, v);
+        if (q4n == 2) q4_ints_fx(blk->qs, v);
+        else if (q4n) q4_ints(blk->qs, v);
         else q4_bits(blk->qs, v);
     }
 }

@@ -13,6 +13,8 @@
  *   env GAP=us: spin that long between calls, as Python does between ops
  *   env STEADY=1: run the decode set once untimed before the timed pass (consecutive decode steps
  *   instead of a first step after the workers went to sleep)
+ *   env ROWS=n: n rows of x instead of 1 (prefill: the blocked GEMV loop); prints GFLOP/s of the
+ *   set, and skips the lm head
  */
 #include <dlfcn.h>
 #include <stdio.h>
@@ -73,6 +75,7 @@ int main(int argc, char **argv) {
     if (V > MAX_LIBS) V = MAX_LIBS;
     gap_s = getenv("GAP") ? atof(getenv("GAP")) * 1e-6 : 0;
     const int steady = getenv("STEADY") && atoi(getenv("STEADY"));
+    const int64_t rows = getenv("ROWS") && atoi(getenv("ROWS")) > 0 ? atoi(getenv("ROWS")) : 1;
     const int64_t sh[NW][2] = {{576, 576}, {192, 576}, {192, 576}, {576, 576}, {1536, 576}, {1536, 576}, {576, 1536}};
     const int64_t hs[2] = {49152, 576};
     float *f = malloc(sizeof(float) * 49152 * 576);
@@ -95,12 +98,12 @@ int main(int argc, char **argv) {
             return 1;
         }
         threads(th);
-        const int64_t s576[2] = {1, 576}, s1536[2] = {1, 1536}, s192[2] = {1, 192}, sv[2] = {1, 49152};
+        const int64_t s576[2] = {rows, 576}, s1536[2] = {rows, 1536}, s192[2] = {rows, 192}, sv[2] = {rows, 49152};
         tnew(&b->x, CE_F32, 2, s576), tnew(&b->x_ff, CE_F32, 2, s1536), tnew(&b->q, CE_F32, 2, s576);
         tnew(&b->k, CE_F32, 2, s192), tnew(&b->v, CE_F32, 2, s192), tnew(&b->gate, CE_F32, 2, s1536);
         tnew(&b->up, CE_F32, 2, s1536), tnew(&b->o, CE_F32, 2, s576), tnew(&b->logits, CE_F32, 2, sv);
-        for (int k = 0; k < 576; k++) ((float *)b->x->data)[k] = (k % 7) - 3.1f;
-        for (int k = 0; k < 1536; k++) ((float *)b->x_ff->data)[k] = (k % 5) - 2.1f;
+        for (int k = 0; k < 576 * rows; k++) ((float *)b->x->data)[k] = (k % 7) - 3.1f;
+        for (int k = 0; k < 1536 * rows; k++) ((float *)b->x_ff->data)[k] = (k % 5) - 2.1f;
         for (int l = 0; l < L; l++)
             for (int j = 0; j < NW; j++) {
                 tnew(&b->w[l][j], dt, 2, sh[j]);
@@ -122,15 +125,19 @@ int main(int argc, char **argv) {
             double t0 = now();
             if (decode_set(b)) goto fail;
             double t1 = now();
-            if (b->matmul(b->logits, b->x, b->head, NULL)) goto fail;
+            if (rows == 1 && b->matmul(b->logits, b->x, b->head, NULL)) goto fail;
             double t2 = now();
-            td[v * R + r] = set_bytes / (t1 - t0) / 1e9;
+            /* ROWS > 1: GFLOP/s of the set (2 flops per weight and row of x) */
+            td[v * R + r] = (rows > 1 ? set_bytes / per32 * 32 * 2 * rows : set_bytes) / (t1 - t0) / 1e9;
             tl[v * R + r] = head_bytes / (t2 - t1) / 1e9;
         }
     for (int v = 0; v < V; v++) {
         qsort(td + v * R, R, sizeof(double), cmp);
         qsort(tl + v * R, R, sizeof(double), cmp);
-        printf("%-24s decode set %6.2f GB/s   lm head %6.2f GB/s\n", argv[4 + v], td[v * R + R / 2], tl[v * R + R / 2]);
+        if (rows > 1)
+            printf("%-24s set, %lld rows %6.2f GFLOP/s\n", argv[4 + v], (long long)rows, td[v * R + R / 2]);
+        else
+            printf("%-24s decode set %6.2f GB/s   lm head %6.2f GB/s\n", argv[4 + v], td[v * R + R / 2], tl[v * R + R / 2]);
     }
     return 0;
 fail:

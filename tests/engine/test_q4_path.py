@@ -187,3 +187,41 @@ def test_environment_variable_sets_the_start_path():
         assert r.stdout.split() == [value, value]
     r = _run(code, "fastest")
     assert r.returncode != 0 and "TOOLKIT_Q4_PATH must be one of auto, normal, subnormal" in r.stderr
+
+
+def extreme_x(m, k, seed):
+    """rows spanning the whole F32 range: a largest |x| near FLT_MAX / 2^30 (build_xq's exponent
+    clamps there, so the normal path's first-product addends -2^23 xq reach ~2^117), huge and tiny
+    magnitudes mixed in every block, and the smallest subnormals"""
+    big = struct.unpack("<f", struct.pack("<f", 3.4028234663852886e38 / 2 ** 30))[0]
+    x = rand_list(m * k, seed)
+    for i in range(len(x)):
+        if i % 5 == 1:
+            x[i] = math.ldexp(x[i], 90)
+        elif i % 5 == 3:
+            x[i] = math.ldexp(x[i], -140)
+    for r in range(m):
+        x[r * k + 7] = big if r % 2 else -big
+        x[r * k + 11], x[r * k + 12] = 2.0 ** -149, -2.0 ** -149
+    return x
+
+
+@pytest.mark.parametrize("dtype", ["Q4_0", "Q4_1"])
+def test_paths_bit_identical_at_extreme_activation_scales(dtype):
+    """The normal path's first products are fma(2^23 + q, xq, -2^23 xq) (simd_load.h, q4_ints):
+    exact only while -2^23 xq is finite and exact. With |x| from 2^-149 to FLT_MAX / 2^30 in one
+    row, both paths, both widths and the scalar twin still agree bit for bit, finite, within the
+    float64 reference's tolerance."""
+    for i, (m, n, k) in enumerate([(1, 37, 576), (3, 33, 160), (2, 9, 1536)]):
+        _, _, wt = make(m, n, k, dtype, 500 + i)
+        x = extreme_x(m, k, 600 + i)
+        xt = Tensor.from_list(x, (m, k))
+        sub, norm = both_paths(lambda: F.matmul(xt, wt).to_list())
+        assert sub == norm and all(math.isfinite(v) for v in norm), (dtype, m, n, k)
+        assert max(abs(v) for v in norm) > 1e28  # the huge activations did reach the outputs
+        check_q4_against_reference(norm, [x[r * k:(r + 1) * k] for r in range(m)], wt, decode_weights(wt))
+        B.set_simd(False)
+        try:
+            assert F.matmul(xt, wt).to_list() == norm, (dtype, m, n, k)
+        finally:
+            B.set_simd(True)
