@@ -464,9 +464,9 @@ AI void dot_tile_qz(int dtype, int q4n, int fx, int P, int R, const char *w0, in
             } else {
                 const __m512i bq = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(bp + qoff)));
                 const __m512i b8 = _mm512_srlv_epi32(bq, sh13);
-                if (fx) {
-                    z02 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(b8, m02n, one, 0xEA)); /* (b8 & m) | one */
+                if (fx) { /* z13 first: the vpternlogd then overwrites b8, its last use, with no copy */
                     z13 = _mm512_cvtepi32_ps(_mm512_and_si512(b8, m13));
+                    z02 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(b8, m02n, one, 0xEA)); /* (b8 & m) | one */
                 } else {
                     z02 = _mm512_castsi512_ps(_mm512_and_si512(bq, m02));
                     z13 = _mm512_castsi512_ps(_mm512_and_si512(b8, m13));

@@ -142,10 +142,10 @@ CE_INLINE void q4_ints_fx(const uint8_t *qs, __m256 v[4]) {
                                          0xF << 20, 0xF << 20);
     const __m256i one = _mm256_set1_epi32(Q4N_MAGIC);
     const __m256i bq = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs)), b8 = _mm256_srli_epi32(bq, 8);
-    v[0] = _mm256_castsi256_ps(and_or(bq, m0, one));
     v[1] = _mm256_cvtepi32_ps(_mm256_and_si256(bq, m1));
-    v[2] = _mm256_castsi256_ps(and_or(b8, m1, one));
     v[3] = _mm256_cvtepi32_ps(_mm256_and_si256(b8, m3));
+    v[0] = _mm256_castsi256_ps(and_or(bq, m0, one)); /* last uses: vpternlogd overwrites them, no copy */
+    v[2] = _mm256_castsi256_ps(and_or(b8, m1, one));
 }
 
 /* The integers of a block as floats, unscaled (Q8_0: q, in element order; Q4_0 and Q4_1: q, 0..15,
