@@ -211,7 +211,10 @@ static inline float pow2f(int e) {
  * and the sums by 2^(E - Q4N_SHIFT): every product, sum and partial result is then the q4_bits
  * path's times 2^(149 - Q4N_SHIFT) exactly, all normal and far from overflow (|products| < 2^78),
  * so both paths give the same bits whenever the q4_bits path's products are normal, i.e. unless
- * some |x| is below ~2^-76 of the largest (there q4_ints is the more accurate one). */
+ * some |x| is below ~2^-76 of the largest (there q4_ints is the more accurate one).
+ * fx (q4_ints_fx, the normal path in the decode stream): vector 2 is scaled by 2^8 more (its lanes
+ * come from the bytes shifted right by 8), and each block's 32 x are followed by its 16 addends
+ * -2^23 xq of vectors 0 and 2, so a row is 48 floats per block. */
 enum { Q4N_SHIFT = 26 };
 static float build_xq(const float *x, int64_t K, float *xq, float *sq, float ms, int q4n, int fx, int zl) {
     const int64_t xb = fx ? 48 : 32; /* floats of xq per block: x, then q4_ints' addends */

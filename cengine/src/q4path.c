@@ -19,8 +19,9 @@ static int forced;             /* CE_Q4_AUTO, or the path a caller forced */
 static int probe_pick = 1;     /* the probe's choice */
 static double probe_ns[2];     /* [0]: subnormal, [1]: normal operands; ns per 8-lane FMA */
 
-#define SUB_SLOWER 1.5 /* q4_ints costs ~40% more vector uops per block and row than q4_bits, ~15% of
-                          the decode set's speed on Zen 4 (docs/architecture.md): below this, q4_bits */
+#define SUB_SLOWER 1.5 /* the normal path (q4_ints_fx in decode) costs ~20% more vector uops per block
+                          and row than q4_bits, 11-14% of the decode set's speed on Zen 4
+                          (docs/architecture.md): below this, q4_bits */
 
 #if CE_HAVE_AVX2
 enum { PROBE_ITERS = 512, PROBE_REPS = 5 };

@@ -131,9 +131,12 @@ CE_INLINE __m256i and_or(__m256i a, __m256i m, __m256i o) {
  * the FMA rounds f x + c = n x once, the bits fma(n, x, 0) gives. Vector 2 is taken from the
  * bytes shifted right by 8 (the shift vector 3 needs anyway), n = q * 2^(sh - 8) < 2^16, its x
  * scaled by 2^8 more to match. One vcvtdq2ps saved per such vector (the AND+OR is one vpternlogd
- * with AVX-512VL, so no op added); on Zen 4 this path measured within a few percent of q4_bits
- * (docs/architecture.md). The GEMV scales x so that every product, sum and the result are exact
- * power-of-two multiples of the q4_bits path's (gemv.c, build_xq): both give the same bits. */
+ * with AVX-512VL, so no op added). On Zen 4 the decode set ran 4-9% faster than with q4_ints, at
+ * 0.86-0.89x of q4_bits (from 0.81-0.84x); the two conversions left are the whole gap
+ * (docs/architecture.md). The decode stream only: in the blocked loop's 4x4 tiles the addends'
+ * loads cost more than the conversions (gemv.c, gemv_tile). The GEMV scales x so that every
+ * product, sum and the result are exact power-of-two multiples of the q4_bits path's (gemv.c,
+ * build_xq): both give the same bits. */
 enum { Q4N_MAGIC = 0x4B000000 }; /* 2^23 */
 CE_INLINE void q4_ints_fx(const uint8_t *qs, __m256 v[4]) {
     const __m256i m0 = _mm256_setr_epi32(0xF, 0xF, 0xF, 0xF, 0xF0, 0xF0, 0xF0, 0xF0);
