@@ -182,11 +182,12 @@ static void qk_tile_n(float *S, const float *const *q, const float *const *k, in
 
 #if defined(__AVX512F__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
 #define ATTN_HAVE_Z 1
-/* The 512-bit forms of qk_tile and pv_tile (run when ce_vector_bits == 512), with the same bits:
+/* The 512-bit forms of qk_tile and pv_tile with the same bits:
  * every lane sums the same products in the same order as a lane of the 256-bit kernel.
  * q.k: a zmm holds the same 8 dims of two keys (the halves of one 256-bit accumulator each), so
  * the per-key hadd tree is unchanged: 6 FMAs per 8 dims for 3 heads x 4 keys instead of 12, one
  * lane insert per key pair. e.V: a zmm holds 16 dims of a head, which accumulate independently.
+ * Run when the attention family's width (ce_vec_bits, vecwidth.c) is 512.
  * On AMD Zen 4 (512-bit ops issue as two halves) they measured 0.95-0.97x of the 256-bit kernels
  * (cache in L2, 1 thread) and the same within noise with the cache in DRAM; the width probe keeps
  * 256 there. */
@@ -618,7 +619,7 @@ static ce_status attn_prepare(attn_ctx *c, const char *op, ce_tensor *out, const
                     NULL, NULL, 0, 0};
 #if CE_HAVE_AVX2
     c->simd = ce_simd_on && D % 8 == 0;
-    c->wide = ATTN_HAVE_Z && ce_vector_bits == 512;
+    c->wide = ATTN_HAVE_Z && ce_vec_bits[CE_VK_ATTENTION] == 512;
 #endif
     return CE_OK;
 }
