@@ -13,7 +13,6 @@ makes, as a share of the step's time.
 """
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -95,17 +94,6 @@ def _worker(args):
     return 0
 
 
-def _build_without_profiler(dest):
-    for part in ("cengine", "toolkit"):
-        shutil.copytree(os.path.join(ROOT, part), os.path.join(dest, part),
-                        ignore=shutil.ignore_patterns("*.so", "*.o", "__pycache__"))
-    env = dict(os.environ, TOOLKIT_NO_PROFILE="1")
-    r = subprocess.run([sys.executable, os.path.join(dest, "cengine", "build_cengine.py")], env=env,
-                       capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"building the engine without the profiler failed:\n{r.stderr[-2000:]}")
-
-
 class _Worker:
     def __init__(self, tree, args):
         cmd = [sys.executable, "-m", "toolkit.bench", "profiler", "--worker", "--tokens", str(args.tokens)]
@@ -169,7 +157,13 @@ def main(argv=None):
         return 0
     with tempfile.TemporaryDirectory(prefix="cengine-noprof-") as other:
         print("building a copy with TOOLKIT_NO_PROFILE=1 ...", flush=True)
-        _build_without_profiler(other)
+        from toolkit import errors
+        from toolkit.core.engine.profile import build_copy_without_profiler
+
+        try:
+            build_copy_without_profiler(other)
+        except errors.ToolkitError as e:
+            raise SystemExit(str(e)) from None
         a, b = _Worker(ROOT, args), _Worker(other, args)
         if not a.compiled or b.compiled:
             raise SystemExit("the two builds are not with and without the profiler")

@@ -46,6 +46,24 @@ def compiled():
     return bool(lib.ce_profile_compiled())
 
 
+def build_copy_without_profiler(dest):
+    """Copies the engine and package sources of this checkout into dest and builds the engine there
+    with TOOLKIT_NO_PROFILE=1 (CE_NO_PROFILE), for comparing against a build with the profiler
+    compiled out (python -m toolkit.bench profiler). Needs a source checkout and a C compiler."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    for part in ("cengine", "toolkit"):
+        shutil.copytree(os.path.join(root, part), os.path.join(dest, part),
+                        ignore=shutil.ignore_patterns("*.so", "*.o", "__pycache__"))
+    r = subprocess.run([sys.executable, os.path.join(dest, "cengine", "build_cengine.py")],
+                       env=dict(os.environ, TOOLKIT_NO_PROFILE="1"), capture_output=True, text=True)
+    if r.returncode:
+        raise errors.ToolkitError(f"building the engine without the profiler failed:\n{r.stderr[-2000:]}")
+
+
 def read_counters():
     """The engine's counters now: {op name: dict(calls, failed, seconds, bytes_read, ...)}."""
     raw = ffi.new("ce_prof_stats[]", lib.CE_OP_COUNT)
