@@ -343,6 +343,29 @@ AI __m256 dm_pairs(int dtype, int P, const char *blk, int64_t ws) {
     return _mm256_cvtph_ps(dm);
 }
 
+/* The m terms of a tile at block b: lane 2p + 1 of macc[r] gains m_p S_b of weight row p and row
+ * r of x (sq's pair (0, ms S_b), through a may-alias vector load). Q8_0 has none. */
+AI void m_terms(int dtype, int P, int R, const char *blk, int64_t ws, const float *const *sq, int64_t b,
+                __m256 *macc) {
+    if (dtype == CE_Q8_0) return;
+    const __m256 dmf = dm_pairs(dtype, P, blk, ws);
+    for (int r = 0; r < R; r++)
+        macc[r] = _mm256_fmadd_ps(dmf, _mm256_castsi256_ps(_mm256_broadcastq_epi64(
+                                           _mm_loadl_epi64((const __m128i *)(sq[r] + 2 * b)))), macc[r]);
+}
+
+/* res[p * R + r] from a block tile's accumulators: each output's lanes summed, plus its m term,
+ * times its row's unscaling factor (Q4) */
+AI void tile_results(int dtype, int P, int R, const __m256 *acc, const __m256 *macc, const float *us, float *res) {
+    float ml[GEMV_RMAX][8];
+    for (int r = 0; r < R; r++) _mm256_storeu_ps(ml[r], macc[r]);
+    #pragma GCC unroll 16
+    for (int t = 0; t < P * R; t++) {
+        res[t] = hsum8(acc[t]);
+        if (dtype != CE_Q8_0) res[t] = (res[t] + ml[t % R][2 * (t / R) + 1]) * us[t % R];
+    }
+}
+
 /* res[p * R + r] = w[p] . x[r] for the P weight rows of a tile starting at w0 (row stride ws) and
  * R rows of x (Q4: xq rows, with their block sums sq and unscaling factors us; for q4n each
  * block's 32 x are followed by the 16 addends of its first products). */
@@ -363,7 +386,7 @@ AI void dot_tile_q(int dtype, int q4n, int fx, int P, int R, const char *w0, int
         /* Odd-sized blocks defeat the hardware prefetcher: stream the rows of a tile ahead (adjacent
          * in memory) at P times this tile's pace, so they are in cache when that tile starts. */
         for (int i = 0; i < npf; i++) _mm_prefetch(pf + b * bb * P + 64 * i, _MM_HINT_T0);
-        __m256 xv[GEMV_RMAX][4], sv[GEMV_RMAX], cv[GEMV_RMAX][2];
+        __m256 xv[GEMV_RMAX][4], cv[GEMV_RMAX][2];
         for (int r = 0; r < R; r++) {
             for (int i = 0; i < 4; i++) {
                 xv[r][i] = _mm256_loadu_ps(x[r] + xb * b + 8 * i);
@@ -376,13 +399,8 @@ AI void dot_tile_q(int dtype, int q4n, int fx, int P, int R, const char *w0, int
                 cv[r][i] = fx ? _mm256_loadu_ps(x[r] + xb * b + 32 + 8 * i) : zero;
                 if (fx && R <= 2) KEEP_IN_REG(cv[r][i]);
             }
-            if (dtype != CE_Q8_0) /* the pair (0, ms S_b), through a may-alias vector load */
-                sv[r] = _mm256_castsi256_ps(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)(sq[r] + 2 * b))));
         }
-        if (dtype != CE_Q8_0) {
-            const __m256 dmf = dm_pairs(dtype, P, blk, ws);
-            for (int r = 0; r < R; r++) macc[r] = _mm256_fmadd_ps(dmf, sv[r], macc[r]);
-        }
+        m_terms(dtype, P, R, blk, ws, sq, b, macc);
         for (int p = 0; p < P; p++) {
             __m256 v[4], d;
             ld32_ints(dtype, fx ? 2 : q4n, blk + p * ws, 0, v, &d);
@@ -393,14 +411,7 @@ AI void dot_tile_q(int dtype, int q4n, int fx, int P, int R, const char *w0, int
             }
         }
     }
-    float ml[GEMV_RMAX][8];
-    for (int r = 0; r < R; r++) _mm256_storeu_ps(ml[r], macc[r]);
-    #pragma GCC unroll 16
-    for (int t = 0; t < P * R; t++) {
-        res[t] = hsum8(acc[t]);
-        if (dtype != CE_Q8_0) res[t] += ml[t % R][2 * (t / R) + 1];
-        if (dtype != CE_Q8_0) res[t] *= us[t % R];
-    }
+    tile_results(dtype, P, R, acc, macc, us, res);
 }
 
 #if GEMV_HAVE_Z
@@ -434,7 +445,6 @@ AI void dot_tile_qz(int dtype, int q4n, int fx, int P, int R, const char *w0, in
         const char *blk = w0 + b * bb;
         for (int i = 0; i < npf; i++) _mm_prefetch(pf + b * bb * P + 64 * i, _MM_HINT_T0);
         __m512 xv[GEMV_RMAX][2], cv[GEMV_RMAX];
-        __m256 sv[GEMV_RMAX];
         for (int r = 0; r < R; r++) {
             for (int i = 0; i < 2; i++) xv[r][i] = _mm512_loadu_ps(x[r] + xb * b + 16 * i);
             cv[r] = fx ? _mm512_loadu_ps(x[r] + xb * b + 32) : zero; /* q4_ints' addends (dot_tile_q) */
@@ -446,13 +456,8 @@ AI void dot_tile_qz(int dtype, int q4n, int fx, int P, int R, const char *w0, in
             }
             for (int i = 0; i < 2; i++)
                 if (R <= 2) KEEP_IN_REG(xv[r][i]);
-            if (dtype != CE_Q8_0)
-                sv[r] = _mm256_castsi256_ps(_mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)(sq[r] + 2 * b))));
         }
-        if (dtype != CE_Q8_0) {
-            const __m256 dmf = dm_pairs(dtype, P, blk, ws);
-            for (int r = 0; r < R; r++) macc[r] = _mm256_fmadd_ps(dmf, sv[r], macc[r]);
-        }
+        m_terms(dtype, P, R, blk, ws, sq, b, macc);
         for (int p = 0; p < P; p++) {
             const char *bp = blk + p * ws;
             const __m256 d = bcast_f16((const uint16_t *)bp);
@@ -488,14 +493,7 @@ AI void dot_tile_qz(int dtype, int q4n, int fx, int P, int R, const char *w0, in
             }
         }
     }
-    float ml[GEMV_RMAX][8];
-    for (int r = 0; r < R; r++) _mm256_storeu_ps(ml[r], macc[r]);
-    #pragma GCC unroll 16
-    for (int t = 0; t < P * R; t++) {
-        res[t] = hsum8(acc[t]);
-        if (dtype != CE_Q8_0) res[t] += ml[t % R][2 * (t / R) + 1];
-        if (dtype != CE_Q8_0) res[t] *= us[t % R];
-    }
+    tile_results(dtype, P, R, acc, macc, us, res);
 }
 #endif
 
