@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt
 
 import toolkit
 import toolkit.experiments as ex
+from toolkit.interp import induction_scores
 from toolkit.core.engine import functional as F
 
 m = toolkit.load(model_name, threads=threads)
@@ -73,18 +74,12 @@ print(f"mean loss, second half {statistics.mean(second_half):.2f} nats  (repeate
 
 # %% [markdown]
 # ## Induction score of every head
-# One pass per sequence, caching only the attention patterns (`[heads, query, key]` per layer).
+# `toolkit.interp.induction_scores`: one pass per sequence, caching only the attention patterns
+# (`[heads, query, key]` per layer); each head's mean attention from a repeated token to the token
+# after its first occurrence.
 
 # %%
-scores = [[0.0] * H for _ in range(L)]
-for ids in seqs:
-    _, cache = m.run_with_cache(ids, names_filter=lambda n: n.endswith("attn.hook_pattern"))
-    for layer in range(L):
-        P = cache[f"blocks.{layer}.attn.hook_pattern"].tolist()     # [H][T][T]
-        for h in range(H):
-            s = [P[h][i][i - seq_len + 1] for i in range(off + seq_len, off + 2 * seq_len)]
-            scores[layer][h] += sum(s) / len(s) / n_seqs
-    del cache
+scores = induction_scores(m, seqs, period=seq_len, start=off)   # [layer][head], on the engine
 
 flat = sorted(((scores[l][h], l, h) for l in range(L) for h in range(H)), reverse=True)
 median = statistics.median(s for s, _, _ in flat)

@@ -36,7 +36,7 @@ import toolkit
 import toolkit.experiments as ex
 from toolkit.core.engine import functional as F
 from toolkit.core.engine.backend import Tensor
-from toolkit.interp import activation_patching, steering_hooks
+from toolkit.interp import activation_patching, induction_scores, steering_hooks
 
 m = toolkit.load(model_name, threads=threads)
 L, H, D = m.config.num_hidden_layers, m.config.num_attention_heads, m.config.head_dim
@@ -53,15 +53,7 @@ for _ in range(n_seqs):
 # First find the heads again (the same measurement as notebook 03, condensed).
 
 # %%
-scores = [[0.0] * H for _ in range(L)]
-for ids in seqs:
-    _, cache = m.run_with_cache(ids, names_filter=lambda n: n.endswith("attn.hook_pattern"))
-    for layer in range(L):
-        P = cache[f"blocks.{layer}.attn.hook_pattern"].tolist()         # [H][T][T]
-        for h in range(H):
-            s = [P[h][i][i - seq_len + 1] for i in range(off + seq_len, off + 2 * seq_len)]
-            scores[layer][h] += sum(s) / len(s) / n_seqs
-    del cache
+scores = induction_scores(m, seqs, period=seq_len, start=off)   # [layer][head], on the engine
 ranked = sorted(((scores[l][h], l, h) for l in range(L) for h in range(H)), reverse=True)
 top_heads = [(l, h) for _, l, h in ranked[:k_heads]]
 print("top induction heads:", ", ".join(f"L{l}.H{h} ({scores[l][h]:.2f})" for l, h in top_heads))
