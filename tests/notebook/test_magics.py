@@ -1,4 +1,5 @@
 """`%load_ext toolkit` magics on a headless IPython shell."""
+import pytest
 from IPython.utils.capture import capture_output
 
 from nb_fakes import InterpModel, magics_of
@@ -151,3 +152,87 @@ def test_tk_profile_shows_the_table_and_the_layer_chart(shell, model):
         magics_of(shell).model = model
         result, cap = run(shell, f"%tk_profile {PROMPT}")
         assert not result.success and "needs model.profile()" in cap.stderr
+
+
+def interrupt_on_pass(model, n):
+    """Ctrl-C as the kernel delivers it (SIGINT in the main thread), landing inside the n-th forward
+    pass, in the middle of the model's layers."""
+    import _thread
+
+    seen = [0]
+
+    def hook(t, hook):
+        seen[0] += 1
+        if seen[0] == n:
+            _thread.interrupt_main()
+    model.add_hook("blocks.10.hook_resid_post", hook)
+
+
+@pytest.mark.parametrize("cell, n", [
+    (f"%%tk_generate --max-new-tokens 40\n{PROMPT}", 4),
+    (f"%tk_cache {PROMPT} --names blocks.*.hook_resid_post", 1),
+    (f"%tk_attention {PROMPT} --layer 3", 1),
+    (f"%tk_profile {PROMPT} --max-new-tokens 16", 4),
+    ("%tk_bench --lengths 8 --new-tokens 8", 4),
+], ids=["generate", "cache", "attention", "profile", "bench"])
+def test_an_interrupt_ends_the_magic_with_one_line_and_the_session_goes_on(shell, model, cell, n):
+    magics_of(shell).model = model
+    expected = model.generate(PROMPT, max_new_tokens=8)
+    interrupt_on_pass(model, n)
+    try:
+        result, cap = run(shell, cell)
+    finally:
+        model.remove_hooks()
+    assert not result.success, "an interrupted cell fails, so Run All stops there"
+    lines = cap.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("UsageError: ") and "interrupted" in lines[0], cap.stderr
+    assert "Traceback" not in cap.stdout + cap.stderr
+    assert model.generate(PROMPT, max_new_tokens=8) == expected
+    result, cap = run(shell, f"%%tk_generate --max-new-tokens 8\n{PROMPT}")
+    assert result.success and cap.stdout.startswith(expected)
+
+
+def test_an_interrupted_generation_keeps_the_text_so_far(shell, model):
+    magics_of(shell).model = model
+    expected = model.generate(PROMPT, max_new_tokens=40)
+    interrupt_on_pass(model, 4)
+    try:
+        result, cap = run(shell, f"%%tk_generate --max-new-tokens 40\n{PROMPT}")
+    finally:
+        model.remove_hooks()
+    text, summary = cap.stdout.rstrip("\n").rsplit("\n", 1)
+    assert text and expected.startswith(text) and len(text) < len(expected)
+    assert summary.startswith("[prefill] 5 tokens")
+    assert "interrupted after" in cap.stderr
+
+
+def test_quoted_arguments_are_unquoted(shell, model, tmp_path):
+    magics_of(shell).model = model
+    result, cap = run(shell, "%tk_cache 'The cat sat' --names 'blocks.*.hook_resid_post' -o acts")
+    assert result.success, cap.stderr
+    acts = shell.user_ns["acts"]
+    assert len(acts.keys()) == model.config.num_hidden_layers
+    assert acts["blocks.0.hook_resid_post"].shape[0] == len(model.tokenizer.encode("The cat sat"))
+    result, cap = run(shell, f'%tk_attention "The cat sat" --layer 0 --head 1 --save "{tmp_path / "a"}"')
+    assert result.success, cap.stderr
+    (fig,) = cap.outputs
+    assert (tmp_path / "a.png").is_file()
+    # apostrophes inside a prompt stay as they are
+    result, cap = run(shell, "%tk_cache the cat's toy --names blocks.0.hook_resid_post -o acts")
+    assert result.success, cap.stderr
+    assert shell.user_ns["acts"]["blocks.0.hook_resid_post"].shape[0] == len(model.tokenizer.encode("the cat's toy"))
+
+
+def test_a_closed_model_is_not_silently_replaced(shell, smollm2_gguf_path):
+    result, cap = run(shell, f"%tk_load {smollm2_gguf_path} -o m")
+    assert result.success, cap.stderr
+    shell.user_ns["m"].close()
+    result, cap = run(shell, f"%%tk_generate --max-new-tokens 3\n{PROMPT}")
+    assert not result.success and "Traceback" not in cap.stdout + cap.stderr
+    lines = cap.stderr.strip().splitlines()
+    assert len(lines) == 1 and "closed" in lines[0] and "%tk_load" in lines[0], cap.stderr
+    assert "loading" not in cap.stdout
+    result, cap = run(shell, f"%tk_load {smollm2_gguf_path} -o m")
+    assert result.success, cap.stderr
+    result, cap = run(shell, f"%%tk_generate --max-new-tokens 3\n{PROMPT}")
+    assert result.success and cap.stdout.startswith(" Paris")

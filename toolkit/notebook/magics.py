@@ -9,8 +9,10 @@ profile and benchmark from notebook cells.
     %tk_bench [--lengths 16,64,256] [--new-tokens N] prefill / decode tokens/s by prompt length
               [--batch 1,2,4]                        (and total tokens/s by batch size)
 
-A bad argument or a failure the toolkit reports (a ToolkitError) ends the magic with one line
-(IPython's UsageError, no traceback) and leaves the kernel as it was; bugs still show a traceback.
+A bad argument, a failure the toolkit reports (a ToolkitError) or an interrupt (Ctrl-C, the kernel's
+stop button) ends the magic with one line (IPython's UsageError, no traceback) and leaves the kernel
+as it was; bugs still show a traceback. Quotes around an argument are removed
+(`%tk_attention "The cat sat" --layer 3`); an apostrophe inside a word stays.
 """
 import functools
 import time
@@ -41,16 +43,34 @@ def _one_line(fn):
             raise
         except (errors.ToolkitError, OSError) as exc:
             raise UsageError(f"{fn.__name__}: {type(exc).__name__}: {exc}") from None
+        except KeyboardInterrupt:
+            # the cell still fails (so Run All stops), but with one line, not a traceback through
+            # the model's layers; every step leaves the model as it was, so the next cell works
+            raise UsageError(f"{fn.__name__}: interrupted") from None
     return wrapper
+
+
+def _unquote(s):
+    # IPython splits magic lines without removing quotes: '"The cat sat"' arrives quoted
+    if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
+        return s[1:-1]
+    return s
 
 
 def _parse(magic, line):
     try:
-        return parse_argstring(magic, line)
+        args = parse_argstring(magic, line)
     except UsageError:
         raise
     except ValueError as exc:  # unbalanced quotes in the line
         raise UsageError(f"{magic.__name__}: {exc}") from None
+    for k, v in vars(args).items():
+        if isinstance(v, str):
+            setattr(args, k, _unquote(v))
+        elif isinstance(v, list) and len(v) == 1 and isinstance(v[0], str):
+            # a prompt given as one quoted string; a quote that opens one word of several stays
+            setattr(args, k, [_unquote(v[0])])
+    return args
 
 
 @magics_class
@@ -62,9 +82,12 @@ class ToolkitMagics(Magics):
         self.model = None
 
     def _model(self):
-        if self.model is None or not session.is_open(self.model):
+        if self.model is None:
             print(f"(no model loaded: loading {DEFAULT_MODEL}; %tk_load picks another)")
             self._load(DEFAULT_MODEL, None)
+        elif not session.is_open(self.model):
+            # never swap in another model behind the user's back: results would silently change
+            raise UsageError(f"the model the magics use ({self.model.path}) was closed: run %tk_load to load one")
         return self.model
 
     def _load(self, name, threads):
@@ -113,7 +136,9 @@ class ToolkitMagics(Magics):
                 events.append(ev)
                 print(ev.text, end="", flush=True)
         except KeyboardInterrupt:
-            print("\n(interrupted)")
+            print()
+            print(summary_line(events))
+            raise UsageError(f"tk_generate: interrupted after {len(events)} tokens") from None
         print()
         print(summary_line(events))
 
