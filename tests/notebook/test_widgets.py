@@ -177,3 +177,21 @@ def test_attention_explorer_on_the_real_patterns(model):
         assert sum(row) == pytest.approx(1.0, abs=1e-5) and all(v == 0 for v in row[q + 1:])
     drawn = ex.figure.axes[0].images[0].get_array().tolist()
     assert [v for r in drawn for v in r] == pytest.approx([v for r in pats[2] for v in r])
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda m: GenerationWidget("smollm2-135m-instruct"), "GenerationWidget needs a loaded model"),
+    (lambda m: GenerationWidget(None), "GenerationWidget needs a loaded model"),
+    (lambda m: GenerationWidget(m, prompt=123), "prompt"),
+    (lambda m: GenerationWidget(m, temperature="hot"), "temperature"),
+    (lambda m: GenerationWidget(m, seed="abc"), "seed"),
+    (lambda m: AttentionExplorer("smollm2-135m-instruct"), "AttentionExplorer needs a loaded model"),
+    (lambda m: AttentionExplorer(m, "hi", layer="3"), "layer"),
+    (lambda m: AttentionExplorer(m, 42), "prompt"),
+], ids=["gen-str-model", "gen-none", "gen-prompt", "gen-temperature", "gen-seed", "attn-str-model", "attn-layer",
+        "attn-prompt"])
+def test_wrong_types_raise_a_typed_error(model, make, needle):
+    from toolkit import errors
+
+    with pytest.raises(errors.ArgumentTypeError, match=needle):
+        make(model)

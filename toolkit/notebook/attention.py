@@ -26,7 +26,7 @@ class AttentionExplorer(W.VBox):
     status = T.Unicode("")
 
     def __init__(self, model, prompt="", layer=0, head=ALL_HEADS):
-        self.model = model
+        self.model = session.check_model(model, "AttentionExplorer", "run_with_cache")
         self._patterns = {}             # (prompt, layer) -> (tokens, [head][q][k])
         self.figure = None
         c = model.config
@@ -42,8 +42,9 @@ class AttentionExplorer(W.VBox):
         T.link((self._head, "value"), (self, "head"))
         T.dlink((self, "status"), (self._status, "value"))
         super().__init__([W.HBox([self._prompt, self._layer, self._head]), self._status, self._image])
-        self.layer, self.head = layer, head
-        self.prompt = prompt
+        with session.typed_traits("AttentionExplorer"):
+            self.layer, self.head = layer, head
+            self.prompt = prompt
         self.observe(lambda _: self.refresh(), ["prompt", "layer", "head"])
         if prompt:
             self.refresh()

@@ -7,8 +7,11 @@ widget generating in the background never shares a step with a magic in the fore
 model also serialises its own forward passes, which share activation buffers; this lock is the
 notebook's guarantee whatever the model does.)
 """
+import contextlib
 import threading
 import weakref
+
+import traitlets as T
 
 from toolkit import errors
 
@@ -44,6 +47,26 @@ def stream_events(model, prompt, stop=None, top=5, **settings):
     finally:
         with lock:
             gen.close()
+
+
+def check_model(model, who, *methods):
+    """Raises ArgumentTypeError unless `model` looks like a loaded toolkit.Model (has a config and
+    `methods`): a name or a path passed by mistake gets a sentence, not an AttributeError."""
+    missing = [a for a in ("config",) + methods if getattr(type(model), a, None) is None and not hasattr(model, a)]
+    if missing:
+        raise errors.ArgumentTypeError(f"{who} needs a loaded model (toolkit.load(...)), got {type(model).__name__} "
+                                       f"{model!r:.60}")
+    return model
+
+
+@contextlib.contextmanager
+def typed_traits(who):
+    """A wrong type given to a widget's constructor raises ArgumentTypeError (traitlets' own
+    TraitError is not a ToolkitError)."""
+    try:
+        yield
+    except T.TraitError as exc:
+        raise errors.ArgumentTypeError(f"{who}: {exc}") from None
 
 
 def is_open(model):

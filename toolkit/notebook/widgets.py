@@ -70,7 +70,7 @@ class GenerationWidget(W.VBox):
     status = T.Unicode("")
 
     def __init__(self, model, prompt="", **settings):
-        self.model = model
+        self.model = session.check_model(model, "GenerationWidget", "stream")
         self.conversation = []           # chat turns so far: [{"role", "content"}]
         self.events = []                 # TokenEvents of the latest generation
         self._stop = threading.Event()
@@ -108,11 +108,12 @@ class GenerationWidget(W.VBox):
                           (self._max, "max_new_tokens")):
             T.link((self, name), (ctl, "value"))
         T.dlink((self, "status"), (self._status, "value"))
-        self.prompt = prompt
-        for k, v in settings.items():
-            if not self.has_trait(k) or k in ("text", "n_tokens", "tokens_per_s", "running", "status"):
-                raise errors.ArgumentTypeError(f"GenerationWidget has no setting {k!r}")
-            setattr(self, k, v)
+        with session.typed_traits("GenerationWidget"):
+            self.prompt = prompt
+            for k, v in settings.items():
+                if not self.has_trait(k) or k in ("text", "n_tokens", "tokens_per_s", "running", "status"):
+                    raise errors.ArgumentTypeError(f"GenerationWidget has no setting {k!r}")
+                setattr(self, k, v)
         self.add_class("tk-generation")
 
     # ---- settings ----
