@@ -112,3 +112,35 @@ def test_a_returned_figure_displays_as_an_image_without_pyplot(shell):
     fig = plots.residual_norms([1.0, 2.0, 3.0])
     data, _ = shell.display_formatter.format(fig)
     assert data["image/png"][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _tensor(rows):
+    from toolkit.core.engine.backend import Tensor
+
+    return Tensor.from_list(rows)
+
+
+@pytest.mark.parametrize("draw", [
+    lambda: plots.attention_pattern([["a", "b"], ["c", "d"]]),
+    lambda: plots.attention_pattern([[[1.0]]]),
+    lambda: plots.attention_heads([[0.5, 0.5], [0.3, 0.7]]),
+    lambda: plots.throughput_over_generation("abc"),
+    lambda: plots.throughput_over_generation([object()]),
+    lambda: plots.throughput_vs_prompt_length(_tensor([16.0, 64.0]), [100.0, 200.0]),
+    lambda: plots.throughput_vs_prompt_length(["a", "b"], [100.0, 200.0]),
+    lambda: plots.throughput_vs_prompt_length([0, 64], [100.0, 200.0]),
+    lambda: plots.throughput_vs_batch_size([1, 2], [1.0, 2.0], [1.0]),
+    lambda: plots.layer_timing([0, 1], [0.1, 0.2], unit="min"),
+    lambda: plots.layer_timing([0, 1], [0.1, "x"]),
+    lambda: plots.logit_lens([["a"], ["b"]], [[0.5], [0.2]], layer_names=["x"]),
+    lambda: plots.residual_norms(_tensor([[1.0, 2.0]])),
+    lambda: plots.residual_norms([1.0, 2.0], layer_names=["a"]),
+    lambda: plots.residual_norms([[1.0, 2.0]], positions=["a"]),
+    lambda: plots.save(plots.residual_norms([1.0, 2.0]), "unused", formats=("xyz",)),
+], ids=["pattern-strings", "pattern-3d", "heads-2d", "events-str", "events-objects", "lengths-tensor",
+        "lengths-strings", "lengths-zero", "per-sequence-length", "unit", "seconds-str", "layer-names",
+        "norms-tensor", "norms-layer-names", "norms-positions", "save-format"])
+def test_bad_input_to_a_plot_is_one_typed_error(draw):
+    # never a ValueError / IndexError / KeyError from inside matplotlib or a figure of nonsense
+    with pytest.raises(errors.InvalidArgumentError):
+        draw()

@@ -8,6 +8,7 @@ notebook; `save(fig, "name")` writes name.png and name.svg.
 matplotlib is imported lazily: the rest of the toolkit does not need it.
 """
 import math
+import numbers
 import os
 
 from toolkit import errors
@@ -51,13 +52,38 @@ def token_label(text, width=12):
     return s if len(s) <= width else s[:width - 1] + "…"
 
 
+# Bad input is checked here, so that it raises one InvalidArgumentError naming the argument
+# instead of a ValueError from deep inside matplotlib, or draws a figure of nonsense.
+_SEQ = (list, tuple, range)
+
+
+def _numbers(values, what, positive=False):
+    """values as a list of floats; a list (or tuple) of real numbers is required."""
+    if not isinstance(values, _SEQ):
+        raise errors.InvalidArgumentError(f"{what} must be a list of numbers, got {type(values).__name__}; "
+                                          "call .tolist() on a tensor")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise errors.InvalidArgumentError(f"{what} must hold numbers, got {v!r:.40}")
+        if positive and not v > 0:
+            raise errors.InvalidArgumentError(f"{what} must be positive, got {v!r}")
+    return [float(v) for v in values]
+
+
+def _same_length(values, n, what, of):
+    if values is not None and (not isinstance(values, _SEQ) or len(values) != n):
+        got = len(values) if isinstance(values, _SEQ) else type(values).__name__
+        raise errors.InvalidArgumentError(f"{what} must list one entry per {of} ({n}), got {got}")
+    return values
+
+
 def _matrix(rows, what):
-    if not rows or not all(isinstance(r, (list, tuple)) for r in rows):
+    if not rows or not isinstance(rows, _SEQ) or not all(isinstance(r, _SEQ) for r in rows):
         raise errors.InvalidArgumentError(f"{what} must be a non-empty list of rows (lists of numbers); call .tolist() on a tensor")
     n = len(rows[0])
     if any(len(r) != n for r in rows):
         raise errors.InvalidArgumentError(f"{what} rows differ in length")
-    return [list(map(float, r)) for r in rows]
+    return [_numbers(r, f"{what} rows") for r in rows]
 
 
 def _heatmap(ax, pattern, tokens, title, cmap="viridis", vmin=0.0, vmax=None, labels=True):
@@ -93,8 +119,10 @@ def attention_pattern(pattern, tokens=None, layer=None, head=None, title=None):
 
 def attention_heads(patterns, tokens=None, layer=None, cols=None, title=None):
     """A grid of every head's pattern [head][query][key] of one layer; labels on the edge plots only."""
-    if not patterns:
-        raise errors.InvalidArgumentError("patterns must list at least one head")
+    if not patterns or not isinstance(patterns, _SEQ):
+        raise errors.InvalidArgumentError("patterns must list at least one head [head][query][key]; "
+                                          "call .tolist() on a tensor")
+    patterns = [_matrix(p, f"patterns[{i}] (one head's [query][key])") for i, p in enumerate(patterns)]
     h = len(patterns)
     cols = cols or min(h, 3 if h <= 9 else 4)
     rows = math.ceil(h / cols)
@@ -122,12 +150,18 @@ def attention_heads(patterns, tokens=None, layer=None, cols=None, title=None):
 
 def _events_to_rates(events):
     """(step index, tokens/s, phase) of TokenEvents, or of plain per-token seconds."""
+    if not isinstance(events, _SEQ):
+        raise errors.InvalidArgumentError(f"events must be a list of TokenEvents or of step seconds, got "
+                                          f"{type(events).__name__}")
     out = []
     for i, e in enumerate(events):
-        if isinstance(e, (int, float)):
+        if isinstance(e, numbers.Real) and not isinstance(e, bool):
             sec, n, phase = float(e), 1, "decode" if i else "prefill"
-        else:
+        elif all(hasattr(e, a) for a in ("seconds", "n_input", "phase")):
             sec, n, phase = e.seconds, e.n_input, e.phase
+        else:
+            raise errors.InvalidArgumentError(f"events must be TokenEvents (stream(..., details=True)) or step "
+                                              f"seconds, got {e!r:.40}")
         out.append((i, n / sec if sec > 0 else 0.0, phase))
     return out
 
@@ -162,6 +196,8 @@ def _with_cpu(title, cpu):
 
 def throughput_vs_prompt_length(lengths, prefill, decode=None, title=None, cpu=None):
     """Prefill (and decode) tokens/s against prompt length in tokens, log-scaled length axis."""
+    lengths = _numbers(lengths, "lengths", positive=True)       # a log axis: no zero
+    prefill, decode = _numbers(prefill, "prefill"), None if decode is None else _numbers(decode, "decode")
     if not lengths or len(lengths) != len(prefill) or (decode is not None and len(decode) != len(lengths)):
         raise errors.InvalidArgumentError("lengths, prefill (and decode) must be lists of the same, non-zero length")
     fig = _figure(6.0, 3.4)
@@ -170,7 +206,7 @@ def throughput_vs_prompt_length(lengths, prefill, decode=None, title=None, cpu=N
     if decode is not None:
         ax.plot(lengths, decode, marker="s", label="decode (after that prompt)")
     ax.set_xscale("log", base=2)
-    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.set_xticks(lengths, [f"{n:g}" for n in lengths])
     ax.set_xlabel("prompt length (tokens)")
     ax.set_ylabel("tokens / s")
     ax.set_ylim(bottom=0)
@@ -182,14 +218,18 @@ def throughput_vs_prompt_length(lengths, prefill, decode=None, title=None, cpu=N
 
 def throughput_vs_batch_size(batch_sizes, tokens_per_s, per_sequence=None, title=None, cpu=None):
     """Total decode tokens/s (and optionally per sequence) against the number of sequences batched."""
+    batch_sizes, tokens_per_s = _numbers(batch_sizes, "batch_sizes", positive=True), _numbers(tokens_per_s, "tokens_per_s")
     if not batch_sizes or len(batch_sizes) != len(tokens_per_s):
         raise errors.InvalidArgumentError("batch_sizes and tokens_per_s must be lists of the same, non-zero length")
+    if per_sequence is not None:
+        per_sequence = _numbers(_same_length(per_sequence, len(batch_sizes), "per_sequence", "batch size"),
+                                "per_sequence")
     fig = _figure(6.0, 3.4)
     ax = fig.add_subplot()
     ax.plot(batch_sizes, tokens_per_s, marker="o", label="total tokens/s")
     if per_sequence is not None:
         ax.plot(batch_sizes, per_sequence, marker="s", label="per sequence")
-    ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+    ax.set_xticks(batch_sizes, [f"{b:g}" for b in batch_sizes])
     ax.set_xlabel("batch size (sequences)")
     ax.set_ylabel("tokens / s")
     ax.set_ylim(bottom=0)
@@ -202,17 +242,20 @@ def throughput_vs_batch_size(batch_sizes, tokens_per_s, per_sequence=None, title
 def layer_timing(names, seconds, parts=None, title=None, unit="ms"):
     """Bars of time per layer. `parts` = {label: [seconds per layer]} stacks sub-layer times (say
     attention and MLP) inside each bar; `seconds` is then the whole layer's time."""
-    if not names or len(names) != len(seconds):
+    seconds = _numbers(seconds, "seconds")
+    if not isinstance(names, _SEQ) or not names or len(names) != len(seconds):
         raise errors.InvalidArgumentError("names and seconds must be lists of the same, non-zero length")
-    k = {"s": 1.0, "ms": 1e3, "us": 1e6}[unit]
+    scale = {"s": 1.0, "ms": 1e3, "us": 1e6}
+    if unit not in scale:
+        raise errors.InvalidArgumentError(f"unit must be one of {sorted(scale)}, got {unit!r}")
+    k = scale[unit]
     fig = _figure(max(5.0, 0.22 * len(names) + 2.0), 3.4)
     ax = fig.add_subplot()
     x = list(range(len(names)))
     if parts:
         bottom = [0.0] * len(names)
         for label, vals in parts.items():
-            if len(vals) != len(names):
-                raise errors.InvalidArgumentError(f"parts[{label!r}] has {len(vals)} values for {len(names)} layers")
+            vals = _numbers(_same_length(vals, len(names), f"parts[{label!r}]", "layer"), f"parts[{label!r}]")
             v = [s * k for s in vals]
             ax.bar(x, v, bottom=bottom, label=label)
             bottom = [b + y for b, y in zip(bottom, v)]
@@ -236,6 +279,7 @@ def logit_lens(top_tokens, probs, input_tokens=None, layer_names=None, title=Non
     if len(top_tokens) != len(m) or any(len(r) != len(m[0]) for r in top_tokens):
         raise errors.InvalidArgumentError("top_tokens must have the shape of probs [layer][position]")
     layers, pos = len(m), len(m[0])
+    _same_length(layer_names, layers, "layer_names", "layer")
     fig = _figure(min(max(4.0, 0.9 * pos + 2.0), 20.0), min(max(3.0, 0.3 * layers + 1.5), 14.0))
     ax = fig.add_subplot()
     im = ax.imshow(m, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest", origin="lower")
@@ -267,13 +311,18 @@ def logit_lens_figure(lens, input_tokens=None, title=None):
 def residual_norms(norms, layer_names=None, positions=None, title=None):
     """Residual-stream L2 norm by layer: `norms` is [layer] (one line) or [layer][position] (one line
     per position, labelled with `positions`, e.g. the tokens)."""
-    if not norms:
-        raise errors.InvalidArgumentError("norms must list at least one layer")
+    if not norms or not isinstance(norms, _SEQ):
+        raise errors.InvalidArgumentError("norms must list at least one layer; call .tolist() on a tensor")
+    _same_length(layer_names, len(norms), "layer_names", "layer")
+    if isinstance(norms[0], _SEQ):
+        cols = _matrix(norms, "norms")
+        _same_length(positions, len(cols[0]), "positions", "position")
+    else:
+        norms = _numbers(norms, "norms")
     fig = _figure(6.0, 3.4)
     ax = fig.add_subplot()
     x = list(range(len(norms)))
-    if isinstance(norms[0], (list, tuple)):
-        cols = _matrix(norms, "norms")
+    if isinstance(norms[0], _SEQ):
         for p in range(len(cols[0])):
             label = token_label(positions[p]) if positions is not None else f"pos {p}"
             ax.plot(x, [r[p] for r in cols], marker=".", lw=1, label=label)
@@ -292,6 +341,10 @@ def residual_norms(norms, layer_names=None, positions=None, title=None):
 
 def save(fig, path, formats=("png", "svg"), dpi=120):
     """Writes fig as path.png and path.svg (path without a suffix); returns the file names."""
+    supported = fig.canvas.get_supported_filetypes()
+    bad = [f for f in formats if f not in supported]
+    if isinstance(formats, str) or bad:
+        raise errors.InvalidArgumentError(f"formats must be a list of {', '.join(sorted(supported))}; got {formats!r}")
     root, ext = os.path.splitext(str(path))
     if ext.lstrip(".") in ("png", "svg", "pdf"):
         path = root
