@@ -73,9 +73,9 @@ for c in (0, len(labels) // 2, len(labels) - 1):
 # %% [markdown]
 # ## The logit lens
 # `cache.logit_lens(k)` puts every layer's residual stream through the final norm and the
-# unembedding and keeps the top k tokens per position. In the figure each cell shows the top token if the model had to answer from that layer's residual stream, and
-# its colour that token's probability. Early layers mostly echo the input; the answer appears only
-# in the last third of the network.
+# unembedding and keeps the top k tokens per position. In the figure each cell shows the top token
+# if the model had to answer from that layer's residual stream, and its colour that token's
+# probability.
 
 # %%
 lens = cache.logit_lens(k=5)          # lens.tokens / lens.probs: [component][position][rank]
@@ -83,16 +83,31 @@ display(plots.logit_lens_figure(lens, input_tokens=tokens))
 print(lens.table(pos=-1, k=3))
 
 # %% [markdown]
-# Where does the final answer first become the top-1 prediction at the last position?
+# Reading the grid row by row: at how many positions is the lens's top token the *input* token
+# itself (an echo), and at how many is it already the model's final prediction for that position?
+# With the default prompt, only `0_pre` echoes the input: the embeddings alone, read through the
+# unembedding (the same matrix: SmolLM2 ties them). From layer 1 on, the lens returns frequent
+# filler tokens (`,`, ` the`, ` and`, ` (`) that are neither the input nor the answer, for most of
+# the network; agreement with the output starts around layer 20 and the answer at the last
+# position is top-1 only in the last few layers.
 
 # %%
+T = len(ids)
+echo = [sum(lens.ids[c][p][0] == ids[p] for p in range(T)) for c in range(len(lens.labels))]
+agree = [sum(lens.ids[c][p][0] == lens.ids[-1][p][0] for p in range(T)) for c in range(len(lens.labels))]
+print(f"{'component':>10}  top-1 = input token  top-1 = final prediction   (of {T} positions)")
+for c, label in enumerate(lens.labels):
+    print(f"{label:>10}  {echo[c]:>19}  {agree[c]:>24}")
+
+# the layer from which the final answer stays the top-1 prediction at the last position
 final = lens.ids[-1][-1][0]
-first = next(c for c in range(len(lens.labels)) if lens.ids[c][-1][0] == final)
-print(f"final answer {m.tokenizer.decode([final])!r} is top-1 from {lens.labels[first]} on "
+first = min(c for c in range(len(lens.labels)) if all(lens.ids[d][-1][0] == final for d in range(c, len(lens.labels))))
+print(f"\nfinal answer {m.tokenizer.decode([final])!r} is top-1 from {lens.labels[first]} on "
       f"(p = {lens.probs[first][-1][0]:.3f} there, {lens.probs[-1][-1][0]:.3f} at the output)")
 
 # %%
 manifest = ex.record(out_dir, m, seed=seed, extra={
     "prompt": prompt, "answer": m.tokenizer.decode([answer]), "answer_first_layer": lens.labels[first],
+    "lens_echo_by_layer": echo, "lens_agrees_with_output_by_layer": agree,
     "resid_norm_last_pos": [round(row[-1], 3) for row in norms]})
 print("wrote", manifest["_path"])

@@ -106,10 +106,49 @@ worst = random_sets[random_losses.index(max(random_losses))]
 print("the most harmful random set:", ", ".join(f"L{l}.H{h} (score {scores[l][h]:.2f})" for l, h in worst))
 
 # %% [markdown]
-# Random sets vary a lot: one that happens to include early-layer heads can hurt too. Induction
-# heads need an upstream *previous-token head* (one that copies each token's predecessor into its
-# position) to find "the token after the earlier copy"; checking that hypothesis means scoring each
-# head's attention from position `i` to `i - 1` the same way as in notebook 03.
+# Random sets vary a lot, and one of them can hurt almost as much as the induction heads. The
+# textbook suspect: induction heads need an upstream *previous-token head* (one that attends from
+# each token to the one just before it, and copies it over) to find "the token after the earlier
+# copy", so a random set that hits one should break induction too. We test that instead of assuming
+# it: split the most harmful random set head by head (ablating each alone), and score every head's
+# attention from position `i` to `i − 1` on the same sequences (its *previous-token score*, the
+# mean over positions, like notebook 03's induction score).
+
+# %%
+def prev_token_scores():
+    """[layer][head]: mean attention from each position to the one before it (BOS excluded)."""
+    out = [[0.0] * H for _ in range(L)]
+    for ids in seqs:
+        _, cache = m.run_with_cache(ids, names_filter=lambda n: n.endswith("attn.hook_pattern"))
+        T = len(ids)
+        for l in range(L):
+            P = cache[f"blocks.{l}.attn.hook_pattern"].tolist()             # [head][query][key]
+            for h in range(H):
+                out[l][h] += sum(P[h][i][i - 1] for i in range(off + 1, T)) / (T - off - 1) / len(seqs)
+    return out
+
+
+prev = prev_token_scores()
+prev_rank = sorted(((prev[l][h], l, h) for l in range(L) for h in range(H)), reverse=True)
+prev_median = statistics.median(s for s, _, _ in prev_rank)
+print("strongest previous-token heads:", ", ".join(f"L{l}.H{h} ({s:.2f})" for s, l, h in prev_rank[:5]),
+      f"| median head {prev_median:.3f}")
+alone = {(l, h): repeated_half_loss(zero_heads_hooks([(l, h)])) - base for l, h in worst}
+print(f"the most harmful random set (+{max(random_losses) - base:.2f} together), one head at a time:")
+for (l, h), d in sorted(alone.items(), key=lambda kv: -kv[1]):
+    rank = [(ll, hh) for _, ll, hh in prev_rank].index((l, h)) + 1
+    print(f"  L{l}.H{h}: {d:+.2f} alone   previous-token score {prev[l][h]:.2f} (rank {rank} of {L * H})")
+culprit = max(alone, key=alone.get)
+is_prev_head = prev[culprit[0]][culprit[1]] >= prev_rank[9][0]       # among the 10 strongest
+print(f"L{culprit[0]}.H{culprit[1]} does {100 * alone[culprit] / (max(random_losses) - base):.0f}% of the set's damage alone; "
+      + ("it is one of the strongest previous-token heads: the explanation holds" if is_prev_head else
+         "it is not a strong previous-token head: the explanation does not hold for it"))
+
+# %% [markdown]
+# With the default settings one early head, L1.H4, does nearly all of the damage on its own, and its
+# previous-token score is low (about 0.09, where the five strongest previous-token heads score
+# 0.7–0.9): the textbook explanation does not fit it. It matters to the repeated half in some other
+# way, a question for another experiment (its pattern, and patching it, would be where to start).
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3))
@@ -243,6 +282,10 @@ manifest = ex.record(out_dir, m, seed=seed, extra={
     "top_heads": top_heads, "loss_base": base, "loss_top_ablated": top_loss,
     "loss_random_ablated": random_losses, "loss_increase_top": top_loss - base,
     "loss_increase_random_mean": statistics.mean(random_losses) - base,
+    "worst_random_set": {f"L{l}.H{h}": {"loss_increase_alone": alone[(l, h)], "prev_token_score": prev[l][h]}
+                         for l, h in worst},
+    "worst_random_culprit_is_prev_token_head": is_prev_head,
+    "prev_token_top": [[l, h, round(s, 4)] for s, l, h in prev_rank[:10]],
     "steering": {"layer": steer_layer, "coeff": steer_coeff, "plain": plain, "steered": steered,
                  "gap_plain": gap_plain, "gap_steered": gap_steered},
     "patching": {"layers": layers, "scores": heat, "clean_diff": d_clean, "corrupt_diff": d_corrupt,

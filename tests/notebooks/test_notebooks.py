@@ -98,4 +98,30 @@ def _ablating_induction_heads_hurts_most(extra):
     assert extra["steering"]["steered"] != extra["steering"]["plain"]
 
 
-FINDINGS = {"03_induction_heads": _induction_heads_stand_out, "04_interventions": _ablating_induction_heads_hurts_most}
+def _the_lens_echoes_only_at_the_embeddings(extra):
+    # what notebook 02's markdown says of the default prompt's logit lens
+    echo, agree = extra["lens_echo_by_layer"], extra["lens_agrees_with_output_by_layer"]
+    layers = len(echo)
+    assert echo[0] >= 5 and max(echo[1:]) == 0, echo
+    assert max(agree[1:layers // 2]) <= 1 and agree[-1] == max(agree), agree
+    assert int(extra["answer_first_layer"].split("_")[0]) >= 2 * layers // 3, extra["answer_first_layer"]
+
+
+def _the_harmful_random_set_is_not_explained_by_previous_token_heads(extra):
+    # what notebook 04's markdown says: one early head does nearly all of the worst random set's
+    # damage, and it is not a strong previous-token head
+    worst = extra["worst_random_set"]
+    culprit = max(worst, key=lambda k: worst[k]["loss_increase_alone"])
+    total = max(extra["loss_random_ablated"]) - extra["loss_base"]
+    assert culprit == "L1.H4" and worst[culprit]["loss_increase_alone"] > 0.8 * total, worst
+    assert worst[culprit]["prev_token_score"] < 0.2 and not extra["worst_random_culprit_is_prev_token_head"]
+    assert min(s for _, _, s in extra["prev_token_top"][:5]) > 0.6, extra["prev_token_top"]
+
+
+def _ablation_and_its_explanation(extra):
+    _ablating_induction_heads_hurts_most(extra)
+    _the_harmful_random_set_is_not_explained_by_previous_token_heads(extra)
+
+
+FINDINGS = {"02_activations": _the_lens_echoes_only_at_the_embeddings, "03_induction_heads": _induction_heads_stand_out,
+            "04_interventions": _ablation_and_its_explanation}
