@@ -89,21 +89,23 @@ print(f"decode ceiling          : {bandwidth * 1e9 / weight_bytes:6.1f} tok/s (i
 # ## Batch scaling
 # `BatchManager` (behind `m.plugin.infer_batch`) advances every request in one pass per step, so
 # each weight is read once for the whole batch. Aggregate tokens/s should grow with the batch until
-# the matmuls stop being bandwidth-bound.
+# the matmuls stop being bandwidth-bound. The batch sizes are measured interleaved (1, 2, 4, 8, then
+# again), so a slow minute of a shared machine slows every size alike instead of one of them.
 
 # %%
 prompts = ["The history of", "In a distant galaxy", "Recipe: how to bake", "The stock market today",
            "Once upon a time", "A guide to Python", "The best way to learn", "Scientists discovered"]
-scaling = {}
-for b in batch_sizes:
-    batch = (prompts * (b // len(prompts) + 1))[:b]
-    times = []
-    for _ in range(repeats):
+times = {b: [] for b in batch_sizes}
+for _ in range(repeats):
+    for b in batch_sizes:
+        batch = (prompts * (b // len(prompts) + 1))[:b]
         t0 = time.perf_counter()
         m.plugin.infer_batch(batch, max_new_tokens=batch_new_tokens, stop_at_eos=False)
-        times.append(time.perf_counter() - t0)
-    scaling[b] = b * batch_new_tokens / statistics.median(times)
-    print(f"batch {b}: {scaling[b]:7.1f} tok/s aggregate  ({scaling[b] / scaling[batch_sizes[0]]:.2f}x batch 1)")
+        times[b].append(time.perf_counter() - t0)
+scaling = {b: b * batch_new_tokens / statistics.median(times[b]) for b in batch_sizes}
+for b in batch_sizes:
+    print(f"batch {b}: {scaling[b]:7.1f} tok/s aggregate  ({scaling[b] / scaling[batch_sizes[0]]:.2f}x "
+          f"batch {batch_sizes[0]})")
 
 display(plots.throughput_vs_batch_size(list(scaling), list(scaling.values()),
                                        per_sequence=[v / b for b, v in scaling.items()],

@@ -476,6 +476,8 @@ for bad in (lambda: plugin.detokenize([999]), lambda: plugin.model.forward([300]
         bad()
     except errors.ToolkitError as e:
         print(type(e).__name__, "-", e)
+    else:
+        raise AssertionError("bad input was accepted")
 
 # %% [markdown]
 # Random weights produce random bytes, of course. Sampling works too, seeded:
