@@ -234,7 +234,8 @@ class ToolkitMagics(Magics):
         display(fig)
         if batches:
             rates = bench_batch(m, batches, args.new_tokens)
-            fig = plots.throughput_vs_batch_size(batches, rates, [r / b for r, b in zip(rates, batches)], cpu=cpu)
+            fig = plots.throughput_vs_batch_size(batches, rates, [r / b for r, b in zip(rates, batches)], cpu=cpu,
+                                                 title="generated tokens/s vs batch size (prefill included)")
             if args.save:
                 plots.save(fig, f"{args.save}_batch")
             display(fig)
