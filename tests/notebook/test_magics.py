@@ -60,7 +60,15 @@ def test_a_bad_argument_prints_one_line_and_the_next_cell_works(shell, model):
                          ("%%tk_generate\n   \n", "the cell is empty"),
                          ("%tk_load /no/such/model.gguf", "tk_load"),
                          ("%tk_attention hello --layer 99", "layer must be in 0..29"),
-                         ("%tk_bench --lengths a,b", "--lengths")):
+                         ("%tk_bench --lengths a,b", "--lengths"),
+                         # one new token is the prefill's: no decode step to time
+                         ("%tk_bench --lengths 4 --new-tokens 1", "--new-tokens must be at least 2"),
+                         # more than the batch manager runs at once would measure its queue, and
+                         # 100000 sequences would run for half an hour
+                         ("%tk_bench --lengths 4 --batch 1,100000", "--batch sizes must be at most 16"),
+                         ("%tk_load -o 1bad", "not a valid variable name"),
+                         ("%tk_load -o class", "not a valid variable name"),
+                         ("%tk_cache hi --names blocks.0.hook_resid_post -o 'a b'", "not a valid variable name")):
         result, cap = run(shell, cell)
         assert not result.success, cell
         lines = cap.stderr.strip().splitlines()

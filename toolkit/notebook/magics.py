@@ -15,6 +15,7 @@ as it was; bugs still show a traceback. Quotes around an argument are removed
 (`%tk_attention "The cat sat" --layer 3`); an apostrophe inside a word stays.
 """
 import functools
+import keyword
 import time
 
 from IPython.core.error import UsageError
@@ -106,6 +107,7 @@ class ToolkitMagics(Magics):
     def tk_load(self, line):
         """Loads a model, binds it to a variable and shows its summary table."""
         args = _parse(self.tk_load, line)
+        _check_name("tk_load", args.out)
         m, dt = self._load(args.model, args.threads)
         self.shell.user_ns[args.out] = m
         display(tk_display.Summary(tk_display.model_summary(m, dt), caption=f"toolkit.Model, bound to `{args.out}`"))
@@ -151,6 +153,7 @@ class ToolkitMagics(Magics):
     def tk_cache(self, line):
         """Runs the prompt with an activation cache and binds the cache to a variable."""
         args = _parse(self.tk_cache, line)
+        _check_name("tk_cache", args.out)
         m = self._model()
         run = session.need(m, "run_with_cache", "%tk_cache")
         names = None if args.names in ("*", "all") else args.names
@@ -217,9 +220,15 @@ class ToolkitMagics(Magics):
         args = _parse(self.tk_bench, line)
         lengths = _int_list("--lengths", args.lengths)
         batches = _int_list("--batch", args.batch) if args.batch else None
-        if args.new_tokens < 1:
-            raise UsageError("tk_bench: --new-tokens must be at least 1")
+        if args.new_tokens < 2:
+            raise UsageError("tk_bench: --new-tokens must be at least 2 (the first new token comes with the prefill; "
+                             "decode is timed from the second)")
         m = self._model()
+        limit = getattr(getattr(getattr(m, "plugin", None), "batch_manager", None), "max_batch_size", None)
+        if batches and limit and max(batches) > limit:
+            # beyond it the batch manager queues: the figure would not show that batch size
+            raise UsageError(f"tk_bench: --batch sizes must be at most {limit}, the most sequences this model's batch "
+                             f"manager runs at once")
         rows = bench(m, lengths, args.new_tokens)
         cpu = cpu_name()
         display(tk_display.Summary([(r["prompt_tokens"], round(r["prefill_tok_s"], 1), r["decode_tokens"],
@@ -240,6 +249,11 @@ class ToolkitMagics(Magics):
                 plots.save(fig, f"{args.save}_batch")
             display(fig)
         return None
+
+
+def _check_name(magic, name):
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise UsageError(f"{magic}: -o {name!r} is not a valid variable name")
 
 
 def _int_list(flag, text):
