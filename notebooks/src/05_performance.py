@@ -126,8 +126,9 @@ print(prof.table())
 rows = prof.by_layer()
 layers = {name: r for name, r in rows.items() if name.count(".") == 1 and name.startswith("blocks.")}
 parts = {part: [rows.get(f"{name}.{part}", {}).get("seconds") or 0.0 for name in layers] for part in ("attn", "mlp")}
+passes = rows["blocks.0"]["calls"]        # forward passes: the prefill gives the first new token
 display(plots.layer_timing([n.split(".")[1] for n in layers], [r["seconds"] for r in layers.values()], parts=parts,
-                           title="wall time per transformer block (prefill + 16 decode steps)"))
+                           title=f"wall time per transformer block (prefill + {passes - 1} decode steps)"))
 
 os.makedirs(out_dir, exist_ok=True)
 trace = os.path.join(out_dir, "trace.json")
