@@ -30,6 +30,8 @@ from toolkit.notebook import GenerationWidget
 m = toolkit.load()
 w = GenerationWidget(m, prompt={PROMPT!r}, temperature=0.0, max_new_tokens=24, shade=True)
 w"""
+LONG = """long = GenerationWidget(m, prompt="Once upon a time", temperature=0.0, max_new_tokens=2000)
+long"""
 
 
 def free_port():
@@ -40,7 +42,9 @@ def free_port():
 
 def write_notebook(path):
     nb = {"cells": [{"cell_type": "code", "execution_count": None, "id": "gen", "metadata": {}, "outputs": [],
-                     "source": CELL}],
+                     "source": CELL},
+                    {"cell_type": "code", "execution_count": None, "id": "long", "metadata": {}, "outputs": [],
+                     "source": LONG}],
           "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
                                       "name": "python3"}},
           "nbformat": 4, "nbformat_minor": 5}
@@ -117,7 +121,7 @@ def test_generation_widget_streams_in_jupyterlab(lab):
             expect(page.get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=90_000)
             page.locator(".jp-Cell .jp-InputArea-editor").first.click()
             page.keyboard.press("Control+Enter")
-            widget = page.locator(".tk-generation")
+            widget = page.locator(".tk-generation").first
             expect(widget).to_be_visible(timeout=90_000)
             go = widget.get_by_role("button", name="Generate")
             expect(go).to_be_enabled()
@@ -132,6 +136,21 @@ def test_generation_widget_streams_in_jupyterlab(lab):
             assert tokens.count() >= 20
             assert "p=0." in tokens.first.get_attribute("title")   # the hover text
             page.screenshot(path=shot)
+            # Stop in the browser ends a long generation mid-way, and the widget can run again
+            page.locator(".jp-Cell .jp-InputArea-editor").nth(1).click()
+            page.keyboard.press("Control+Enter")
+            long = page.locator(".tk-generation").nth(1)
+            expect(long).to_be_visible(timeout=60_000)
+            long.get_by_role("button", name="Generate").click()
+            expect(long.get_by_text("generating...")).to_be_visible(timeout=30_000)
+            long.get_by_role("button", name="Stop").click()
+            status = long.get_by_text("stopped")
+            expect(status).to_be_visible(timeout=30_000)
+            assert int(status.inner_text().split()[0]) < 2000
+            expect(long.get_by_role("button", name="Generate")).to_be_enabled()
+            go.click()                                   # the first widget, a second time
+            expect(widget.get_by_text("24 tokens")).to_be_visible(timeout=60_000)
+            expect(widget.get_by_text("done")).to_be_visible(timeout=60_000)
         finally:
             ctx.close()
     with open(shot, "rb") as f:
