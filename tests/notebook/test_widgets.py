@@ -195,3 +195,12 @@ def test_wrong_types_raise_a_typed_error(model, make, needle):
 
     with pytest.raises(errors.ArgumentTypeError, match=needle):
         make(model)
+
+
+def test_attention_explorer_runs_on_enter_and_on_release_not_on_every_keystroke(model):
+    # each update of the prompt or the layer is a forward pass and a redraw: typing a prompt or
+    # dragging the slider across 30 layers must not queue one per character / per layer passed
+    fake = InterpModel(model)
+    ex = AttentionExplorer(fake, prompt="The cat", layer=3)
+    assert ex._prompt.continuous_update is False and ex._layer.continuous_update is False
+    assert fake.runs == 1

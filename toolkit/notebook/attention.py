@@ -30,8 +30,9 @@ class AttentionExplorer(W.VBox):
         self._patterns = {}             # (prompt, layer) -> (tokens, [head][q][k])
         self.figure = None
         c = model.config
-        self._prompt = W.Text(placeholder="Prompt (Enter to run)", layout=W.Layout(width="60%"))
-        self._layer = W.IntSlider(min=0, max=c.num_hidden_layers - 1, description="layer")
+        # a forward pass and a redraw per update: on Enter (or leaving the box), on releasing the slider
+        self._prompt = W.Text(placeholder="Prompt (Enter to run)", continuous_update=False, layout=W.Layout(width="60%"))
+        self._layer = W.IntSlider(min=0, max=c.num_hidden_layers - 1, description="layer", continuous_update=False)
         self._head = W.Dropdown(options=[("all heads", ALL_HEADS)] + [(f"head {h}", h)
                                                                      for h in range(c.num_attention_heads)],
                                 description="head")
