@@ -204,3 +204,19 @@ def test_attention_explorer_runs_on_enter_and_on_release_not_on_every_keystroke(
     ex = AttentionExplorer(fake, prompt="The cat", layer=3)
     assert ex._prompt.continuous_update is False and ex._layer.continuous_update is False
     assert fake.runs == 1
+
+
+def test_interrupting_generate_wait_stops_the_generation(model):
+    # Ctrl-C / the kernel's stop button while a cell waits in generate(wait=True): the cell ends and
+    # so does the generation (it must not go on in the background)
+    import _thread
+
+    w = GenerationWidget(model, prompt=PROMPT, temperature=0.0, max_new_tokens=300)
+    w.observe(lambda ch: ch["new"] == 5 and _thread.interrupt_main(), "n_tokens")
+    with pytest.raises(KeyboardInterrupt):
+        w.generate(wait=True)
+    assert not w.running and w.status.endswith("stopped") and w.n_tokens < 300
+    w.unobserve_all("n_tokens")
+    w.max_new_tokens = 4
+    w.generate(wait=True)
+    assert w.text == model.generate(PROMPT, max_new_tokens=4, temperature=0.0)

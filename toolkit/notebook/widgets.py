@@ -177,7 +177,14 @@ class GenerationWidget(W.VBox):
                                         name="tk-generation")
         self._thread.start()
         if wait:
-            self._thread.join()
+            try:
+                self._thread.join()
+            except KeyboardInterrupt:
+                # the cell was interrupted: the generation it waited for stops too, then the
+                # interrupt goes on (the cell fails, Run All stops)
+                self.stop()
+                self._thread.join()
+                raise
         return self._thread
 
     def stop(self):
