@@ -209,10 +209,12 @@ def test_attention_explorer_runs_on_enter_and_on_release_not_on_every_keystroke(
 def test_interrupting_generate_wait_stops_the_generation(model):
     # Ctrl-C / the kernel's stop button while a cell waits in generate(wait=True): the cell ends and
     # so does the generation (it must not go on in the background)
-    import _thread
+    import signal
 
+    main = threading.main_thread().ident
     w = GenerationWidget(model, prompt=PROMPT, temperature=0.0, max_new_tokens=300)
-    w.observe(lambda ch: ch["new"] == 5 and _thread.interrupt_main(), "n_tokens")
+    # a real SIGINT to the main thread, as the kernel sends: it wakes the thread from its wait
+    w.observe(lambda ch: ch["new"] == 5 and signal.pthread_kill(main, signal.SIGINT), "n_tokens")
     with pytest.raises(KeyboardInterrupt):
         w.generate(wait=True)
     assert not w.running and w.status.endswith("stopped") and w.n_tokens < 300

@@ -74,6 +74,10 @@ class GenerationWidget(W.VBox):
         self.conversation = []           # chat turns so far: [{"role", "content"}]
         self.events = []                 # TokenEvents of the latest generation
         self._stop = threading.Event()
+        # set while no generation runs. Waits go through it, not Thread.join: an interrupted join
+        # (Ctrl-C) leaves CPython 3.11's Thread claiming to have ended while it still runs
+        self._idle = threading.Event()
+        self._idle.set()
         self._thread = None
         self._last_render = 0.0
         ctx = model.config.max_position_embeddings
@@ -167,6 +171,7 @@ class GenerationWidget(W.VBox):
             self.status = f"error: {exc}"
             return None
         self._stop.clear()
+        self._idle.clear()
         self.events, self.text, self.n_tokens, self.tokens_per_s = [], "", 0, 0.0
         self._shown_prompt = None if self.chat else prompt
         self._pending_turn = turn
@@ -178,12 +183,12 @@ class GenerationWidget(W.VBox):
         self._thread.start()
         if wait:
             try:
-                self._thread.join()
+                self._idle.wait()
             except KeyboardInterrupt:
                 # the cell was interrupted: the generation it waited for stops too, then the
                 # interrupt goes on (the cell fails, Run All stops)
                 self.stop()
-                self._thread.join()
+                self._idle.wait()
                 raise
         return self._thread
 
@@ -192,8 +197,8 @@ class GenerationWidget(W.VBox):
         self._stop.set()
 
     def wait(self, timeout=None):
-        if self._thread is not None:
-            self._thread.join(timeout)
+        """Until the current generation ends (or timeout seconds); True if none is running."""
+        return self._idle.wait(timeout)
 
     def clear(self):
         """Forgets the conversation and the output."""
@@ -233,7 +238,10 @@ class GenerationWidget(W.VBox):
             if not failed:
                 self.status = rate_line(self.events, stopped=stopped)
             self.running = False
-            self.render(force=True)
+            try:
+                self.render(force=True)
+            finally:
+                self._idle.set()
 
     def throughput_figure(self):
         """Tokens/s at each step of the latest generation (a matplotlib Figure)."""
