@@ -244,3 +244,30 @@ def test_a_closed_model_is_not_silently_replaced(shell, smollm2_gguf_path):
     assert result.success, cap.stderr
     result, cap = run(shell, f"%%tk_generate --max-new-tokens 3\n{PROMPT}")
     assert result.success and cap.stdout.startswith(" Paris")
+
+
+def test_tk_cache_refuses_a_cache_that_would_not_fit_in_memory(shell, model, monkeypatch):
+    # every hook of a long prompt grows with T^2 (attention scores and patterns): a few thousand
+    # tokens would take more memory than the machine has and the kernel would die. Here the
+    # available memory is faked small instead of the prompt made long.
+    from toolkit.notebook import magics
+
+    magics_of(shell).model = model
+    monkeypatch.setattr(magics, "available_memory", lambda: 8 << 20)
+    prompt = " ".join(["word"] * 60)
+    result, cap = run(shell, f"%tk_cache {prompt} -o acts")
+    assert not result.success and "acts" not in shell.user_ns
+    lines = cap.stderr.strip().splitlines()
+    assert len(lines) == 1 and "memory" in lines[0] and "--names" in lines[0], cap.stderr
+    result, cap = run(shell, f"%tk_cache {prompt} --names blocks.0.hook_resid_post -o acts")
+    assert result.success, cap.stderr
+
+
+def test_the_cache_size_estimate_matches_the_real_cache(model):
+    from toolkit.notebook import magics
+
+    ids = model.tokenizer.encode(" ".join(["word"] * 40))
+    for names in (None, "blocks.*.attn.hook_pattern", "blocks.3.hook_resid_post"):
+        est = magics.cache_bytes(model, ids, names)
+        _, cache = model.run_with_cache(ids, **({} if names is None else {"names_filter": names}))
+        assert abs(est - cache.nbytes) <= 0.01 * cache.nbytes, (names, est, cache.nbytes)

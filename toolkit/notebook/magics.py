@@ -157,8 +157,16 @@ class ToolkitMagics(Magics):
         m = self._model()
         run = session.need(m, "run_with_cache", "%tk_cache")
         names = None if args.names in ("*", "all") else args.names
+        ids = session.prompt_ids(m, " ".join(args.prompt))
         with session.model_lock(m):
-            _, cache = run(" ".join(args.prompt), **({} if names is None else {"names_filter": names}))
+            need_bytes, free = cache_bytes(m, ids, names), available_memory()
+            if free is not None and need_bytes > free // 2:
+                # past this the kernel is killed for memory instead of raising
+                raise UsageError(f"tk_cache: caching {'every hook' if names is None else repr(names)} for {len(ids)} "
+                                 f"tokens would take ~{tk_display.fmt_bytes(need_bytes)}, more than half the memory "
+                                 f"available ({tk_display.fmt_bytes(free)}): pick fewer hooks with --names "
+                                 f"(e.g. 'blocks.*.hook_resid_post') or use a shorter prompt")
+            _, cache = run(ids, **({} if names is None else {"names_filter": names}))
         self.shell.user_ns[args.out] = cache
         fmt = self.shell.display_formatter.formatters["text/html"]
         tk_display.register_type(fmt, type(cache), tk_display.cache_html)
@@ -249,6 +257,31 @@ class ToolkitMagics(Magics):
                 plots.save(fig, f"{args.save}_batch")
             display(fig)
         return None
+
+
+def available_memory():
+    """Bytes of memory the system can still give (Linux MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+PROBE_TOKENS = 11  # a prime, so no head count or width of the model is mistaken for the length
+
+
+def cache_bytes(model, ids, names=None):
+    """Estimated bytes of run_with_cache(ids, names): one run on the first PROBE_TOKENS tokens, each
+    activation scaled by (T / PROBE_TOKENS) to the number of its dimensions that are the length
+    (two for attention scores and patterns, one for the residual stream)."""
+    n0 = min(len(ids), PROBE_TOKENS)
+    _, probe = model.run_with_cache(ids[:n0], **({} if names is None else {"names_filter": names}))
+    scale = len(ids) / n0
+    return int(sum(probe[k].nbytes * scale ** sum(1 for d in probe[k].shape if d == n0) for k in probe.keys()))
 
 
 def _check_name(magic, name):
