@@ -222,3 +222,15 @@ def test_interrupting_generate_wait_stops_the_generation(model):
     w.max_new_tokens = 4
     w.generate(wait=True)
     assert w.text == model.generate(PROMPT, max_new_tokens=4, temperature=0.0)
+
+
+def test_attention_explorer_keeps_a_bounded_number_of_patterns(model):
+    # each kept (prompt, layer) is [head][query][key] as Python floats (~70 MB at 500 tokens):
+    # exploring every layer of a few prompts must not keep them all
+    fake = InterpModel(model)
+    ex = AttentionExplorer(fake, prompt="The cat sat", layer=0, head=0)
+    for layer in range(8):
+        ex.layer = layer
+    assert len(ex._patterns) <= 4 and fake.runs == 8
+    ex.head = 2                                            # the latest is still kept: no new pass
+    assert fake.runs == 8

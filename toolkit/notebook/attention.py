@@ -15,6 +15,7 @@ from toolkit import errors
 from . import plots, session
 
 ALL_HEADS = -1
+KEEP = 4    # (prompt, layer) patterns kept: Python floats, ~70 MB each at 500 tokens
 
 
 class AttentionExplorer(W.VBox):
@@ -64,6 +65,8 @@ class AttentionExplorer(W.VBox):
         key = (self.prompt, self.layer)
         if key not in self._patterns:
             self._patterns[key] = session.attention_patterns(self.model, self.prompt, self.layer)
+            while len(self._patterns) > KEEP:
+                del self._patterns[next(iter(self._patterns))]       # the oldest
         return self._patterns[key]
 
     def refresh(self):
