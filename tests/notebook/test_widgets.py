@@ -234,3 +234,19 @@ def test_attention_explorer_keeps_a_bounded_number_of_patterns(model):
     assert len(ex._patterns) <= 4 and fake.runs == 8
     ex.head = 2                                            # the latest is still kept: no new pass
     assert fake.runs == 8
+
+
+def test_attention_of_a_prompt_too_long_for_memory_is_refused(model, monkeypatch):
+    # [heads][T][T] as Python floats: 8192 tokens would be ~20 GB and the kernel would die; the
+    # available memory is faked small here instead of the prompt made long
+    from toolkit import errors
+    from toolkit.notebook import session
+
+    monkeypatch.setattr(session, "available_memory", lambda: 1 << 20)
+    prompt = " ".join(["word"] * 60)
+    with pytest.raises(errors.OutOfMemoryError, match="shorter prompt"):
+        session.attention_patterns(model, prompt, 3)
+    ex = AttentionExplorer(model, prompt=prompt, layer=3)
+    assert ex.status.startswith("error:") and "shorter prompt" in ex.status
+    ex.prompt = "The cat sat"
+    assert ex.status.startswith("layer 3")

@@ -259,16 +259,7 @@ class ToolkitMagics(Magics):
         return None
 
 
-def available_memory():
-    """Bytes of memory the system can still give (Linux MemAvailable); None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+available_memory = session.available_memory
 
 
 PROBE_TOKENS = 11  # a prime, so no head count or width of the model is mistaken for the length

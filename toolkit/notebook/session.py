@@ -118,11 +118,34 @@ def check_head(model, head):
     return head % n
 
 
+def available_memory():
+    """Bytes of memory the system can still give (Linux MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+PY_FLOAT_BYTES = 32   # a float in a list: the object (24 B) and its slot (8 B)
+
+
 def attention_patterns(model, prompt, layer):
     """(token texts, patterns [head][query][key] as lists) of one layer, via run_with_cache."""
     layer = check_layer(model, layer)
     run = need(model, "run_with_cache", "the attention pattern")
     ids = prompt_ids(model, prompt)
+    need_bytes = model.config.num_attention_heads * len(ids) ** 2 * (4 + PY_FLOAT_BYTES)
+    free = available_memory()
+    if free is not None and need_bytes > free // 2:
+        # the kernel would be killed for memory instead of raising
+        raise errors.OutOfMemoryError(
+            f"the attention patterns of {len(ids)} tokens ({model.config.num_attention_heads} heads x {len(ids)}^2, as "
+            f"Python lists) would take ~{need_bytes / 2**30:.1f} GiB, more than half the memory available "
+            f"({free / 2**30:.1f} GiB): use a shorter prompt")
     name = f"blocks.{layer}.attn.hook_pattern"
     with model_lock(model):
         _, cache = run(ids, names_filter=name)
