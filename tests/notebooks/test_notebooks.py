@@ -125,3 +125,14 @@ def _ablation_and_its_explanation(extra):
 
 FINDINGS = {"02_activations": _the_lens_echoes_only_at_the_embeddings, "03_induction_heads": _induction_heads_stand_out,
             "04_interventions": _ablation_and_its_explanation}
+
+
+def test_what_the_notebooks_write_is_ignored_by_git():
+    # run from notebooks/ (jupyter lab notebooks/), they write manifests, a trace and notebook 06's
+    # plugin package and weights under results/: docs/notebooks.md says git ignores them
+    r = subprocess.run(["git", "check-ignore", "-q", "notebooks/results/06_write_a_plugin/tinylm-random/model.safetensors",
+                        "results/01_quickstart/manifest.json"], cwd=ROOT, capture_output=True)
+    if r.returncode == 128:  # not a git checkout (an unpacked sdist): the rule is in .gitignore
+        assert "results/" in (ROOT / ".gitignore").read_text().split()
+    else:
+        assert r.returncode == 0, "results/ is not in .gitignore"
