@@ -271,3 +271,16 @@ def test_the_cache_size_estimate_matches_the_real_cache(model):
         est = magics.cache_bytes(model, ids, names)
         _, cache = model.run_with_cache(ids, **({} if names is None else {"names_filter": names}))
         assert abs(est - cache.nbytes) <= 0.01 * cache.nbytes, (names, est, cache.nbytes)
+
+
+def test_tk_attention_titles_negative_indices_as_the_layer_and_head_drawn(shell, model):
+    magics_of(shell).model = InterpModel(model)
+    captured = []
+    shell.display_formatter.formatters["image/png"].for_type_by_name(
+        "matplotlib.figure", "Figure", lambda fig: captured.append(fig._suptitle.get_text() if fig._suptitle else
+                                                                     fig.axes[0].get_title()) or None)
+    result, cap = run(shell, "%tk_attention The cat sat --layer -1 --head -1")
+    assert result.success, cap.stderr
+    result, cap = run(shell, "%tk_attention The cat sat --layer -2")
+    assert result.success, cap.stderr
+    assert captured == ["attention pattern layer 29 head 8", "layer 28: all heads"], captured

@@ -185,11 +185,12 @@ class ToolkitMagics(Magics):
         args = _parse(self.tk_attention, line)
         m = self._model()
         head = session.check_head(m, args.head)
-        tokens, pats = session.attention_patterns(m, " ".join(args.prompt), args.layer)
+        layer = session.check_layer(m, args.layer)          # -1: the last layer, titled with its index
+        tokens, pats = session.attention_patterns(m, " ".join(args.prompt), layer)
         if head is None:
-            fig = plots.attention_heads(pats, tokens, layer=args.layer)
+            fig = plots.attention_heads(pats, tokens, layer=layer)
         else:
-            fig = plots.attention_pattern(pats[head], tokens, layer=args.layer, head=head)
+            fig = plots.attention_pattern(pats[head], tokens, layer=layer, head=head)
         if args.save:
             plots.save(fig, args.save)
         display(fig)
