@@ -250,3 +250,21 @@ def test_attention_of_a_prompt_too_long_for_memory_is_refused(model, monkeypatch
     assert ex.status.startswith("error:") and "shorter prompt" in ex.status
     ex.prompt = "The cat sat"
     assert ex.status.startswith("layer 3")
+
+
+def test_the_saved_static_view_shows_the_finished_generation(model, shell):
+    # a notebook saved (or viewed where widgets do not run: GitHub, nbconvert) keeps the text/html
+    # of the widget's output: it must be the finished reply, not the empty panel displayed before
+    # Generate was pressed
+    from IPython.utils.capture import capture_output
+
+    shell.user_ns["w"] = w = GenerationWidget(model, prompt=PROMPT, temperature=0.0, max_new_tokens=6)
+    with capture_output() as cap:
+        shell.run_cell("display(w)")
+        w.generate(wait=True)
+    first, *updates = cap.outputs
+    assert "Paris" not in first.data["text/html"] and "application/vnd.jupyter.widget-view+json" in first.data
+    assert updates and updates[-1].update and updates[-1].transient == first.transient
+    assert "Paris" in updates[-1].data["text/html"] and "done" in updates[-1].data["text/html"]
+    assert updates[-1].data["application/vnd.jupyter.widget-view+json"] == first.data[
+        "application/vnd.jupyter.widget-view+json"]

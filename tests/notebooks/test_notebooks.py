@@ -72,6 +72,9 @@ def test_notebook_runs_and_reproduces(path, kernel_env, tmp_path):
     blind = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
              if str(o.get("data", {}).get("text/plain", "")).startswith("<Figure") and "image/png" not in o["data"]]
     assert not blind, "a figure was displayed as text only (no inline backend: %matplotlib inline)"
+    panels = [o["data"]["text/html"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if "tk-output" in str(o.get("data", {}).get("text/html", ""))]
+    assert all('class="tk-tok"' in p for p in panels), "a generation widget was saved without its reply"
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     scope = {}
     exec(params.source, scope)

@@ -18,7 +18,7 @@ ALL_HEADS = -1
 KEEP = 4    # (prompt, layer) patterns kept: Python floats, ~70 MB each at 500 tokens
 
 
-class AttentionExplorer(W.VBox):
+class AttentionExplorer(session.StaticView, W.VBox):
     """`display(AttentionExplorer(m, "The cat sat on the mat"))`; head = -1 shows every head."""
 
     prompt = T.Unicode("")
@@ -89,6 +89,7 @@ class AttentionExplorer(W.VBox):
         self._image.value = plots.to_png(fig, dpi=90)
         heads = "all heads" if self.head == ALL_HEADS else f"head {self.head}"
         self.status = f"layer {self.layer}, {heads}: {len(tokens)} tokens"
+        self.update_static()
         return fig
 
     def _repr_mimebundle_(self, **kwargs):

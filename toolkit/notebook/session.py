@@ -69,6 +69,30 @@ def typed_traits(who):
         raise errors.ArgumentTypeError(f"{who}: {exc}") from None
 
 
+class StaticView:
+    """For a widget whose text/html fallback (what a saved notebook shows where widgets do not run:
+    GitHub, nbconvert) changes after it is displayed: it is displayed under a display id, and
+    `update_static()` replaces that output's data, so the saved notebook keeps the latest state
+    (the finished reply), not the empty panel displayed before Generate was pressed."""
+
+    _display_id = None
+
+    def _ipython_display_(self, **kwargs):
+        from IPython.display import display
+
+        if self._display_id is None:
+            import uuid
+
+            self._display_id = uuid.uuid4().hex
+        display(self._repr_mimebundle_(), raw=True, display_id=self._display_id)
+
+    def update_static(self):
+        if self._display_id is not None:
+            from IPython.display import update_display
+
+            update_display(self._repr_mimebundle_(), raw=True, display_id=self._display_id)
+
+
 def is_open(model):
     """False once the model was closed (its weights unmapped)."""
     try:

@@ -50,7 +50,7 @@ def rate_line(events, running=False, stopped=False):
     return " · ".join(parts)
 
 
-class GenerationWidget(W.VBox):
+class GenerationWidget(session.StaticView, W.VBox):
     """An interactive generation panel for a `toolkit.Model`; `display(GenerationWidget(m))`."""
 
     # inputs
@@ -240,6 +240,7 @@ class GenerationWidget(W.VBox):
             self.running = False
             try:
                 self.render(force=True)
+                self.update_static()
             finally:
                 self._idle.set()
 
