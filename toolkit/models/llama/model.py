@@ -497,9 +497,16 @@ class LlamaModel(Module):
             raise errors.ArgumentTypeError(f"seq_hooks must be None or a list with one entry per sequence "
                                            f"({len(seqs)}), got {seq_hooks!r:.80}")
         with self._lock:
-            return self._forward_batch(seqs, logits, seq_hooks)
+            # a hook may call the model again (a probe, a second cache); that inner pass must not
+            # reuse the buffers and hook grouping the outer pass is still using
+            depth = self.__dict__.get("_depth", 0)
+            self.__dict__["_depth"] = depth + 1
+            try:
+                return self._forward_batch(seqs, logits, seq_hooks, nested=depth > 0)
+            finally:
+                self.__dict__["_depth"] = depth
 
-    def _forward_batch(self, seqs, logits, seq_hooks):
+    def _forward_batch(self, seqs, logits, seq_hooks, nested=False):
         c = self.config
         if not seqs:
             raise errors.InvalidArgumentError("forward_batch needs at least one sequence")
@@ -522,7 +529,7 @@ class LlamaModel(Module):
             all_ids.extend(ids)
         n = len(all_ids)
         p = _Pass()
-        p.s = s = self._scratch(n)
+        p.s = s = _Scratch(c, n) if nested else self._scratch(n)
         p.pos = Tensor((n,), "I32").load(positions)
         ids_t = Tensor((n,), "I32").load(all_ids)
         single = len(seqs) == 1
@@ -537,7 +544,9 @@ class LlamaModel(Module):
             p.seqs.append(sq)
         p.kv_sets = _KVSets(p.seqs)
         hooked = self.hook_set.active or (seq_hooks and any(seq_hooks))
-        p.hooks = hk = self._pass_hooks(seq_hooks, spans) if hooked else None
+        p.hooks = hk = (None if not hooked else
+                        PassHooks(self.hook_set, seq_hooks, spans, c.num_hidden_layers, self._layouts) if nested
+                        else self._pass_hooks(seq_hooks, spans))
         top = hk.top if hk else None
 
         x = self.embed_tokens(ids_t, out=s.x)                             # [N, d_model]
