@@ -66,18 +66,20 @@ def activation_patching(model, clean, corrupted, hook="resid_pre", metric=None, 
         rows = "last"  # the default metric reads the last position only: skip the other rows' unembedding
     elif not callable(metric):
         raise errors.ArgumentTypeError(f"metric must be callable as metric(logits), got {type(metric).__name__}")
+    if not isinstance(hook, str):
+        raise errors.ArgumentTypeError(f"hook is a short hook name such as 'resid_pre', got {hook!r:.40}")
     short = hook.removeprefix("hook_")
     template = next((n for n in (f"blocks.{{}}.hook_{short}", f"blocks.{{}}.attn.hook_{short}",
                                  f"blocks.{{}}.mlp.hook_{short}") if n.format(0) in lm.hook_set.points), None)
     if template is None or short in ("pattern", "attn_scores"):
         raise errors.InvalidArgumentError(f"cannot patch {hook!r} by position: use a hook with a leading "
                                           f"position dim (resid_pre, attn_out, mlp_out, z, ...)")
-    layers = list(range(L)) if layers is None else [int(x) % L for x in layers]
+    layers = list(range(L)) if layers is None else _indices(layers, L, "layer")
     T = len(clean_ids)
-    positions = list(range(T)) if positions is None else [int(p) % T for p in positions]
+    positions = list(range(T)) if positions is None else _indices(positions, T, "position")
     names = [template.format(layer) for layer in layers]
     clean_logits, cache = run_with_cache(model, clean_ids, names_filter=names)
-    base = float(metric(run_with_hooks(model, bad_ids, logits=rows)))
+    base = _number(metric(run_with_hooks(model, bad_ids, logits=rows)))
     effects = []
     for layer, name in zip(layers, names):
         src = cache[name]
@@ -85,6 +87,28 @@ def activation_patching(model, clean, corrupted, hook="resid_pre", metric=None, 
         for p in positions:
             def patch(t, hook, p=p, src=src):
                 t[p].copy_(src[p])
-            row.append(float(metric(run_with_hooks(model, bad_ids, [(name, patch)], logits=rows))) - base)
+            row.append(_number(metric(run_with_hooks(model, bad_ids, [(name, patch)], logits=rows))) - base)
         effects.append(row)
-    return PatchingResult(hook, layers, positions, effects, float(metric(clean_logits)), base, bad_ids)
+    return PatchingResult(hook, layers, positions, effects, _number(metric(clean_logits)), base, bad_ids)
+
+
+def _indices(values, n, what):
+    """Layers or positions as indices in 0..n-1 (negative ones count from the end, as in Python);
+    one out of range raises rather than wrapping onto another layer."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise errors.ArgumentTypeError(f"{what}s must be a list of ints, got {values!r:.40}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise errors.ArgumentTypeError(f"a {what} is an int, got {v!r:.40}")
+        if not -n <= v < n:
+            raise errors.IndexOutOfRangeError(f"{what} {v} out of range for {n} {what}s")
+        out.append(v % n)
+    return out
+
+
+def _number(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise errors.ArgumentTypeError(f"metric(logits) must return a number, got {v!r:.40}") from None

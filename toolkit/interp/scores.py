@@ -3,7 +3,7 @@ from toolkit import errors
 
 from ..core.engine import functional as F
 from ..core.engine.tensor import Tensor
-from .cache import run_with_cache
+from .cache import run_with_cache, token_ids
 from .registry import module_of
 
 
@@ -17,7 +17,9 @@ def induction_scores(model, sequences, period, start=0):
         raise errors.InvalidArgumentError(f"period must be an int >= 2, got {period!r}")
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:
         raise errors.InvalidArgumentError(f"start must be an int >= 0, got {start!r}")
-    sequences = list(sequences)
+    if isinstance(sequences, (str, bytes)) or not hasattr(sequences, "__iter__"):
+        raise errors.ArgumentTypeError(f"sequences must be a list of texts or token-id lists, got {sequences!r:.40}")
+    sequences = [token_ids(model, s) for s in sequences]  # text is tokenized as in run_with_cache
     if not sequences:
         raise errors.InvalidArgumentError("induction_scores needs at least one sequence")
     c = module_of(model).config
