@@ -36,7 +36,7 @@ def f(t, hook):                      # TransformerLens-style: t is a copy, hook.
                                       # changes what the model computes from here on
 with m.hooks(fwd_hooks=[("blocks.3.hook_resid_post", f)]):
     m.logits("Hello")                 # the hook is gone after the block, also on exceptions
-logits, cache = m.run_with_cache("Hello", names_filter="blocks.*.hook_resid_post")
+logits, cache = m.run_with_cache("Hello", names_filter=["blocks.*.hook_resid_*", "*.hook_pattern"])   # None: all
 cache["resid_post", -1]; cache["pattern", 0]; cache.logit_lens(k=5)
 m.generate("Hello", fwd_hooks=steering_hooks(m, 6, vector, scale=4.0))
 ```
