@@ -10,6 +10,7 @@ import re
 
 from toolkit import errors
 
+from ..common import validate
 from ..core.engine import functional as F
 from ..core.engine.tensor import Tensor
 from ..models.hook_points import ReadOnly
@@ -61,6 +62,9 @@ def run_with_cache(model, prompt_or_ids, names_filter=None, fwd_hooks=()):
     lm = module_of(model)
     ids = token_ids(model, prompt_or_ids)
     names = lm.hook_names() if names_filter is None else lm.hook_set.resolve(names_filter)
+    nbytes = getattr(lm, "hook_nbytes", None)
+    if nbytes is not None:
+        _check_memory(nbytes(names, len(ids)) + nbytes(["hook_logits"], len(ids)), len(ids), names_filter)
     store = {}
 
     def keep(t, hook):  # t is already a copy, never touched again by the pass
@@ -69,6 +73,18 @@ def run_with_cache(model, prompt_or_ids, names_filter=None, fwd_hooks=()):
     hooks = expand(lm, fwd_hooks) + [(n, ReadOnly(keep)) for n in names]
     logits = lm.forward_batch([(ids, lm.new_cache(len(ids)))], logits="all", seq_hooks=[hooks])
     return logits, ActivationCache({n: store[n] for n in names if n in store}, lm, ids)
+
+
+def _check_memory(need, n_tokens, names_filter):
+    """OutOfMemoryError before the pass when the copies would not fit (the kernel's OOM killer
+    would end the Jupyter kernel instead)."""
+    avail = validate.available_memory()
+    if need > avail:
+        raise errors.OutOfMemoryError(
+            f"caching {'every hook point' if names_filter is None else 'these hook points'} of {n_tokens} tokens "
+            f"needs {need / 2**30:.2f} GiB but only {avail / 2**30:.2f} GiB of memory is available; narrow "
+            f"names_filter (e.g. 'blocks.*.hook_resid_post'; attention scores and patterns grow with tokens^2) "
+            f"or use a shorter prompt")
 
 
 class ActivationCache:

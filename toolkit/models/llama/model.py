@@ -8,6 +8,7 @@ nobody hooks tests one `None` per layer and reuses its activation buffers.
 """
 import logging
 import math
+import re
 import threading
 import weakref
 
@@ -111,6 +112,9 @@ HOOK_POINTS = (
     ("ln_final.hook_normalized", "[pos, d_model]", "x / scale * w: the unembedding's input"),
     ("hook_logits", "[pos, d_vocab]", "logits"),
 )
+
+_HOOK_SHAPES = {name: shape.strip("[]").split(", ") for name, shape, _ in HOOK_POINTS}
+_LAYER_PREFIX = re.compile(r"^blocks\.\d+\.")
 
 # Hooks that see Q/K heads; weights from GGUF files keep their rows permuted within each head (so
 # RoPE rotates adjacent pairs), and these hooks show them in Hugging Face's order instead.
@@ -447,6 +451,19 @@ class LlamaModel(Module):
     def hook_names(self):
         """Every hook point's name, in the order a forward pass reaches them."""
         return list(self.hook_set.names)
+
+    def hook_nbytes(self, names, n_tokens):
+        """Bytes the activations at `names` take for one new sequence of n_tokens (what
+        run_with_cache keeps): attention scores and patterns grow with n_tokens squared."""
+        c = self.config
+        dims = {"pos": n_tokens, "q_pos": n_tokens, "k_pos": n_tokens, "d_model": c.hidden_size, "1": 1,
+                "head": c.num_attention_heads, "kv_head": c.num_key_value_heads, "d_head": c.head_dim,
+                "d_mlp": c.intermediate_size, "d_vocab": c.vocab_size}
+        total = 0
+        for name in names:
+            shape = _HOOK_SHAPES[_LAYER_PREFIX.sub("blocks.{i}.", name)]
+            total += 4 * math.prod(dims[d] for d in shape)  # hooks get F32 copies
+        return total
 
     def add_hook(self, name, fn):
         """Registers fn(tensor, hook) on the hook point `name`; returns a handle with remove()."""
