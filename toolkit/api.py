@@ -5,6 +5,8 @@
 
 Everything here delegates to the model plugin; nothing here does math.
 """
+import os
+
 from toolkit import errors
 
 from . import interp
@@ -36,8 +38,13 @@ class Model:
     def path(self):
         return self.plugin.model_path
 
-    def apply_chat_template(self, messages, add_generation_prompt=True, **kwargs):
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False, **kwargs):
+        """The conversation as the model's chat template renders it: text, or with tokenize=True
+        its token ids (what generate() would encode it to). Other keywords reach the template."""
+        if not isinstance(tokenize, bool):
+            raise errors.ArgumentTypeError(f"tokenize must be a bool, got {tokenize!r:.40}")
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+        return self._ids(text) if tokenize else text
 
     # ---- compute ----
     def _ids(self, prompt_or_ids):
@@ -142,6 +149,8 @@ def load(model="smollm2-135m-instruct", threads=None, **defaults) -> Model:
     traffic (F32, the default, reproduces fp32 references exactly); other keywords are default
     generation settings (max_new_tokens, temperature, top_k, top_p, min_p, seed, ...).
     """
+    if not isinstance(model, (str, os.PathLike)):
+        raise errors.ArgumentTypeError(f"model is a name, a .gguf path or a model directory, got {model!r:.60}")
     plugin = Llama_Plugin()
-    plugin.initialize(model=str(model), threads=threads, **defaults)
+    plugin.initialize(model=os.fspath(model), threads=threads, **defaults)
     return Model(plugin)

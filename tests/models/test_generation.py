@@ -244,3 +244,22 @@ def test_forward_batch_rejects_bad_batches(model):
     with pytest.raises(errors.ArgumentTypeError):
         lm.forward_batch([([1], "not a cache")])
     assert cache.length == 0
+
+
+def test_apply_chat_template_tokenize_returns_the_ids_generation_uses(model):
+    """tokenize=True (Hugging Face's flag) gives ids, not the text it used to return unchanged."""
+    msgs = [{"role": "user", "content": "What is 2+2?"}]
+    text = model.apply_chat_template(msgs)
+    ids = model.apply_chat_template(msgs, tokenize=True)
+    assert isinstance(text, str) and ids == model.tokenizer.encode(text)
+    assert model.generate_ids(ids, max_new_tokens=4) == model.generate_ids(text, max_new_tokens=4)
+    with pytest.raises(errors.ArgumentTypeError):
+        model.apply_chat_template(msgs, tokenize="yes")
+
+
+@pytest.mark.parametrize("bad", [None, 5, ["a.gguf"]])
+def test_load_rejects_a_model_that_is_not_a_name_or_path(bad):
+    import toolkit
+
+    with pytest.raises(errors.ArgumentTypeError):
+        toolkit.load(bad)
