@@ -105,3 +105,14 @@ def test_a_cache_larger_than_memory_fails_up_front(model, monkeypatch):
         model.run_with_cache(ids)
     _, cache = model.run_with_cache(ids, names_filter="blocks.*.hook_resid_post")  # a narrow cache still fits
     assert len(cache) == model.config.num_hidden_layers
+
+
+def test_transformer_lens_aliases(model):
+    """TransformerLens's shorthands name the same activations here; 'result' (each head's output in
+    d_model, [pos, head, d_model]) is not z ([pos, head, d_head]) and must not silently return it."""
+    _, cache = model.run_with_cache(PROMPT, names_filter="blocks.1.*")
+    assert cache["key", 1] is cache["k", 1] and cache["query", 1] is cache["q", 1] and cache["value", 1] is cache["v", 1]
+    assert cache["attn", 1] is cache["pattern", 1] and cache["attn_logits", 1] is cache["attn_scores", 1]
+    assert cache["mlp_pre", 1] is cache["pre", 1] and cache["mlp_post", 1] is cache["post", 1]
+    with pytest.raises(CacheKeyError, match="hook_z"):
+        cache["result", 1]

@@ -21,7 +21,7 @@ _LAYER = re.compile(r"^blocks\.(\d+)\.(?:(\w+)\.)?hook_(\w+)$")
 _TOP = re.compile(r"^(?:(\w+)\.)?hook_(\w+)$")
 # TransformerLens's other names for some hook points (utils.get_act_name)
 _ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "embed": "embed", "mlp_pre": "pre",
-            "mlp_post": "post", "result": "z"}
+            "mlp_post": "post", "key": "k", "query": "q", "value": "v"}
 
 
 class CacheKeyError(errors.InvalidArgumentError, KeyError):
@@ -123,6 +123,9 @@ class ActivationCache:
             raise errors.ArgumentTypeError(f"cache keys are hook names or (name, layer[, sublayer]) tuples, got {key!r}")
         short = key[0].removeprefix("hook_")
         short = _ALIASES.get(short, short)
+        if short == "result":
+            raise CacheKeyError("TransformerLens's hook_result (each head's output in d_model) is not a hook point "
+                                "here; attn.hook_z holds each head's output before o_proj ([pos, head, d_head])")
         layer = key[1] if len(key) > 1 else None
         sub = key[2] if len(key) > 2 else None
         if layer is not None:
