@@ -263,3 +263,22 @@ def test_load_rejects_a_model_that_is_not_a_name_or_path(bad):
 
     with pytest.raises(errors.ArgumentTypeError):
         toolkit.load(bad)
+
+
+def test_kv_cache_truncate_rewinds_and_checks_its_argument(model):
+    lm = model.model
+    ids = model.tokenizer.encode("The Eiffel Tower is in the city of")
+    full = lm.forward(ids)
+    cache = lm.new_cache(len(ids))
+    lm.forward(ids, cache)
+    cache.truncate(3)
+    again = lm.forward(ids[3:], cache)
+    assert bytes(again.memoryview()) == bytes(full[3:].contiguous().memoryview())
+    for bad, exc in [(2.5, errors.ArgumentTypeError), ("a", errors.ArgumentTypeError), (None, errors.ArgumentTypeError),
+                     (True, errors.ArgumentTypeError), (-1, errors.InvalidArgumentError),
+                     (len(ids) + 1, errors.InvalidArgumentError)]:
+        with pytest.raises(exc):
+            cache.truncate(bad)
+        assert cache.length == len(ids)
+    with pytest.raises(errors.InvalidArgumentError):
+        lm.new_cache(0)  # not "the default capacity"

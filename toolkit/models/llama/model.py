@@ -64,6 +64,8 @@ class KVCache:
         return kv
 
     def truncate(self, length):
+        if isinstance(length, bool) or not isinstance(length, int):
+            raise errors.ArgumentTypeError(f"a cache length is an int, got {length!r:.40}")
         if not 0 <= length <= self.length:
             raise errors.InvalidArgumentError(f"cannot truncate a cache of {self.length} tokens to {length}")
         self.length = length
@@ -432,7 +434,7 @@ class LlamaModel(Module):
 
     def new_cache(self, capacity=None):
         c = self.config
-        return KVCache(c, capacity or min(c.max_position_embeddings, 4096))
+        return KVCache(c, min(c.max_position_embeddings, 4096) if capacity is None else capacity)
 
     def _scratch(self, n):
         """Activation buffers for n rows, kept for small passes (allocating ~10 buffers per decoded
@@ -499,7 +501,7 @@ class LlamaModel(Module):
         """
         ids = _as_id_list(input_ids)
         if cache is None:
-            cache = self.new_cache(len(ids))
+            cache = self.new_cache(max(1, len(ids)))  # no ids: forward_batch says so
         return self.forward_batch([(ids, cache)], logits=logits)
 
     def forward_batch(self, seqs, logits="last", seq_hooks=None):
