@@ -282,3 +282,18 @@ def test_kv_cache_truncate_rewinds_and_checks_its_argument(model):
         assert cache.length == len(ids)
     with pytest.raises(errors.InvalidArgumentError):
         lm.new_cache(0)  # not "the default capacity"
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_token_event_logprob_is_the_log_of_prob_with_a_repetition_penalty(model, temperature):
+    """prob and logprob describe the model's own distribution; the repetition penalty (which edits
+    the logits row in place for sampling) used to leak into logprob (exp(logprob) up to 2000)."""
+    import math
+
+    events = list(model.stream("The cat sat on the mat. The cat sat on the", max_new_tokens=6, details=True,
+                               repetition_penalty=1.5, temperature=temperature, seed=1))
+    for ev in events:
+        assert ev.logprob <= 0
+        assert math.exp(ev.logprob) == pytest.approx(ev.prob, rel=1e-4)
+    plain = list(model.stream("The cat sat on the mat. The cat sat on the", max_new_tokens=1, details=True))
+    assert events[0].top == plain[0].top  # the alternatives come from the raw logits too

@@ -184,7 +184,9 @@ def generate_events(model, prompt_ids, params: SamplingParams, cache=None, top=0
             if probs:
                 # before the sampler: the repetition penalty rewrites the row in place
                 p_all, best, p_best, alts = _distribution(tokenizer, logits, top)
-            tok = sampler.next(logits)  # [1, vocab]: the sampler reads it as one row
+            # [1, vocab]: the sampler reads it as one row; its repetition penalty edits the row in
+            # place, so it gets a copy when the raw row is still needed for the logprob
+            tok = sampler.next(logits.clone() if probs and params.repetition_penalty != 1.0 else logits)
         eos = tok is None
         if eos:
             tok = sampler.last
