@@ -60,10 +60,12 @@ class Model:
     def generate(self, prompt_or_ids, max_new_tokens=64, fwd_hooks=None, **kwargs) -> str:
         """The newly generated text (the prompt is not repeated). fwd_hooks [(name or filter, fn)]
         apply to the prompt and to every generated token (the KV cache keeps what they edit)."""
+        _not_here("generate", kwargs, ("details", "hooks"))
         return "".join(self.stream(prompt_or_ids, max_new_tokens=max_new_tokens, fwd_hooks=fwd_hooks, **kwargs))
 
     def generate_ids(self, prompt_or_ids, max_new_tokens=64, fwd_hooks=None, **kwargs) -> list:
         """The newly generated token ids. With stop strings, ids run up to the token that completed one."""
+        _not_here("generate_ids", kwargs, ("details", "top", "probs", "hooks"))
         hooks = interp.registry.expand(self.model, fwd_hooks)
         if kwargs.get("stop", self.plugin.sampling_defaults.get("stop")):
             # stop strings are matched on text: decode
@@ -80,6 +82,7 @@ class Model:
         details=True yields a TokenEvent per token instead: token_id, text, prob, logprob, top
         (the `top` likeliest (token_id, text, prob)), seconds, phase ("prefill" / "decode").
         """
+        _not_here("stream", kwargs, ("hooks",))
         hooks = interp.registry.expand(self.model, fwd_hooks)
         return self.plugin.stream_text(prompt_or_ids, details=details, top=top, max_new_tokens=max_new_tokens,
                                        hooks=hooks, **kwargs)
@@ -140,6 +143,17 @@ class Model:
         c = self.config
         return (f"<toolkit.Model {self.path}: {c.num_hidden_layers} layers, d_model {c.hidden_size}, "
                 f"vocab {c.vocab_size}, {self.model.num_parameters() / 1e6:.1f}M params>")
+
+
+def _not_here(call, kwargs, names):
+    """Keywords that belong to another call (or to the plugin's internals) as a typed error naming
+    the right one, not a TypeError from deep inside."""
+    bad = [n for n in names if n in kwargs]
+    if bad:
+        hint = {"details": "stream(details=True)", "top": "stream(details=True, top=k)", "hooks": "fwd_hooks=",
+                "probs": "stream(details=True)"}
+        raise errors.ArgumentTypeError(f"{call}() takes no {', '.join(bad)}; use "
+                                       f"{', '.join(hint[n] for n in bad)}")
 
 
 def load(model="smollm2-135m-instruct", threads=None, **defaults) -> Model:

@@ -297,3 +297,14 @@ def test_token_event_logprob_is_the_log_of_prob_with_a_repetition_penalty(model,
         assert math.exp(ev.logprob) == pytest.approx(ev.prob, rel=1e-4)
     plain = list(model.stream("The cat sat on the mat. The cat sat on the", max_new_tokens=1, details=True))
     assert events[0].top == plain[0].top  # the alternatives come from the raw logits too
+
+
+@pytest.mark.parametrize("call, kwargs", [
+    ("generate", dict(details=True)), ("generate_ids", dict(details=True)),
+    ("generate_ids", dict(details=True, stop=["x"])), ("generate_ids", dict(probs=True, stop=["x"])),
+    ("generate", dict(hooks=[])), ("stream", dict(hooks=[])), ("generate_ids", dict(hooks=[])),
+])
+def test_keywords_of_another_call_are_typed_errors(model, call, kwargs):
+    """Not a bare TypeError from deep inside ('got multiple values for keyword argument')."""
+    with pytest.raises(errors.ArgumentTypeError):
+        getattr(model, call)("Hi", max_new_tokens=2, **kwargs)
