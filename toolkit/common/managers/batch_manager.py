@@ -74,6 +74,7 @@ class BatchManager:
         self._claimed = set()        # rids only wait() collects (private, or being waited for)
         self._waited = set()         # rids a wait() running now will collect
         self._last_rid = None
+        self._pass_thread = None     # the thread running a pass now (its hooks run there too)
 
     # ---- submitting and inspecting ----
     def add_request(self, request_id, token_ids, *, hooks=None, keep_logits=False, private=False, **sampling):
@@ -186,6 +187,7 @@ class BatchManager:
     def forward_step(self):
         """One forward pass over every running request (admitting waiting ones first); returns the
         ids of requests that finished in it. Blocks while another thread's pass runs."""
+        self._not_from_own_pass("forward_step")
         try:
             with self._step_lock:
                 return self._pass()
@@ -319,8 +321,23 @@ class BatchManager:
             plan.append((req, feed))
         return plan
 
+    def _not_from_own_pass(self, what):
+        """A hook runs inside a pass, on the stepping thread: waiting there for passes of this
+        manager would wait for the pass it is part of, forever."""
+        if self._pass_thread == threading.get_ident():
+            raise errors.UnsupportedError(
+                f"{what} was called from inside one of this BatchManager's own passes (a hook of one of its "
+                f"requests?); it would wait for itself. Call the model directly there (m.logits, m.generate)")
+
     def _pass(self):
         """One pass; the caller holds _step_lock (not _cond)."""
+        self._pass_thread = threading.get_ident()
+        try:
+            return self._pass_locked()
+        finally:
+            self._pass_thread = None
+
+    def _pass_locked(self):
         with self._cond:
             self._admit()
             plan = self._plan()
@@ -375,6 +392,7 @@ class BatchManager:
     def _run_until(self, ready):
         """Returns once ready() (evaluated under the lock) holds, running passes while no other
         thread is, else sleeping until the pass running now ends."""
+        self._not_from_own_pass("waiting for requests (run, step, wait, stream, infer_batch)")
         while True:
             with self._cond:
                 if ready():
