@@ -308,3 +308,11 @@ def test_keywords_of_another_call_are_typed_errors(model, call, kwargs):
     """Not a bare TypeError from deep inside ('got multiple values for keyword argument')."""
     with pytest.raises(errors.ArgumentTypeError):
         getattr(model, call)("Hi", max_new_tokens=2, **kwargs)
+
+
+@pytest.mark.parametrize("call", ["logits", "generate", "run_with_cache", "run_with_hooks"])
+@pytest.mark.parametrize("bad", [-1, 49152])
+def test_out_of_vocab_ids_name_the_vocabulary(model, call, bad):
+    """Not 'outside 0..2147483647' (the int32 bound) for -1: the range the model accepts."""
+    with pytest.raises(errors.IndexOutOfRangeError, match="49151"):
+        getattr(model, call)([5, bad])

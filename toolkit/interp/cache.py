@@ -40,7 +40,7 @@ def token_ids(model, prompt_or_ids):
         if tok is None:
             raise errors.ToolkitError("this model has no tokenizer: pass token ids")
         return tok.encode(prompt_or_ids)
-    ids = as_id_list(prompt_or_ids)
+    ids = as_id_list(prompt_or_ids, module_of(model).config.vocab_size)
     if not ids:
         raise errors.InvalidArgumentError("no tokens given")
     return ids

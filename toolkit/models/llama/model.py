@@ -499,7 +499,7 @@ class LlamaModel(Module):
 
         With a cache, the tokens continue the cached sequence and the cache grows by T.
         """
-        ids = _as_id_list(input_ids)
+        ids = _as_id_list(input_ids, self.config.vocab_size)
         if cache is None:
             cache = self.new_cache(max(1, len(ids)))  # no ids: forward_batch says so
         return self.forward_batch([(ids, cache)], logits=logits)
@@ -605,14 +605,15 @@ class LlamaModel(Module):
         from ...common.generation import SamplingParams, generate_ids
 
         params = SamplingParams(max_new_tokens=max_new_tokens, **sampling)
-        new = list(generate_ids(self, _as_id_list(input_ids), params))
+        new = list(generate_ids(self, _as_id_list(input_ids, self.config.vocab_size), params))
         out = Tensor((1, len(new)), "I32")
         return out.load(new) if new else out
 
 
-def _as_id_list(input_ids):
-    """Token ids from a Tensor (any shape; float ids as in the plugin guide) or a sequence of ints."""
-    return validate.token_ids(input_ids)
+def _as_id_list(input_ids, vocab_size=None):
+    """Token ids from a Tensor (any shape; float ids as in the plugin guide) or a sequence of ints,
+    each in 0..vocab_size-1 when vocab_size is given."""
+    return validate.token_ids(input_ids, vocab_size)
 
 
 as_id_list = _as_id_list  # public name for the layers above (toolkit.interp)
