@@ -63,3 +63,17 @@ def test_induction_scores_take_text_like_every_other_call(model):
 def test_induction_scores_rejects_a_non_list(model, seqs):
     with pytest.raises(errors.ArgumentTypeError):
         induction_scores(model, seqs, period=2)
+
+
+def test_activation_patching_reaches_the_norm_hooks(model):
+    """ln1/ln2 outputs have a position dim too: 'ln1.normalized' patches them; the bare
+    'normalized' is ambiguous and says which to pick (it used to claim it had no position dim)."""
+    r = activation_patching(model, CLEAN, BAD, hook="ln1.normalized", answer=" Paris", wrong=" Rome",
+                            layers=[0], positions=[-1])
+    same = activation_patching(model, CLEAN, BAD, hook="blocks.{}.ln1.hook_normalized".split(".", 2)[2],
+                               answer=" Paris", wrong=" Rome", layers=[0], positions=[-1])
+    assert r.effects == same.effects
+    with pytest.raises(errors.InvalidArgumentError, match="ln1.normalized"):
+        activation_patching(model, CLEAN, BAD, hook="normalized", answer=" Paris", wrong=" Rome", layers=[0])
+    with pytest.raises(errors.InvalidArgumentError, match="position"):
+        activation_patching(model, CLEAN, BAD, hook="pattern", answer=" Paris", wrong=" Rome", layers=[0])

@@ -68,12 +68,18 @@ def activation_patching(model, clean, corrupted, hook="resid_pre", metric=None, 
         raise errors.ArgumentTypeError(f"metric must be callable as metric(logits), got {type(metric).__name__}")
     if not isinstance(hook, str):
         raise errors.ArgumentTypeError(f"hook is a short hook name such as 'resid_pre', got {hook!r:.40}")
-    short = hook.removeprefix("hook_")
-    template = next((n for n in (f"blocks.{{}}.hook_{short}", f"blocks.{{}}.attn.hook_{short}",
-                                 f"blocks.{{}}.mlp.hook_{short}") if n.format(0) in lm.hook_set.points), None)
-    if template is None or short in ("pattern", "attn_scores"):
+    sub, _, short = hook.rpartition(".")  # "z", "hook_z", or with its sublayer: "ln1.normalized"
+    short = short.removeprefix("hook_")
+    subs = [sub] if sub else ["", "attn", "mlp", "ln1", "ln2"]
+    found = [f"blocks.{{}}.{s + '.' if s else ''}hook_{short}" for s in subs]
+    found = [n for n in found if n.format(0) in lm.hook_set.points]
+    if len(found) > 1:
+        options = ", ".join(repr(n.split(".", 2)[2].replace("hook_", "")) for n in found)
+        raise errors.InvalidArgumentError(f"{hook!r} is in several sublayers: give one of {options}")
+    if not found or short in ("pattern", "attn_scores"):
         raise errors.InvalidArgumentError(f"cannot patch {hook!r} by position: use a hook with a leading "
-                                          f"position dim (resid_pre, attn_out, mlp_out, z, ...)")
+                                          f"position dim (resid_pre, attn_out, mlp_out, z, ln1.normalized, ...)")
+    template = found[0]
     layers = list(range(L)) if layers is None else _indices(layers, L, "layer")
     T = len(clean_ids)
     positions = list(range(T)) if positions is None else _indices(positions, T, "position")
