@@ -129,8 +129,9 @@ class ActivationCache:
         layer = key[1] if len(key) > 1 else None
         sub = key[2] if len(key) > 2 else None
         if layer is not None:
-            if isinstance(layer, bool) or not isinstance(layer, int):
+            if validate.as_index(layer) is None:
                 raise errors.ArgumentTypeError(f"a layer is an int, got {layer!r}")
+            layer = validate.as_index(layer)
             if not -self.n_layers <= layer < self.n_layers:
                 raise errors.IndexOutOfRangeError(f"layer {layer} out of range for {self.n_layers} layers")
             layer %= self.n_layers
@@ -190,6 +191,8 @@ class ActivationCache:
         incl_mid; layer None (or -1, or n_layers) adds the final resid_post as "final_post").
         apply_ln runs each through the final norm (each row its own scale), as the logit lens does."""
         L = self.n_layers
+        if layer is not None and validate.as_index(layer) is not None:
+            layer = validate.as_index(layer)
         if layer is None or layer == -1 or layer == L:
             upto, final = L, True
         elif isinstance(layer, int) and not isinstance(layer, bool) and 0 <= layer < L:
@@ -225,6 +228,7 @@ class ActivationCache:
         resid, labels = self.accumulated_resid(layer, incl_mid=incl_mid, apply_ln=True, return_labels=True)
         n, T, _ = resid.shape
         V = self.model.config.vocab_size
+        k = k if validate.as_index(k) is None else validate.as_index(k)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= V:
             raise errors.InvalidArgumentError(f"k must be an int in 1..{V}, got {k!r}")
         ids, probs = [], []
@@ -264,8 +268,9 @@ class LogitLens:
     def table(self, pos=-1, k=3):
         """A text table of position pos: one line per component with its top k tokens."""
         T = len(self.input_ids)
-        if not -T <= pos < T:
+        if validate.as_index(pos) is None or not -T <= validate.as_index(pos) < T:
             raise errors.IndexOutOfRangeError(f"position {pos} out of range for {T} tokens")
+        pos = validate.as_index(pos)
         memo = {}
         head = f"logit lens at position {pos % T} (input token {self._decode(self.input_ids[pos], memo)!r})"
         lines = [head]

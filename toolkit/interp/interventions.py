@@ -13,7 +13,7 @@ from .registry import module_of
 
 def _heads(model, heads):
     c = module_of(model).config
-    if isinstance(heads, tuple) and len(heads) == 2 and all(isinstance(v, int) for v in heads):
+    if isinstance(heads, tuple) and len(heads) == 2 and all(validate.as_index(v) is not None for v in heads):
         heads = [heads]
     if isinstance(heads, (str, bytes)) or not hasattr(heads, "__iter__"):
         raise errors.ArgumentTypeError(f"heads are a list of (layer, head) pairs, got {heads!r:.40}")
@@ -21,12 +21,12 @@ def _heads(model, heads):
     for item in heads:
         if not isinstance(item, (list, tuple)) or len(item) != 2:
             raise errors.ArgumentTypeError(f"heads are (layer, head) pairs, got {item!r}")
-        layer, head = item
-        for v, n, what in ((layer, c.num_hidden_layers, "layer"), (head, c.num_attention_heads, "head")):
-            if isinstance(v, bool) or not isinstance(v, int):
+        for v, n, what in ((item[0], c.num_hidden_layers, "layer"), (item[1], c.num_attention_heads, "head")):
+            if validate.as_index(v) is None:
                 raise errors.ArgumentTypeError(f"a {what} is an int, got {v!r}")
-            if not 0 <= v < n:
+            if not 0 <= validate.as_index(v) < n:
                 raise errors.IndexOutOfRangeError(f"{what} {v} out of range 0..{n - 1}")
+        layer, head = validate.as_index(item[0]), validate.as_index(item[1])
         by_layer.setdefault(layer, []).append(head)
     return by_layer
 
@@ -80,6 +80,8 @@ def steering_hooks(model, layer, vector, from_pos=0, scale=1.0, point="hook_resi
     lm = module_of(model)
     c = lm.config
     L = c.num_hidden_layers
+    layer = layer if validate.as_index(layer) is None else validate.as_index(layer)
+    from_pos = from_pos if validate.as_index(from_pos) is None else validate.as_index(from_pos)
     if isinstance(layer, bool) or not isinstance(layer, int) or not -L <= layer < L:
         raise errors.IndexOutOfRangeError(f"layer must be an int in {-L}..{L - 1}, got {layer!r}")
     if point not in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):

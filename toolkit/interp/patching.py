@@ -3,6 +3,8 @@ prompt. For each layer and position, the corrupted run gets the clean run's acti
 point and position; the effect is metric(patched logits) - metric(corrupted logits)."""
 from toolkit import errors
 
+from ..common import validate
+
 from .cache import run_with_cache, run_with_hooks, token_ids
 from .registry import module_of
 
@@ -25,6 +27,7 @@ def _token(model, t):
             raise errors.InvalidArgumentError(f"{t!r} is {len(ids)} tokens; give one token (or its id)")
         return ids[0]
     V = module_of(model).config.vocab_size
+    t = t if validate.as_index(t) is None else validate.as_index(t)
     if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < V:
         raise errors.InvalidArgumentError(f"a token is a string or an id in 0..{V - 1}, got {t!r}")
     return t
@@ -105,11 +108,12 @@ def _indices(values, n, what):
         raise errors.ArgumentTypeError(f"{what}s must be a list of ints, got {values!r:.40}")
     out = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int):
+        i = validate.as_index(v)  # ints, and NumPy's integers
+        if i is None:
             raise errors.ArgumentTypeError(f"a {what} is an int, got {v!r:.40}")
-        if not -n <= v < n:
-            raise errors.IndexOutOfRangeError(f"{what} {v} out of range for {n} {what}s")
-        out.append(v % n)
+        if not -n <= i < n:
+            raise errors.IndexOutOfRangeError(f"{what} {i} out of range for {n} {what}s")
+        out.append(i % n)
     return out
 
 

@@ -1,6 +1,8 @@
 """Head scores over repeated sequences: which heads do induction (TransformerLens's induction score)."""
 from toolkit import errors
 
+from ..common import validate
+
 from ..core.engine import functional as F
 from ..core.engine.tensor import Tensor
 from .cache import run_with_cache, token_ids
@@ -13,6 +15,8 @@ def induction_scores(model, sequences, period, start=0):
     sequences. Each sequence is `start` tokens (e.g. BOS) and then a block of `period` tokens
     repeated at least once. One forward pass per sequence, caching only the attention patterns;
     the means are one engine matmul per layer against a [T * T] weight row."""
+    period = period if validate.as_index(period) is None else validate.as_index(period)
+    start = start if validate.as_index(start) is None else validate.as_index(start)
     if isinstance(period, bool) or not isinstance(period, int) or period < 2:
         raise errors.InvalidArgumentError(f"period must be an int >= 2, got {period!r}")
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:
