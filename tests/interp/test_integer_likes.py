@@ -64,7 +64,7 @@ def test_arrays_of_ids_and_real_likes_in_generation(model):
     assert model.generate_ids(Array(ids), max_new_tokens=3) == want
     assert model.generate_ids(Array([ids]), max_new_tokens=3) == want  # a batch of one, as TransformerLens's tokens
     assert bytes(model.logits(Array(ids)).memoryview()) == bytes(model.logits(ids).memoryview())
-    assert model.generate(ids, max_new_tokens=3, temperature=Float(0.5), seed=1) == \
+    assert model.generate(ids, max_new_tokens=3, temperature=Float(0.5), seed=Int(1)) == \
         model.generate(ids, max_new_tokens=3, temperature=0.5, seed=1)
     with pytest.raises(toolkit.errors.ArgumentTypeError, match="one sequence"):
         model.logits(Array([ids, ids]))

@@ -44,8 +44,10 @@ class SamplingParams:
         num("repetition_penalty", 0.0)
         if self.repetition_penalty == 0:
             raise errors.InvalidArgumentError("repetition_penalty must be positive")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise errors.ArgumentTypeError(f"seed must be an int or None, got {self.seed!r}")
+        if self.seed is not None:
+            if validate.as_index(self.seed) is None:
+                raise errors.ArgumentTypeError(f"seed must be an int or None, got {self.seed!r}")
+            self.seed = validate.as_index(self.seed)  # random.Random takes ints, not NumPy's int64
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
