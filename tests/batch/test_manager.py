@@ -340,3 +340,26 @@ def test_stepping_the_manager_from_inside_its_own_pass_raises_instead_of_hanging
         assert bm.pending == 0
     bm.add_request("after", prompts[0], max_new_tokens=2)
     assert bm.run()["after"].token_ids == model.generate_ids(prompts[0], max_new_tokens=2)
+
+
+def test_takes_the_toolkit_model_handle_and_refuses_other_objects(model, prompts):
+    """BatchManager(m) with the handle toolkit.load returns (what the README's `model` is) works like
+    BatchManager(m.model); an object that is no model is an ArgumentTypeError, not an AttributeError."""
+    bm = BatchManager(model, prefill_chunk=8)
+    bm.add_request("a", prompts[0], max_new_tokens=3)
+    assert bm.run()["a"].token_ids == model.generate_ids(prompts[0], max_new_tokens=3)
+    for bad in ("x", None, object()):
+        with pytest.raises(errors.ArgumentTypeError):
+            BatchManager(bad)
+
+
+def test_the_readme_example_runs(model):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = text.split("### Many requests at once", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    scope = {"m": model}
+    exec(block, scope)  # noqa: S102 - the README's own code
+    res = scope["results"]
+    assert res["a"].finish_reason == "length" and len(res["a"].token_ids) == 16
+    assert res["b"].text == model.generate("The capital of France is", max_new_tokens=16, stop=["."])

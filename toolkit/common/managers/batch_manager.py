@@ -49,13 +49,23 @@ def _accepts_seq_hooks(model):
 class BatchManager:
     def __init__(self, model, max_batch_size=16, defaults=None, *, prefill_chunk=256, kv_budget_tokens=None,
                  kv_budget_bytes=None, tokenizer=None):
-        """model: anything with forward_batch, new_cache and config (a LlamaModel). defaults: default
-        sampling settings. tokenizer (default model.tokenizer) decodes text for stop strings and results."""
+        """model: toolkit.load's handle, or anything with forward_batch, new_cache and config (a
+        LlamaModel). defaults: default sampling settings (for a handle: its load-time ones). tokenizer (default model.tokenizer) decodes text for stop strings and results."""
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise errors.InvalidArgumentError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
         if prefill_chunk is not None and (isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int)
                                           or prefill_chunk < 1):
             raise errors.InvalidArgumentError(f"prefill_chunk must be a positive int or None, got {prefill_chunk!r}")
+        if not hasattr(model, "forward_batch"):
+            inner = getattr(model, "model", None)  # toolkit.load's handle: its model module (ClosedError if closed)
+            if hasattr(inner, "forward_batch"):
+                if defaults is None:  # the handle's load-time generation defaults, as its generate() uses
+                    defaults = getattr(getattr(model, "plugin", None), "sampling_defaults", None)
+                model = inner
+        missing = [a for a in ("forward_batch", "new_cache", "config") if not hasattr(model, a)]
+        if missing:
+            raise errors.ArgumentTypeError(f"BatchManager needs a model (toolkit.load's handle, or a module with "
+                                           f"forward_batch, new_cache and config), got {type(model).__name__}")
         self.model = model
         self.max_batch_size = max_batch_size
         self.prefill_chunk = prefill_chunk
