@@ -130,3 +130,15 @@ def test_convert_rejects_a_bad_dtype(tmp_path, smollm2_gguf_path):
 
     with pytest.raises(errors.InvalidArgumentError):
         convert_gguf_to_hf(smollm2_gguf_path, str(tmp_path / "x"), dtype="Q4_1")
+
+
+def test_cli_profile_takes_max_new_tokens_and_reports_an_unwritable_trace(smollm2_gguf_path, tmp_path, capsys):
+    """--max-new-tokens as in `generate`; a trace path it cannot write is one 'error:' line and exit
+    status 2, not a traceback."""
+    from toolkit.__main__ import main
+
+    bad = str(tmp_path / "missing-dir" / "trace.json")
+    assert main(["profile", "Hi", "--model", smollm2_gguf_path, "--max-new-tokens", "2", "--trace", bad]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "missing-dir" in err and "Traceback" not in err
+    assert main(["convert", smollm2_gguf_path, str(tmp_path / "nope" / "x" / "y" / ("z" * 300))]) == 2
