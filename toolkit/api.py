@@ -57,13 +57,14 @@ class Model:
             raise errors.InvalidArgumentError("logits() needs at least one token")
         return self.model.forward(ids, logits="all")
 
-    def generate(self, prompt_or_ids, max_new_tokens=64, fwd_hooks=None, **kwargs) -> str:
-        """The newly generated text (the prompt is not repeated). fwd_hooks [(name or filter, fn)]
-        apply to the prompt and to every generated token (the KV cache keeps what they edit)."""
+    def generate(self, prompt_or_ids, max_new_tokens=None, fwd_hooks=None, **kwargs) -> str:
+        """The newly generated text (the prompt is not repeated). max_new_tokens None: the load-time
+        default (64 unless toolkit.load set one). fwd_hooks [(name or filter, fn)] apply to the
+        prompt and to every generated token (the KV cache keeps what they edit)."""
         _not_here("generate", kwargs, ("details", "hooks"))
         return "".join(self.stream(prompt_or_ids, max_new_tokens=max_new_tokens, fwd_hooks=fwd_hooks, **kwargs))
 
-    def generate_ids(self, prompt_or_ids, max_new_tokens=64, fwd_hooks=None, **kwargs) -> list:
+    def generate_ids(self, prompt_or_ids, max_new_tokens=None, fwd_hooks=None, **kwargs) -> list:
         """The newly generated token ids. With stop strings, ids run up to the token that completed one."""
         _not_here("generate_ids", kwargs, ("details", "top", "probs", "hooks"))
         hooks = interp.registry.expand(self.model, fwd_hooks)
@@ -75,7 +76,7 @@ class Model:
         return list(self.plugin.generate_token_ids(prompt_or_ids, max_new_tokens=max_new_tokens, hooks=hooks,
                                                    **kwargs))
 
-    def stream(self, prompt_or_ids, max_new_tokens=64, fwd_hooks=None, details=False, top=5, **kwargs):
+    def stream(self, prompt_or_ids, max_new_tokens=None, fwd_hooks=None, details=False, top=5, **kwargs):
         """An iterator of text pieces as they are generated (never splits a UTF-8 character).
         fwd_hooks apply as in generate().
 

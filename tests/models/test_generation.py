@@ -316,3 +316,17 @@ def test_out_of_vocab_ids_name_the_vocabulary(model, call, bad):
     """Not 'outside 0..2147483647' (the int32 bound) for -1: the range the model accepts."""
     with pytest.raises(errors.IndexOutOfRangeError, match="49151"):
         getattr(model, call)([5, bad])
+
+
+def test_load_time_max_new_tokens_is_the_default_of_every_call(smollm2_gguf_path):
+    """toolkit.load(max_new_tokens=3) is a default like temperature: generate/generate_ids/stream
+    used to override it with their own 64."""
+    import toolkit
+
+    with toolkit.load(smollm2_gguf_path, max_new_tokens=3) as m:
+        p = "Once upon a time"
+        assert len(m.generate_ids(p)) == 3 and len(list(m.stream(p))) <= 3
+        assert m.generate(p) == m.plugin.generate_text(p) == m.tokenizer.decode(m.generate_ids(p))
+        assert len(m.generate_ids(p, max_new_tokens=5)) == 5
+    with toolkit.load(smollm2_gguf_path) as m:
+        assert len(m.generate_ids("Once upon a time", stop_at_eos=False)) == 64  # the documented default
