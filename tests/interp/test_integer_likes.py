@@ -68,3 +68,11 @@ def test_arrays_of_ids_and_real_likes_in_generation(model):
         model.generate(ids, max_new_tokens=3, temperature=0.5, seed=1)
     with pytest.raises(toolkit.errors.ArgumentTypeError, match="one sequence"):
         model.logits(Array([ids, ids]))
+
+
+def test_heads_as_an_array_of_pairs(model):
+    """np.argwhere(scores > x) gives an [n, 2] array of (layer, head) rows."""
+    want = zero_ablate_heads(model, [(3, 0), (4, 1)])
+    got = zero_ablate_heads(model, Array([[3, 0], [4, 1]]))
+    assert [n for n, _ in got] == [n for n, _ in want]
+    assert [n for n, _ in zero_ablate_heads(model, [Array([3, 0])])] == ["blocks.3.attn.hook_z"]

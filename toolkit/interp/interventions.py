@@ -15,10 +15,14 @@ def _heads(model, heads):
     c = module_of(model).config
     if isinstance(heads, tuple) and len(heads) == 2 and all(validate.as_index(v) is not None for v in heads):
         heads = [heads]
+    if not isinstance(heads, (list, tuple)) and callable(getattr(heads, "tolist", None)):
+        heads = heads.tolist()  # an [n, 2] array (np.argwhere over a [layer, head] score table)
     if isinstance(heads, (str, bytes)) or not hasattr(heads, "__iter__"):
         raise errors.ArgumentTypeError(f"heads are a list of (layer, head) pairs, got {heads!r:.40}")
     by_layer = {}
     for item in heads:
+        if not isinstance(item, (list, tuple)) and callable(getattr(item, "tolist", None)):
+            item = item.tolist()
         if not isinstance(item, (list, tuple)) or len(item) != 2:
             raise errors.ArgumentTypeError(f"heads are (layer, head) pairs, got {item!r}")
         for v, n, what in ((item[0], c.num_hidden_layers, "layer"), (item[1], c.num_attention_heads, "head")):
