@@ -61,6 +61,10 @@ Notes:
 - Hooks that read attention scores or patterns leave the fused attention kernel in charge (logits
   stay bit-identical); a hook that edits `hook_attn_scores` or `hook_pattern` makes that
   sequence's attention in that block run op by op from the edited values.
+- A hook may run the model itself (`m.logits`, `m.run_with_cache`, `m.generate` on another
+  prompt): that inner pass gets its own buffers and leaves the outer one bit-identical. Waiting on
+  a BatchManager (`run`, `wait`, `infer_batch`) from a hook inside one of that manager's own passes
+  raises `UnsupportedError` (it would wait for itself).
 - With no hook registered a pass tests one `None` per block; see `python -m toolkit.bench hooks`.
 """
 
