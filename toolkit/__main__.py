@@ -102,7 +102,7 @@ def main(argv=None):
     g.set_defaults(fn=_generate)
     pr = sub.add_parser("profile", help="generate greedily under the profiler; print per-layer and per-op tables")
     pr.add_argument("prompt")
-    pr.add_argument("--new-tokens", type=int, default=16)
+    pr.add_argument("--new-tokens", "--max-new-tokens", dest="new_tokens", type=int, default=16)
     pr.add_argument("--trace", default=None, help="also write a Chrome trace (JSON) here")
     pr.add_argument("--model", default="smollm2-135m-instruct", help="model name, .gguf file or HF directory")
     pr.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
@@ -124,7 +124,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         args.fn(args)
-    except errors.ToolkitError as exc:
+    except (errors.ToolkitError, OSError) as exc:  # OSError: an output path it cannot write
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

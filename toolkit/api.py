@@ -5,6 +5,8 @@
 
 Everything here delegates to the model plugin; nothing here does math.
 """
+import os
+
 from toolkit import errors
 
 from . import interp
@@ -36,8 +38,13 @@ class Model:
     def path(self):
         return self.plugin.model_path
 
-    def apply_chat_template(self, messages, add_generation_prompt=True, **kwargs):
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False, **kwargs):
+        """The conversation as the model's chat template renders it: text, or with tokenize=True
+        its token ids (what generate() would encode it to). Other keywords reach the template."""
+        if not isinstance(tokenize, bool):
+            raise errors.ArgumentTypeError(f"tokenize must be a bool, got {tokenize!r:.40}")
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+        return self._ids(text) if tokenize else text
 
     # ---- compute ----
     def _ids(self, prompt_or_ids):
@@ -50,13 +57,16 @@ class Model:
             raise errors.InvalidArgumentError("logits() needs at least one token")
         return self.model.forward(ids, logits="all")
 
-    def generate(self, prompt_or_ids, max_new_tokens=64, fwd_hooks=None, **kwargs) -> str:
-        """The newly generated text (the prompt is not repeated). fwd_hooks [(name or filter, fn)]
-        apply to the prompt and to every generated token (the KV cache keeps what they edit)."""
+    def generate(self, prompt_or_ids, max_new_tokens=None, fwd_hooks=None, **kwargs) -> str:
+        """The newly generated text (the prompt is not repeated). max_new_tokens None: the load-time
+        default (64 unless toolkit.load set one). fwd_hooks [(name or filter, fn)] apply to the
+        prompt and to every generated token (the KV cache keeps what they edit)."""
+        _not_here("generate", kwargs, ("details", "hooks"))
         return "".join(self.stream(prompt_or_ids, max_new_tokens=max_new_tokens, fwd_hooks=fwd_hooks, **kwargs))
 
-    def generate_ids(self, prompt_or_ids, max_new_tokens=64, fwd_hooks=None, **kwargs) -> list:
+    def generate_ids(self, prompt_or_ids, max_new_tokens=None, fwd_hooks=None, **kwargs) -> list:
         """The newly generated token ids. With stop strings, ids run up to the token that completed one."""
+        _not_here("generate_ids", kwargs, ("details", "top", "probs", "hooks"))
         hooks = interp.registry.expand(self.model, fwd_hooks)
         if kwargs.get("stop", self.plugin.sampling_defaults.get("stop")):
             # stop strings are matched on text: decode
@@ -66,13 +76,14 @@ class Model:
         return list(self.plugin.generate_token_ids(prompt_or_ids, max_new_tokens=max_new_tokens, hooks=hooks,
                                                    **kwargs))
 
-    def stream(self, prompt_or_ids, max_new_tokens=64, fwd_hooks=None, details=False, top=5, **kwargs):
+    def stream(self, prompt_or_ids, max_new_tokens=None, fwd_hooks=None, details=False, top=5, **kwargs):
         """An iterator of text pieces as they are generated (never splits a UTF-8 character).
         fwd_hooks apply as in generate().
 
         details=True yields a TokenEvent per token instead: token_id, text, prob, logprob, top
         (the `top` likeliest (token_id, text, prob)), seconds, phase ("prefill" / "decode").
         """
+        _not_here("stream", kwargs, ("hooks",))
         hooks = interp.registry.expand(self.model, fwd_hooks)
         return self.plugin.stream_text(prompt_or_ids, details=details, top=top, max_new_tokens=max_new_tokens,
                                        hooks=hooks, **kwargs)
@@ -135,6 +146,17 @@ class Model:
                 f"vocab {c.vocab_size}, {self.model.num_parameters() / 1e6:.1f}M params>")
 
 
+def _not_here(call, kwargs, names):
+    """Keywords that belong to another call (or to the plugin's internals) as a typed error naming
+    the right one, not a TypeError from deep inside."""
+    bad = [n for n in names if n in kwargs]
+    if bad:
+        hint = {"details": "stream(details=True)", "top": "stream(details=True, top=k)", "hooks": "fwd_hooks=",
+                "probs": "stream(details=True)"}
+        raise errors.ArgumentTypeError(f"{call}() takes no {', '.join(bad)}; use "
+                                       f"{', '.join(hint[n] for n in bad)}")
+
+
 def load(model="smollm2-135m-instruct", threads=None, **defaults) -> Model:
     """Loads a model by name ("smollm2-135m-instruct"), .gguf path or HF directory.
 
@@ -142,6 +164,8 @@ def load(model="smollm2-135m-instruct", threads=None, **defaults) -> Model:
     traffic (F32, the default, reproduces fp32 references exactly); other keywords are default
     generation settings (max_new_tokens, temperature, top_k, top_p, min_p, seed, ...).
     """
+    if not isinstance(model, (str, os.PathLike)):
+        raise errors.ArgumentTypeError(f"model is a name, a .gguf path or a model directory, got {model!r:.60}")
     plugin = Llama_Plugin()
-    plugin.initialize(model=str(model), threads=threads, **defaults)
+    plugin.initialize(model=os.fspath(model), threads=threads, **defaults)
     return Model(plugin)

@@ -314,3 +314,52 @@ def test_models_whose_caches_report_no_size(model):
         BatchManager(Opaque(model.model), kv_budget_bytes=10 ** 6)
     use = BatchManager(Opaque(model.model), kv_budget_tokens=100).kv_usage
     assert (use.tokens, use.bytes, use.budget_tokens, use.budget_bytes) == (0, None, 100, None)
+
+
+@pytest.mark.timeout(60)
+def test_stepping_the_manager_from_inside_its_own_pass_raises_instead_of_hanging(model, prompts):
+    """A hook of a request that waits on the same manager (infer_batch, run, wait, forward_step)
+    would wait for the pass it is part of: it raises, and the manager and the model stay usable."""
+    bm = BatchManager(model.model)
+    calls = {"run": lambda: bm.run(), "forward_step": lambda: bm.forward_step(), "step": lambda: bm.step(),
+             "wait": lambda: bm.wait(["inner"])}
+    for name, call in calls.items():
+        seen = []
+
+        def probe(t, hook, call=call):
+            if not seen:
+                seen.append(1)
+                if name == "wait":
+                    bm.add_request("inner", prompts[1], max_new_tokens=1)
+                call()
+        bm.add_request("outer", prompts[0], max_new_tokens=2, hooks=[("blocks.0.hook_resid_post", probe)])
+        with pytest.raises(errors.UnsupportedError, match="inside"):
+            bm.run()
+        bm.discard("outer")
+        bm.discard("inner")
+        assert bm.pending == 0
+    bm.add_request("after", prompts[0], max_new_tokens=2)
+    assert bm.run()["after"].token_ids == model.generate_ids(prompts[0], max_new_tokens=2)
+
+
+def test_takes_the_toolkit_model_handle_and_refuses_other_objects(model, prompts):
+    """BatchManager(m) with the handle toolkit.load returns (what the README's `model` is) works like
+    BatchManager(m.model); an object that is no model is an ArgumentTypeError, not an AttributeError."""
+    bm = BatchManager(model, prefill_chunk=8)
+    bm.add_request("a", prompts[0], max_new_tokens=3)
+    assert bm.run()["a"].token_ids == model.generate_ids(prompts[0], max_new_tokens=3)
+    for bad in ("x", None, object()):
+        with pytest.raises(errors.ArgumentTypeError):
+            BatchManager(bad)
+
+
+def test_the_readme_example_runs(model):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = text.split("### Many requests at once", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    scope = {"m": model}
+    exec(block, scope)  # noqa: S102 - the README's own code
+    res = scope["results"]
+    assert res["a"].finish_reason == "length" and len(res["a"].token_ids) == 16
+    assert res["b"].text == model.generate("The capital of France is", max_new_tokens=16, stop=["."])

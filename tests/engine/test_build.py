@@ -54,6 +54,14 @@ def test_threads_and_simd_settings():
     assert backend.get_simd() is False
     backend.set_simd(True)
     assert backend.get_simd() == was
+    for bad in (None, "yes", 1):  # None used to switch every kernel to the scalar reference silently
+        with pytest.raises(errors.ArgumentTypeError):
+            backend.set_simd(bad)
+    assert backend.get_simd() == was
+    with pytest.raises(errors.ArgumentTypeError):
+        backend.bench_read_bandwidth("a")
+    with pytest.raises(errors.InvalidArgumentError):
+        backend.bench_read_bandwidth(-1)
 
 
 def test_portable_build_compiles(tmp_path):

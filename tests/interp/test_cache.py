@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from toolkit import errors
 from toolkit.core.engine import functional as F
 from toolkit.interp import CacheKeyError
 
@@ -84,3 +85,34 @@ def test_cache_tensors_convert_without_a_copy(model):
     _, cache = model.run_with_cache(PROMPT, names_filter="blocks.1.attn.hook_pattern")
     p = np.asarray(cache["pattern", 1])
     assert np.allclose(p.sum(-1), 1.0, atol=1e-5)
+
+
+def test_hook_nbytes_is_what_the_cache_holds(model):
+    ids = model.tokenizer.encode(PROMPT)
+    _, cache = model.run_with_cache(ids)
+    assert model.model.hook_nbytes(cache.keys(), len(ids)) == cache.nbytes
+
+
+def test_a_cache_larger_than_memory_fails_up_front(model, monkeypatch):
+    """Every hook point of a few thousand tokens is tens of GB (attention patterns grow with T^2):
+    an OutOfMemoryError that names the size and the way out, not the kernel's OOM killer."""
+    from toolkit.common import validate
+
+    ids = model.tokenizer.encode(PROMPT) * 8
+    need = model.model.hook_nbytes(model.hook_names(), len(ids))
+    monkeypatch.setattr(validate, "available_memory", lambda: need // 2)
+    with pytest.raises(errors.OutOfMemoryError, match="names_filter"):
+        model.run_with_cache(ids)
+    _, cache = model.run_with_cache(ids, names_filter="blocks.*.hook_resid_post")  # a narrow cache still fits
+    assert len(cache) == model.config.num_hidden_layers
+
+
+def test_transformer_lens_aliases(model):
+    """TransformerLens's shorthands name the same activations here; 'result' (each head's output in
+    d_model, [pos, head, d_model]) is not z ([pos, head, d_head]) and must not silently return it."""
+    _, cache = model.run_with_cache(PROMPT, names_filter="blocks.1.*")
+    assert cache["key", 1] is cache["k", 1] and cache["query", 1] is cache["q", 1] and cache["value", 1] is cache["v", 1]
+    assert cache["attn", 1] is cache["pattern", 1] and cache["attn_logits", 1] is cache["attn_scores", 1]
+    assert cache["mlp_pre", 1] is cache["pre", 1] and cache["mlp_post", 1] is cache["post", 1]
+    with pytest.raises(CacheKeyError, match="hook_z"):
+        cache["result", 1]

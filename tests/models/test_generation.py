@@ -244,3 +244,89 @@ def test_forward_batch_rejects_bad_batches(model):
     with pytest.raises(errors.ArgumentTypeError):
         lm.forward_batch([([1], "not a cache")])
     assert cache.length == 0
+
+
+def test_apply_chat_template_tokenize_returns_the_ids_generation_uses(model):
+    """tokenize=True (Hugging Face's flag) gives ids, not the text it used to return unchanged."""
+    msgs = [{"role": "user", "content": "What is 2+2?"}]
+    text = model.apply_chat_template(msgs)
+    ids = model.apply_chat_template(msgs, tokenize=True)
+    assert isinstance(text, str) and ids == model.tokenizer.encode(text)
+    assert model.generate_ids(ids, max_new_tokens=4) == model.generate_ids(text, max_new_tokens=4)
+    with pytest.raises(errors.ArgumentTypeError):
+        model.apply_chat_template(msgs, tokenize="yes")
+
+
+@pytest.mark.parametrize("bad", [None, 5, ["a.gguf"]])
+def test_load_rejects_a_model_that_is_not_a_name_or_path(bad):
+    import toolkit
+
+    with pytest.raises(errors.ArgumentTypeError):
+        toolkit.load(bad)
+
+
+def test_kv_cache_truncate_rewinds_and_checks_its_argument(model):
+    lm = model.model
+    ids = model.tokenizer.encode("The Eiffel Tower is in the city of")
+    full = lm.forward(ids)
+    cache = lm.new_cache(len(ids))
+    lm.forward(ids, cache)
+    cache.truncate(3)
+    again = lm.forward(ids[3:], cache)
+    assert bytes(again.memoryview()) == bytes(full[3:].contiguous().memoryview())
+    for bad, exc in [(2.5, errors.ArgumentTypeError), ("a", errors.ArgumentTypeError), (None, errors.ArgumentTypeError),
+                     (True, errors.ArgumentTypeError), (-1, errors.InvalidArgumentError),
+                     (len(ids) + 1, errors.InvalidArgumentError)]:
+        with pytest.raises(exc):
+            cache.truncate(bad)
+        assert cache.length == len(ids)
+    with pytest.raises(errors.InvalidArgumentError):
+        lm.new_cache(0)  # not "the default capacity"
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_token_event_logprob_is_the_log_of_prob_with_a_repetition_penalty(model, temperature):
+    """prob and logprob describe the model's own distribution; the repetition penalty (which edits
+    the logits row in place for sampling) used to leak into logprob (exp(logprob) up to 2000)."""
+    import math
+
+    events = list(model.stream("The cat sat on the mat. The cat sat on the", max_new_tokens=6, details=True,
+                               repetition_penalty=1.5, temperature=temperature, seed=1))
+    for ev in events:
+        assert ev.logprob <= 0
+        assert math.exp(ev.logprob) == pytest.approx(ev.prob, rel=1e-4)
+    plain = list(model.stream("The cat sat on the mat. The cat sat on the", max_new_tokens=1, details=True))
+    assert events[0].top == plain[0].top  # the alternatives come from the raw logits too
+
+
+@pytest.mark.parametrize("call, kwargs", [
+    ("generate", dict(details=True)), ("generate_ids", dict(details=True)),
+    ("generate_ids", dict(details=True, stop=["x"])), ("generate_ids", dict(probs=True, stop=["x"])),
+    ("generate", dict(hooks=[])), ("stream", dict(hooks=[])), ("generate_ids", dict(hooks=[])),
+])
+def test_keywords_of_another_call_are_typed_errors(model, call, kwargs):
+    """Not a bare TypeError from deep inside ('got multiple values for keyword argument')."""
+    with pytest.raises(errors.ArgumentTypeError):
+        getattr(model, call)("Hi", max_new_tokens=2, **kwargs)
+
+
+@pytest.mark.parametrize("call", ["logits", "generate", "run_with_cache", "run_with_hooks"])
+@pytest.mark.parametrize("bad", [-1, 49152])
+def test_out_of_vocab_ids_name_the_vocabulary(model, call, bad):
+    """Not 'outside 0..2147483647' (the int32 bound) for -1: the range the model accepts."""
+    with pytest.raises(errors.IndexOutOfRangeError, match="49151"):
+        getattr(model, call)([5, bad])
+
+
+def test_load_time_max_new_tokens_is_the_default_of_every_call(smollm2_gguf_path):
+    """toolkit.load(max_new_tokens=3) is a default like temperature: generate/generate_ids/stream
+    used to override it with their own 64."""
+    import toolkit
+
+    with toolkit.load(smollm2_gguf_path, max_new_tokens=3) as m:
+        p = "Once upon a time"
+        assert len(m.generate_ids(p)) == 3 and len(list(m.stream(p))) <= 3
+        assert m.generate(p) == m.plugin.generate_text(p) == m.tokenizer.decode(m.generate_ids(p))
+        assert len(m.generate_ids(p, max_new_tokens=5)) == 5
+    with toolkit.load(smollm2_gguf_path) as m:
+        assert len(m.generate_ids("Once upon a time", stop_at_eos=False)) == 64  # the documented default

@@ -130,3 +130,50 @@ def test_convert_rejects_a_bad_dtype(tmp_path, smollm2_gguf_path):
 
     with pytest.raises(errors.InvalidArgumentError):
         convert_gguf_to_hf(smollm2_gguf_path, str(tmp_path / "x"), dtype="Q4_1")
+
+
+def test_cli_profile_takes_max_new_tokens_and_reports_an_unwritable_trace(smollm2_gguf_path, tmp_path, capsys):
+    """--max-new-tokens as in `generate`; a trace path it cannot write is one 'error:' line and exit
+    status 2, not a traceback."""
+    from toolkit.__main__ import main
+
+    bad = str(tmp_path / "missing-dir" / "trace.json")
+    assert main(["profile", "Hi", "--model", smollm2_gguf_path, "--max-new-tokens", "2", "--trace", bad]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "missing-dir" in err and "Traceback" not in err
+    assert main(["convert", smollm2_gguf_path, str(tmp_path / "nope" / "x" / "y" / ("z" * 300))]) == 2
+
+
+_EDIT_WEIGHTS = r"""
+import hashlib, sys
+import toolkit
+from toolkit.core.engine import functional as F
+from toolkit.core.engine.tensor import Tensor
+
+path = sys.argv[1]
+digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+with toolkit.load(path) as m, toolkit.load(path) as other:
+    before = m.logits("The capital of France is")
+    lm = m.model
+    F.scale(lm.layers[0].input_layernorm.weight, 0.0, out=lm.layers[0].input_layernorm.weight)  # F32 in the file
+    w = lm.layers[3].mlp.down_proj.weight                                                      # Q4_1 in the file
+    w[0].copy_(Tensor(w[0].shape, w.dtype))
+    after = m.logits("The capital of France is")
+    assert bytes(after.memoryview()) != bytes(before.memoryview())
+    # the edit is this model's own: another model on the same file and the file itself are untouched
+    assert bytes(other.logits("The capital of France is").memoryview()) == bytes(before.memoryview())
+assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
+print("edited")
+"""
+
+
+def test_weights_can_be_edited_in_place_without_touching_the_file(smollm2_gguf_path):
+    """Weight ablation (zeroing a norm, a row of a quantised matrix) is a standard experiment; the
+    weights used to sit in a read-only mapping, so the first write killed the interpreter (SIGSEGV).
+    Run in a child process: a crash must fail this test, not end the test session."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _EDIT_WEIGHTS, smollm2_gguf_path], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0 and r.stdout.strip() == "edited", (r.returncode, r.stderr[-2000:])

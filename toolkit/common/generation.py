@@ -44,8 +44,10 @@ class SamplingParams:
         num("repetition_penalty", 0.0)
         if self.repetition_penalty == 0:
             raise errors.InvalidArgumentError("repetition_penalty must be positive")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise errors.ArgumentTypeError(f"seed must be an int or None, got {self.seed!r}")
+        if self.seed is not None:
+            if validate.as_index(self.seed) is None:
+                raise errors.ArgumentTypeError(f"seed must be an int or None, got {self.seed!r}")
+            self.seed = validate.as_index(self.seed)  # random.Random takes ints, not NumPy's int64
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
@@ -184,7 +186,9 @@ def generate_events(model, prompt_ids, params: SamplingParams, cache=None, top=0
             if probs:
                 # before the sampler: the repetition penalty rewrites the row in place
                 p_all, best, p_best, alts = _distribution(tokenizer, logits, top)
-            tok = sampler.next(logits)  # [1, vocab]: the sampler reads it as one row
+            # [1, vocab]: the sampler reads it as one row; its repetition penalty edits the row in
+            # place, so it gets a copy when the raw row is still needed for the logprob
+            tok = sampler.next(logits.clone() if probs and params.repetition_penalty != 1.0 else logits)
         eos = tok is None
         if eos:
             tok = sampler.last

@@ -7,6 +7,7 @@ that names the argument, raised before anything reaches the tokenizer library or
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import operator
 from collections.abc import Hashable
@@ -23,8 +24,29 @@ def _to_list(ids: Any, what: str, error: type | None) -> list:
         return ids.to_list()
     if isinstance(ids, (list, tuple, range)):
         return list(ids)
+    tolist = getattr(ids, "tolist", None)  # an array of another library (NumPy's), without importing it
+    if callable(tolist) and not isinstance(ids, (str, bytes)):
+        vals = tolist()
+        if isinstance(vals, list):
+            if len(vals) == 1 and isinstance(vals[0], list):
+                vals = vals[0]  # [1, T]: a batch of one sequence, as TransformerLens's tokens
+            if any(isinstance(v, list) for v in vals):
+                raise (error or errors.ArgumentTypeError)(
+                    f"{what} must be one sequence (1-D, or [1, T]), got {len(vals)} rows")
+            return vals
     raise (error or errors.ArgumentTypeError)(
         f"{what} must be a list of ints (or a Tensor), got {type(ids).__name__}")
+
+
+def as_index(v: Any) -> int | None:
+    """v as an int if it is one or is integer-like (NumPy's int64 from an argmax, ...), else None;
+    bools are not indices."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
 
 
 def token_id(v: Any, vocab_size: int | None = None, what: str = "token id",
@@ -80,6 +102,8 @@ def number(name: str, v: Any, lo: float | None = None, hi: float | None = None, 
         if abs(v) > int_max:
             raise errors.InvalidArgumentError(f"{name} = {v} is too large (at most {int_max})")
     else:
+        if isinstance(v, numbers.Real) and not isinstance(v, (int, float)):
+            v = float(v)  # a real of another library (NumPy's float32)
         if not isinstance(v, (int, float)):
             try:
                 v = float(operator.index(v))

@@ -10,6 +10,7 @@ import re
 
 from toolkit import errors
 
+from ..common import validate
 from ..core.engine import functional as F
 from ..core.engine.tensor import Tensor
 from ..models.hook_points import ReadOnly
@@ -20,7 +21,7 @@ _LAYER = re.compile(r"^blocks\.(\d+)\.(?:(\w+)\.)?hook_(\w+)$")
 _TOP = re.compile(r"^(?:(\w+)\.)?hook_(\w+)$")
 # TransformerLens's other names for some hook points (utils.get_act_name)
 _ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "embed": "embed", "mlp_pre": "pre",
-            "mlp_post": "post", "result": "z"}
+            "mlp_post": "post", "key": "k", "query": "q", "value": "v"}
 
 
 class CacheKeyError(errors.InvalidArgumentError, KeyError):
@@ -39,7 +40,7 @@ def token_ids(model, prompt_or_ids):
         if tok is None:
             raise errors.ToolkitError("this model has no tokenizer: pass token ids")
         return tok.encode(prompt_or_ids)
-    ids = as_id_list(prompt_or_ids)
+    ids = as_id_list(prompt_or_ids, module_of(model).config.vocab_size)
     if not ids:
         raise errors.InvalidArgumentError("no tokens given")
     return ids
@@ -61,6 +62,9 @@ def run_with_cache(model, prompt_or_ids, names_filter=None, fwd_hooks=()):
     lm = module_of(model)
     ids = token_ids(model, prompt_or_ids)
     names = lm.hook_names() if names_filter is None else lm.hook_set.resolve(names_filter)
+    nbytes = getattr(lm, "hook_nbytes", None)
+    if nbytes is not None:
+        _check_memory(nbytes(names, len(ids)) + nbytes(["hook_logits"], len(ids)), len(ids), names_filter)
     store = {}
 
     def keep(t, hook):  # t is already a copy, never touched again by the pass
@@ -69,6 +73,18 @@ def run_with_cache(model, prompt_or_ids, names_filter=None, fwd_hooks=()):
     hooks = expand(lm, fwd_hooks) + [(n, ReadOnly(keep)) for n in names]
     logits = lm.forward_batch([(ids, lm.new_cache(len(ids)))], logits="all", seq_hooks=[hooks])
     return logits, ActivationCache({n: store[n] for n in names if n in store}, lm, ids)
+
+
+def _check_memory(need, n_tokens, names_filter):
+    """OutOfMemoryError before the pass when the copies would not fit (the kernel's OOM killer
+    would end the Jupyter kernel instead)."""
+    avail = validate.available_memory()
+    if need > avail:
+        raise errors.OutOfMemoryError(
+            f"caching {'every hook point' if names_filter is None else 'these hook points'} of {n_tokens} tokens "
+            f"needs {need / 2**30:.2f} GiB but only {avail / 2**30:.2f} GiB of memory is available; narrow "
+            f"names_filter (e.g. 'blocks.*.hook_resid_post'; attention scores and patterns grow with tokens^2) "
+            f"or use a shorter prompt")
 
 
 class ActivationCache:
@@ -107,11 +123,15 @@ class ActivationCache:
             raise errors.ArgumentTypeError(f"cache keys are hook names or (name, layer[, sublayer]) tuples, got {key!r}")
         short = key[0].removeprefix("hook_")
         short = _ALIASES.get(short, short)
+        if short == "result":
+            raise CacheKeyError("TransformerLens's hook_result (each head's output in d_model) is not a hook point "
+                                "here; attn.hook_z holds each head's output before o_proj ([pos, head, d_head])")
         layer = key[1] if len(key) > 1 else None
         sub = key[2] if len(key) > 2 else None
         if layer is not None:
-            if isinstance(layer, bool) or not isinstance(layer, int):
+            if validate.as_index(layer) is None:
                 raise errors.ArgumentTypeError(f"a layer is an int, got {layer!r}")
+            layer = validate.as_index(layer)
             if not -self.n_layers <= layer < self.n_layers:
                 raise errors.IndexOutOfRangeError(f"layer {layer} out of range for {self.n_layers} layers")
             layer %= self.n_layers
@@ -171,6 +191,8 @@ class ActivationCache:
         incl_mid; layer None (or -1, or n_layers) adds the final resid_post as "final_post").
         apply_ln runs each through the final norm (each row its own scale), as the logit lens does."""
         L = self.n_layers
+        if layer is not None and validate.as_index(layer) is not None:
+            layer = validate.as_index(layer)
         if layer is None or layer == -1 or layer == L:
             upto, final = L, True
         elif isinstance(layer, int) and not isinstance(layer, bool) and 0 <= layer < L:
@@ -206,6 +228,7 @@ class ActivationCache:
         resid, labels = self.accumulated_resid(layer, incl_mid=incl_mid, apply_ln=True, return_labels=True)
         n, T, _ = resid.shape
         V = self.model.config.vocab_size
+        k = k if validate.as_index(k) is None else validate.as_index(k)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= V:
             raise errors.InvalidArgumentError(f"k must be an int in 1..{V}, got {k!r}")
         ids, probs = [], []
@@ -245,8 +268,9 @@ class LogitLens:
     def table(self, pos=-1, k=3):
         """A text table of position pos: one line per component with its top k tokens."""
         T = len(self.input_ids)
-        if not -T <= pos < T:
+        if validate.as_index(pos) is None or not -T <= validate.as_index(pos) < T:
             raise errors.IndexOutOfRangeError(f"position {pos} out of range for {T} tokens")
+        pos = validate.as_index(pos)
         memo = {}
         head = f"logit lens at position {pos % T} (input token {self._decode(self.input_ids[pos], memo)!r})"
         lines = [head]

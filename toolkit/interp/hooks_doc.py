@@ -36,7 +36,7 @@ def f(t, hook):                      # TransformerLens-style: t is a copy, hook.
                                       # changes what the model computes from here on
 with m.hooks(fwd_hooks=[("blocks.3.hook_resid_post", f)]):
     m.logits("Hello")                 # the hook is gone after the block, also on exceptions
-logits, cache = m.run_with_cache("Hello", names_filter="blocks.*.hook_resid_post")
+logits, cache = m.run_with_cache("Hello", names_filter=["blocks.*.hook_resid_*", "*.hook_pattern"])   # None: all
 cache["resid_post", -1]; cache["pattern", 0]; cache.logit_lens(k=5)
 m.generate("Hello", fwd_hooks=steering_hooks(m, 6, vector, scale=4.0))
 ```
@@ -61,6 +61,10 @@ Notes:
 - Hooks that read attention scores or patterns leave the fused attention kernel in charge (logits
   stay bit-identical); a hook that edits `hook_attn_scores` or `hook_pattern` makes that
   sequence's attention in that block run op by op from the edited values.
+- A hook may run the model itself (`m.logits`, `m.run_with_cache`, `m.generate` on another
+  prompt): that inner pass gets its own buffers and leaves the outer one bit-identical. Waiting on
+  a BatchManager (`run`, `wait`, `infer_batch`) from a hook inside one of that manager's own passes
+  raises `UnsupportedError` (it would wait for itself).
 - With no hook registered a pass tests one `None` per block; see `python -m toolkit.bench hooks`.
 """
 

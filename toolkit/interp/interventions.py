@@ -1,8 +1,11 @@
 """Ready-made interventions, as fwd_hooks lists for `hooks`, `run_with_hooks` or `generate`:
 zero- and mean-ablation of attention heads, and steering vectors added to the residual stream."""
+import math
+
 from toolkit import errors
 
 from ..core.engine import functional as F
+from ..common import validate
 from ..core.engine.tensor import Tensor
 from .cache import run_with_cache
 from .registry import module_of
@@ -10,18 +13,24 @@ from .registry import module_of
 
 def _heads(model, heads):
     c = module_of(model).config
-    if isinstance(heads, tuple) and len(heads) == 2 and all(isinstance(v, int) for v in heads):
+    if isinstance(heads, tuple) and len(heads) == 2 and all(validate.as_index(v) is not None for v in heads):
         heads = [heads]
+    if not isinstance(heads, (list, tuple)) and callable(getattr(heads, "tolist", None)):
+        heads = heads.tolist()  # an [n, 2] array (np.argwhere over a [layer, head] score table)
+    if isinstance(heads, (str, bytes)) or not hasattr(heads, "__iter__"):
+        raise errors.ArgumentTypeError(f"heads are a list of (layer, head) pairs, got {heads!r:.40}")
     by_layer = {}
     for item in heads:
+        if not isinstance(item, (list, tuple)) and callable(getattr(item, "tolist", None)):
+            item = item.tolist()
         if not isinstance(item, (list, tuple)) or len(item) != 2:
             raise errors.ArgumentTypeError(f"heads are (layer, head) pairs, got {item!r}")
-        layer, head = item
-        for v, n, what in ((layer, c.num_hidden_layers, "layer"), (head, c.num_attention_heads, "head")):
-            if isinstance(v, bool) or not isinstance(v, int):
+        for v, n, what in ((item[0], c.num_hidden_layers, "layer"), (item[1], c.num_attention_heads, "head")):
+            if validate.as_index(v) is None:
                 raise errors.ArgumentTypeError(f"a {what} is an int, got {v!r}")
-            if not 0 <= v < n:
+            if not 0 <= validate.as_index(v) < n:
                 raise errors.IndexOutOfRangeError(f"{what} {v} out of range 0..{n - 1}")
+        layer, head = validate.as_index(item[0]), validate.as_index(item[1])
         by_layer.setdefault(layer, []).append(head)
     return by_layer
 
@@ -75,16 +84,27 @@ def steering_hooks(model, layer, vector, from_pos=0, scale=1.0, point="hook_resi
     lm = module_of(model)
     c = lm.config
     L = c.num_hidden_layers
+    layer = layer if validate.as_index(layer) is None else validate.as_index(layer)
+    from_pos = from_pos if validate.as_index(from_pos) is None else validate.as_index(from_pos)
     if isinstance(layer, bool) or not isinstance(layer, int) or not -L <= layer < L:
         raise errors.IndexOutOfRangeError(f"layer must be an int in {-L}..{L - 1}, got {layer!r}")
     if point not in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):
         raise errors.InvalidArgumentError(f"point must be hook_resid_pre, hook_resid_mid or hook_resid_post, got {point!r}")
     if isinstance(from_pos, bool) or not isinstance(from_pos, int) or from_pos < 0:
         raise errors.InvalidArgumentError(f"from_pos must be an int >= 0, got {from_pos!r}")
-    v = vector if isinstance(vector, Tensor) else Tensor.from_list(list(vector))
+    scale = validate.number("scale", scale)
+    if isinstance(vector, Tensor):
+        v = vector
+    elif isinstance(vector, (str, bytes)) or not hasattr(vector, "__iter__"):
+        raise errors.ArgumentTypeError(f"a steering vector is a Tensor or a list of {c.hidden_size} numbers, "
+                                       f"got {vector!r:.40}")
+    else:
+        v = Tensor.from_list(list(vector))
     if v.numel != c.hidden_size:
         raise errors.ShapeError(f"a steering vector has d_model = {c.hidden_size} values, got shape {v.shape}")
-    v = F.scale(v.reshape(1, c.hidden_size), float(scale))
+    if not all(math.isfinite(x) for x in v.to_list()):  # one NaN would turn every later logit into NaN
+        raise errors.InvalidArgumentError("the steering vector holds NaN or infinite values")
+    v = F.scale(v.reshape(1, c.hidden_size).to("F32"), float(scale))
 
     def steer(x, hook):                                                    # x [pos, d_model]
         for sp in hook.ctx["spans"]:

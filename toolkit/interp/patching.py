@@ -3,6 +3,8 @@ prompt. For each layer and position, the corrupted run gets the clean run's acti
 point and position; the effect is metric(patched logits) - metric(corrupted logits)."""
 from toolkit import errors
 
+from ..common import validate
+
 from .cache import run_with_cache, run_with_hooks, token_ids
 from .registry import module_of
 
@@ -25,6 +27,7 @@ def _token(model, t):
             raise errors.InvalidArgumentError(f"{t!r} is {len(ids)} tokens; give one token (or its id)")
         return ids[0]
     V = module_of(model).config.vocab_size
+    t = t if validate.as_index(t) is None else validate.as_index(t)
     if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < V:
         raise errors.InvalidArgumentError(f"a token is a string or an id in 0..{V - 1}, got {t!r}")
     return t
@@ -66,18 +69,26 @@ def activation_patching(model, clean, corrupted, hook="resid_pre", metric=None, 
         rows = "last"  # the default metric reads the last position only: skip the other rows' unembedding
     elif not callable(metric):
         raise errors.ArgumentTypeError(f"metric must be callable as metric(logits), got {type(metric).__name__}")
-    short = hook.removeprefix("hook_")
-    template = next((n for n in (f"blocks.{{}}.hook_{short}", f"blocks.{{}}.attn.hook_{short}",
-                                 f"blocks.{{}}.mlp.hook_{short}") if n.format(0) in lm.hook_set.points), None)
-    if template is None or short in ("pattern", "attn_scores"):
+    if not isinstance(hook, str):
+        raise errors.ArgumentTypeError(f"hook is a short hook name such as 'resid_pre', got {hook!r:.40}")
+    sub, _, short = hook.rpartition(".")  # "z", "hook_z", or with its sublayer: "ln1.normalized"
+    short = short.removeprefix("hook_")
+    subs = [sub] if sub else ["", "attn", "mlp", "ln1", "ln2"]
+    found = [f"blocks.{{}}.{s + '.' if s else ''}hook_{short}" for s in subs]
+    found = [n for n in found if n.format(0) in lm.hook_set.points]
+    if len(found) > 1:
+        options = ", ".join(repr(n.split(".", 2)[2].replace("hook_", "")) for n in found)
+        raise errors.InvalidArgumentError(f"{hook!r} is in several sublayers: give one of {options}")
+    if not found or short in ("pattern", "attn_scores"):
         raise errors.InvalidArgumentError(f"cannot patch {hook!r} by position: use a hook with a leading "
-                                          f"position dim (resid_pre, attn_out, mlp_out, z, ...)")
-    layers = list(range(L)) if layers is None else [int(x) % L for x in layers]
+                                          f"position dim (resid_pre, attn_out, mlp_out, z, ln1.normalized, ...)")
+    template = found[0]
+    layers = list(range(L)) if layers is None else _indices(layers, L, "layer")
     T = len(clean_ids)
-    positions = list(range(T)) if positions is None else [int(p) % T for p in positions]
+    positions = list(range(T)) if positions is None else _indices(positions, T, "position")
     names = [template.format(layer) for layer in layers]
     clean_logits, cache = run_with_cache(model, clean_ids, names_filter=names)
-    base = float(metric(run_with_hooks(model, bad_ids, logits=rows)))
+    base = _number(metric(run_with_hooks(model, bad_ids, logits=rows)))
     effects = []
     for layer, name in zip(layers, names):
         src = cache[name]
@@ -85,6 +96,29 @@ def activation_patching(model, clean, corrupted, hook="resid_pre", metric=None, 
         for p in positions:
             def patch(t, hook, p=p, src=src):
                 t[p].copy_(src[p])
-            row.append(float(metric(run_with_hooks(model, bad_ids, [(name, patch)], logits=rows))) - base)
+            row.append(_number(metric(run_with_hooks(model, bad_ids, [(name, patch)], logits=rows))) - base)
         effects.append(row)
-    return PatchingResult(hook, layers, positions, effects, float(metric(clean_logits)), base, bad_ids)
+    return PatchingResult(hook, layers, positions, effects, _number(metric(clean_logits)), base, bad_ids)
+
+
+def _indices(values, n, what):
+    """Layers or positions as indices in 0..n-1 (negative ones count from the end, as in Python);
+    one out of range raises rather than wrapping onto another layer."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise errors.ArgumentTypeError(f"{what}s must be a list of ints, got {values!r:.40}")
+    out = []
+    for v in values:
+        i = validate.as_index(v)  # ints, and NumPy's integers
+        if i is None:
+            raise errors.ArgumentTypeError(f"a {what} is an int, got {v!r:.40}")
+        if not -n <= i < n:
+            raise errors.IndexOutOfRangeError(f"{what} {i} out of range for {n} {what}s")
+        out.append(i % n)
+    return out
+
+
+def _number(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise errors.ArgumentTypeError(f"metric(logits) must return a number, got {v!r:.40}") from None

@@ -1,9 +1,11 @@
 """Head scores over repeated sequences: which heads do induction (TransformerLens's induction score)."""
 from toolkit import errors
 
+from ..common import validate
+
 from ..core.engine import functional as F
 from ..core.engine.tensor import Tensor
-from .cache import run_with_cache
+from .cache import run_with_cache, token_ids
 from .registry import module_of
 
 
@@ -13,11 +15,15 @@ def induction_scores(model, sequences, period, start=0):
     sequences. Each sequence is `start` tokens (e.g. BOS) and then a block of `period` tokens
     repeated at least once. One forward pass per sequence, caching only the attention patterns;
     the means are one engine matmul per layer against a [T * T] weight row."""
+    period = period if validate.as_index(period) is None else validate.as_index(period)
+    start = start if validate.as_index(start) is None else validate.as_index(start)
     if isinstance(period, bool) or not isinstance(period, int) or period < 2:
         raise errors.InvalidArgumentError(f"period must be an int >= 2, got {period!r}")
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:
         raise errors.InvalidArgumentError(f"start must be an int >= 0, got {start!r}")
-    sequences = list(sequences)
+    if isinstance(sequences, (str, bytes)) or not hasattr(sequences, "__iter__"):
+        raise errors.ArgumentTypeError(f"sequences must be a list of texts or token-id lists, got {sequences!r:.40}")
+    sequences = [token_ids(model, s) for s in sequences]  # text is tokenized as in run_with_cache
     if not sequences:
         raise errors.InvalidArgumentError("induction_scores needs at least one sequence")
     c = module_of(model).config

@@ -189,7 +189,10 @@ class GGUFFile(MappedFile):
         f, size = self._open(path, 4 + 4 + 8 + 8, "GGUF header")
         with f:
             # The mapping keeps its own duplicate of the descriptor, so the file can close now.
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            # Copy-on-write: a model whose weights a user edits in place (ablations) gets private
+            # copies of the pages it writes, where a read-only mapping would crash the process;
+            # the file never changes and untouched pages stay shared with the page cache.
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         try:
             self._parse(mm)
         except BaseException:

@@ -1,4 +1,4 @@
-"""MappedFile: what the GGUF and safetensors readers share about owning a read-only mmap.
+"""MappedFile: what the GGUF and safetensors readers share about owning a copy-on-write mmap.
 
 Tensor data is handed out as zero-copy memoryview slices of the mapping. close() unmaps it, unless
 views (or cffi pointers made from them) are still alive: then unmapping would leave them dangling,
@@ -35,7 +35,9 @@ class MappedFile:
     def _adopt(self, mm: mmap.mmap) -> None:
         """Takes ownership of a parsed file's mapping."""
         self._mm = mm
-        self._view = memoryview(mm)
+        # Copy-on-write mapping, read-only views: readers cannot change what they parse, while a
+        # model's weights (engine pointers into the same pages) may be edited in place
+        self._view = memoryview(mm).toreadonly()
 
     def _data(self) -> memoryview:
         if self._view is None:

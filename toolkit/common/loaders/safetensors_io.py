@@ -82,7 +82,7 @@ class SafetensorsFile(MappedFile):
                     f"{self.path}: header length {n} is impossible for a file of {size} bytes"
                 )
             header = f.read(n)
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # copy-on-write: see GGUFFile
         try:
             self._parse(header, 8 + n, size)
         except BaseException:

@@ -49,13 +49,23 @@ def _accepts_seq_hooks(model):
 class BatchManager:
     def __init__(self, model, max_batch_size=16, defaults=None, *, prefill_chunk=256, kv_budget_tokens=None,
                  kv_budget_bytes=None, tokenizer=None):
-        """model: anything with forward_batch, new_cache and config (a LlamaModel). defaults: default
-        sampling settings. tokenizer (default model.tokenizer) decodes text for stop strings and results."""
+        """model: toolkit.load's handle, or anything with forward_batch, new_cache and config (a
+        LlamaModel). defaults: default sampling settings (for a handle: its load-time ones). tokenizer (default model.tokenizer) decodes text for stop strings and results."""
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise errors.InvalidArgumentError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
         if prefill_chunk is not None and (isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int)
                                           or prefill_chunk < 1):
             raise errors.InvalidArgumentError(f"prefill_chunk must be a positive int or None, got {prefill_chunk!r}")
+        if not hasattr(model, "forward_batch"):
+            inner = getattr(model, "model", None)  # toolkit.load's handle: its model module (ClosedError if closed)
+            if hasattr(inner, "forward_batch"):
+                if defaults is None:  # the handle's load-time generation defaults, as its generate() uses
+                    defaults = getattr(getattr(model, "plugin", None), "sampling_defaults", None)
+                model = inner
+        missing = [a for a in ("forward_batch", "new_cache", "config") if not hasattr(model, a)]
+        if missing:
+            raise errors.ArgumentTypeError(f"BatchManager needs a model (toolkit.load's handle, or a module with "
+                                           f"forward_batch, new_cache and config), got {type(model).__name__}")
         self.model = model
         self.max_batch_size = max_batch_size
         self.prefill_chunk = prefill_chunk
@@ -74,6 +84,7 @@ class BatchManager:
         self._claimed = set()        # rids only wait() collects (private, or being waited for)
         self._waited = set()         # rids a wait() running now will collect
         self._last_rid = None
+        self._pass_thread = None     # the thread running a pass now (its hooks run there too)
 
     # ---- submitting and inspecting ----
     def add_request(self, request_id, token_ids, *, hooks=None, keep_logits=False, private=False, **sampling):
@@ -186,6 +197,7 @@ class BatchManager:
     def forward_step(self):
         """One forward pass over every running request (admitting waiting ones first); returns the
         ids of requests that finished in it. Blocks while another thread's pass runs."""
+        self._not_from_own_pass("forward_step")
         try:
             with self._step_lock:
                 return self._pass()
@@ -319,8 +331,23 @@ class BatchManager:
             plan.append((req, feed))
         return plan
 
+    def _not_from_own_pass(self, what):
+        """A hook runs inside a pass, on the stepping thread: waiting there for passes of this
+        manager would wait for the pass it is part of, forever."""
+        if self._pass_thread == threading.get_ident():
+            raise errors.UnsupportedError(
+                f"{what} was called from inside one of this BatchManager's own passes (a hook of one of its "
+                f"requests?); it would wait for itself. Call the model directly there (m.logits, m.generate)")
+
     def _pass(self):
         """One pass; the caller holds _step_lock (not _cond)."""
+        self._pass_thread = threading.get_ident()
+        try:
+            return self._pass_locked()
+        finally:
+            self._pass_thread = None
+
+    def _pass_locked(self):
         with self._cond:
             self._admit()
             plan = self._plan()
@@ -375,6 +402,7 @@ class BatchManager:
     def _run_until(self, ready):
         """Returns once ready() (evaluated under the lock) holds, running passes while no other
         thread is, else sleeping until the pass running now ends."""
+        self._not_from_own_pass("waiting for requests (run, step, wait, stream, infer_batch)")
         while True:
             with self._cond:
                 if ready():

@@ -44,6 +44,8 @@ def default_threads():
 
 def set_simd(enabled):
     """False selects the scalar reference kernels (for tests); True the SIMD ones where available."""
+    if not isinstance(enabled, bool):
+        raise errors.ArgumentTypeError(f"set_simd takes a bool, got {enabled!r:.40}")
     lib.ce_set_simd(1 if enabled else 0)
 
 
@@ -166,6 +168,11 @@ def engine_version():
 def bench_read_bandwidth(nbytes=512 << 20, reps=2):
     """Best seconds for one streaming read of an nbytes buffer over all pool threads (a benchmark
     baseline: nbytes / seconds is the machine's read bandwidth)."""
+    for name, v, lo in (("nbytes", nbytes, 4096), ("reps", reps, 1)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise errors.ArgumentTypeError(f"{name} must be an int, got {v!r:.40}")
+        if not lo <= v < 1 << 62:
+            raise errors.InvalidArgumentError(f"{name} must be at least {lo}, got {v}")
     s = lib.ce_bench_read_bandwidth(nbytes, reps)
     if s <= 0:
         raise errors.EngineError(ffi.string(lib.ce_last_error()).decode() or "bandwidth benchmark failed")

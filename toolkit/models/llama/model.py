@@ -8,6 +8,7 @@ nobody hooks tests one `None` per layer and reuses its activation buffers.
 """
 import logging
 import math
+import re
 import threading
 import weakref
 
@@ -63,6 +64,8 @@ class KVCache:
         return kv
 
     def truncate(self, length):
+        if isinstance(length, bool) or not isinstance(length, int):
+            raise errors.ArgumentTypeError(f"a cache length is an int, got {length!r:.40}")
         if not 0 <= length <= self.length:
             raise errors.InvalidArgumentError(f"cannot truncate a cache of {self.length} tokens to {length}")
         self.length = length
@@ -111,6 +114,9 @@ HOOK_POINTS = (
     ("ln_final.hook_normalized", "[pos, d_model]", "x / scale * w: the unembedding's input"),
     ("hook_logits", "[pos, d_vocab]", "logits"),
 )
+
+_HOOK_SHAPES = {name: shape.strip("[]").split(", ") for name, shape, _ in HOOK_POINTS}
+_LAYER_PREFIX = re.compile(r"^blocks\.\d+\.")
 
 # Hooks that see Q/K heads; weights from GGUF files keep their rows permuted within each head (so
 # RoPE rotates adjacent pairs), and these hooks show them in Hugging Face's order instead.
@@ -428,7 +434,7 @@ class LlamaModel(Module):
 
     def new_cache(self, capacity=None):
         c = self.config
-        return KVCache(c, capacity or min(c.max_position_embeddings, 4096))
+        return KVCache(c, min(c.max_position_embeddings, 4096) if capacity is None else capacity)
 
     def _scratch(self, n):
         """Activation buffers for n rows, kept for small passes (allocating ~10 buffers per decoded
@@ -447,6 +453,19 @@ class LlamaModel(Module):
     def hook_names(self):
         """Every hook point's name, in the order a forward pass reaches them."""
         return list(self.hook_set.names)
+
+    def hook_nbytes(self, names, n_tokens):
+        """Bytes the activations at `names` take for one new sequence of n_tokens (what
+        run_with_cache keeps): attention scores and patterns grow with n_tokens squared."""
+        c = self.config
+        dims = {"pos": n_tokens, "q_pos": n_tokens, "k_pos": n_tokens, "d_model": c.hidden_size, "1": 1,
+                "head": c.num_attention_heads, "kv_head": c.num_key_value_heads, "d_head": c.head_dim,
+                "d_mlp": c.intermediate_size, "d_vocab": c.vocab_size}
+        total = 0
+        for name in names:
+            shape = _HOOK_SHAPES[_LAYER_PREFIX.sub("blocks.{i}.", name)]
+            total += 4 * math.prod(dims[d] for d in shape)  # hooks get F32 copies
+        return total
 
     def add_hook(self, name, fn):
         """Registers fn(tensor, hook) on the hook point `name`; returns a handle with remove()."""
@@ -480,9 +499,9 @@ class LlamaModel(Module):
 
         With a cache, the tokens continue the cached sequence and the cache grows by T.
         """
-        ids = _as_id_list(input_ids)
+        ids = _as_id_list(input_ids, self.config.vocab_size)
         if cache is None:
-            cache = self.new_cache(len(ids))
+            cache = self.new_cache(max(1, len(ids)))  # no ids: forward_batch says so
         return self.forward_batch([(ids, cache)], logits=logits)
 
     def forward_batch(self, seqs, logits="last", seq_hooks=None):
@@ -497,9 +516,16 @@ class LlamaModel(Module):
             raise errors.ArgumentTypeError(f"seq_hooks must be None or a list with one entry per sequence "
                                            f"({len(seqs)}), got {seq_hooks!r:.80}")
         with self._lock:
-            return self._forward_batch(seqs, logits, seq_hooks)
+            # a hook may call the model again (a probe, a second cache); that inner pass must not
+            # reuse the buffers and hook grouping the outer pass is still using
+            depth = self.__dict__.get("_depth", 0)
+            self.__dict__["_depth"] = depth + 1
+            try:
+                return self._forward_batch(seqs, logits, seq_hooks, nested=depth > 0)
+            finally:
+                self.__dict__["_depth"] = depth
 
-    def _forward_batch(self, seqs, logits, seq_hooks):
+    def _forward_batch(self, seqs, logits, seq_hooks, nested=False):
         c = self.config
         if not seqs:
             raise errors.InvalidArgumentError("forward_batch needs at least one sequence")
@@ -522,7 +548,7 @@ class LlamaModel(Module):
             all_ids.extend(ids)
         n = len(all_ids)
         p = _Pass()
-        p.s = s = self._scratch(n)
+        p.s = s = _Scratch(c, n) if nested else self._scratch(n)
         p.pos = Tensor((n,), "I32").load(positions)
         ids_t = Tensor((n,), "I32").load(all_ids)
         single = len(seqs) == 1
@@ -537,7 +563,9 @@ class LlamaModel(Module):
             p.seqs.append(sq)
         p.kv_sets = _KVSets(p.seqs)
         hooked = self.hook_set.active or (seq_hooks and any(seq_hooks))
-        p.hooks = hk = self._pass_hooks(seq_hooks, spans) if hooked else None
+        p.hooks = hk = (None if not hooked else
+                        PassHooks(self.hook_set, seq_hooks, spans, c.num_hidden_layers, self._layouts) if nested
+                        else self._pass_hooks(seq_hooks, spans))
         top = hk.top if hk else None
 
         x = self.embed_tokens(ids_t, out=s.x)                             # [N, d_model]
@@ -577,14 +605,15 @@ class LlamaModel(Module):
         from ...common.generation import SamplingParams, generate_ids
 
         params = SamplingParams(max_new_tokens=max_new_tokens, **sampling)
-        new = list(generate_ids(self, _as_id_list(input_ids), params))
+        new = list(generate_ids(self, _as_id_list(input_ids, self.config.vocab_size), params))
         out = Tensor((1, len(new)), "I32")
         return out.load(new) if new else out
 
 
-def _as_id_list(input_ids):
-    """Token ids from a Tensor (any shape; float ids as in the plugin guide) or a sequence of ints."""
-    return validate.token_ids(input_ids)
+def _as_id_list(input_ids, vocab_size=None):
+    """Token ids from a Tensor (any shape; float ids as in the plugin guide) or a sequence of ints,
+    each in 0..vocab_size-1 when vocab_size is given."""
+    return validate.token_ids(input_ids, vocab_size)
 
 
 as_id_list = _as_id_list  # public name for the layers above (toolkit.interp)

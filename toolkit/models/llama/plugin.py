@@ -169,7 +169,7 @@ class Llama_Plugin(TextModelPluginInterface):
             return self.tokenizer.encode(prompt)
         from .model import _as_id_list
 
-        return _as_id_list(prompt)
+        return _as_id_list(prompt, self._model.config.vocab_size)
 
     _prompt_ids = prompt_ids
 

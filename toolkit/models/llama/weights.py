@@ -1,7 +1,8 @@
 """Loading Llama weights, zero-copy, from a GGUF file or a Hugging Face safetensors directory.
 
-Weight tensors borrow the file's read-only mmap in the dtype the file stores (Q4_1 stays Q4_1);
-nothing is copied or dequantised at load time. The name tables below are the one place that maps
+Weight tensors borrow the file's copy-on-write mmap in the dtype the file stores (Q4_1 stays
+Q4_1); nothing is copied or dequantised at load time, and a weight edited in place (an ablation)
+changes this model only, never the file. The name tables below are the one place that maps
 each format's tensor names to the module's parameter names.
 
 GGUF stores Llama Q/K rows permuted so that RoPE rotates adjacent pairs; we keep that layout and run
