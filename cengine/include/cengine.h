@@ -97,7 +97,10 @@ typedef enum {
     CE_OP_COUNT
 } ce_op;
 
-enum { CE_TENSOR_OWNS_DATA = 1 };
+/* CE_TENSOR_READ_ONLY: the data is memory the caller may not write (a read-only mapping, an
+ * immutable buffer). Every op refuses such a tensor as an output or in-place operand (CE_ERR_ARG)
+ * instead of faulting on the first store; views of it inherit the flag. The caller sets it. */
+enum { CE_TENSOR_OWNS_DATA = 1, CE_TENSOR_READ_ONLY = 2 };
 
 typedef struct ce_tensor {
     void *data;              /* first element; owned (freed with the tensor) or borrowed */
@@ -105,7 +108,7 @@ typedef struct ce_tensor {
     int32_t ndim;            /* 1..CE_MAX_DIMS */
     int64_t shape[4];        /* outermost first; unused dims are 1 */
     int64_t stride[4];       /* bytes between consecutive indices of each dim */
-    int32_t flags;           /* CE_TENSOR_OWNS_DATA */
+    int32_t flags;           /* CE_TENSOR_OWNS_DATA | CE_TENSOR_READ_ONLY */
 } ce_tensor;
 
 /* ---- build, errors, threads ---- */

@@ -576,7 +576,8 @@ static ce_status attn_prepare(attn_ctx *c, const char *op, ce_tensor *out, const
                               const ce_tensor *v, const ce_tensor *pos, int64_t n_kv, float scale,
                               ce_tensor *probs) {
     ce_status st;
-    if ((st = check3(out, op, "out", CE_F32)) || (st = check3(q, op, "q", CE_F32)) || (st = check3(k, op, "k", -1)) ||
+    if ((st = check3(out, op, "out", CE_F32)) || (st = ce_check_writable(out, op, "out")) || (st = check3(q, op, "q", CE_F32)) ||
+        (st = check3(k, op, "k", -1)) ||
         (st = check3(v, op, "v", -1)))
         return st;
     if ((st = ce_check(pos, op, "pos", CE_I32))) return st;
@@ -608,7 +609,7 @@ static ce_status attn_prepare(attn_ctx *c, const char *op, ce_tensor *out, const
     if (!isfinite(scale)) return ce_fail(CE_ERR_ARG, "%s: scale must be finite, got %g", op, (double)scale);
     if ((st = ce_check_positions(pos, T, n_kv, op))) return st; /* a query sees keys 0..pos */
     if (probs) {
-        if ((st = check3(probs, op, "probs", CE_F32))) return st;
+        if ((st = check3(probs, op, "probs", CE_F32)) || (st = ce_check_writable(probs, op, "probs"))) return st;
         if (probs->shape[0] != Hq || probs->shape[1] != T || probs->shape[2] != n_kv)
             return ce_fail(CE_ERR_SHAPE,
                            "%s: probs must be [Hq %lld, T %lld, n_kv %lld], got [%lld, %lld, %lld]", op,
@@ -713,7 +714,8 @@ ce_status ce_attention_seqs(ce_tensor *out, const ce_tensor *q, const ce_tensor 
         return ce_fail(CE_ERR_ARG, "%s: nseq must be in 1..%d, got %lld", op, ATTN_SEQS_MAX, (long long)nseq);
     if (!rows || !k_cache || !v_cache) return ce_fail(CE_ERR_ARG, "%s: rows, k_cache and v_cache are required", op);
     if ((k_new == NULL) != (v_new == NULL)) return ce_fail(CE_ERR_ARG, "%s: pass both k_new and v_new, or neither", op);
-    if ((st = check3(q, op, "q", CE_F32)) || (st = check3(out, op, "out", CE_F32))) return st;
+    if ((st = check3(q, op, "q", CE_F32)) || (st = check3(out, op, "out", CE_F32)) || (st = ce_check_writable(out, op, "out")))
+        return st;
     if ((st = ce_check(pos, op, "pos", CE_I32))) return st;
     int64_t N = q->shape[0], total = 0;
     for (int64_t s = 0; s < nseq; s++) {
@@ -737,6 +739,10 @@ ce_status ce_attention_seqs(ce_tensor *out, const ce_tensor *q, const ce_tensor 
     /* check every sequence before touching any cache: a bad call changes nothing */
     for (int64_t s = 0, r0 = 0; s < nseq; r0 += rows[s], s++) {
         if (!k_cache[s] || !v_cache[s]) { st = ce_fail(CE_ERR_ARG, "%s: sequence %lld has no cache", op, (long long)s); break; }
+        if (k_new && ((st = ce_check_writable(k_cache[s], op, "k_cache")) || (st = ce_check_writable(v_cache[s], op, "v_cache")))) {
+            st = seq_fail(st, s);
+            break;
+        }
         for (int64_t o = 0; o < s; o++)
             if (k_cache[o]->data == k_cache[s]->data || v_cache[o]->data == v_cache[s]->data) {
                 st = ce_fail(CE_ERR_ARG, "%s: sequences %lld and %lld share a KV cache", op, (long long)o, (long long)s);

@@ -159,7 +159,7 @@ static void ew_task(void *p, int ith, int nth) {
 static ce_status run(const char *op, const char *na, const char *nb, row_fn scalar, row_fn simd,
                      ce_tensor *out, const ce_tensor *a, const ce_tensor *b, float s) {
     ce_status st;
-    if ((st = ce_check(out, op, "out", CE_F32))) return st;
+    if ((st = ce_check_out(out, op, "out", CE_F32))) return st;
     if ((st = ce_check(a, op, na, CE_F32))) return st;
     if ((st = ce_check_same(out, a, op, "out", na))) return st;
     if (nb && !b) return ce_fail(CE_ERR_ARG, "%s: %s is NULL", op, nb);

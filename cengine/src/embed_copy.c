@@ -108,7 +108,7 @@ static void embed_task(void *p, int ith, int nth) {
 ce_status ce_embedding(ce_tensor *out, const ce_tensor *w, const ce_tensor *ids) {
     CE_PROFILE(CE_OP_EMBEDDING, .t = {out, w, ids});
     ce_status st;
-    if ((st = ce_check(out, "embedding", "out", CE_F32))) return st;
+    if ((st = ce_check_out(out, "embedding", "out", CE_F32))) return st;
     if ((st = ce_check(w, "embedding", "w", -1))) return st;
     if ((st = ce_check(ids, "embedding", "ids", CE_I32))) return st;
     if (w->dtype == CE_I32)
@@ -176,7 +176,8 @@ static ce_status check_any(const ce_tensor *t, const char *name) {
 ce_status ce_copy(ce_tensor *dst, const ce_tensor *src) {
     CE_PROFILE(CE_OP_COPY, .t = {dst, src});
     ce_status st;
-    if ((st = check_any(dst, "dst")) || (st = check_any(src, "src"))) return st;
+    if ((st = check_any(dst, "dst")) || (st = check_any(src, "src")) || (st = ce_check_writable(dst, "copy", "dst")))
+        return st;
     int64_t n = ce_tensor_numel(src);
     if (ce_tensor_numel(dst) != n)
         return ce_fail(CE_ERR_SHAPE, "copy: dst has %lld elements but src has %lld",

@@ -152,6 +152,9 @@ int64_t ce_rows(const ce_tensor *t);  /* product of all dims but the last */
 int64_t ce_cols(const ce_tensor *t);  /* the last dim */
 /* CE_OK when t is non-null, has dtype `dtype` (or any if < 0) and a contiguous last dim. */
 ce_status ce_check(const ce_tensor *t, const char *op, const char *name, int dtype);
+/* ce_check of a tensor the op writes: also refuses CE_TENSOR_READ_ONLY */
+ce_status ce_check_out(const ce_tensor *t, const char *op, const char *name, int dtype);
+ce_status ce_check_writable(const ce_tensor *t, const char *op, const char *name);
 /* CE_OK when a and b have the same numel and the same last dim. */
 ce_status ce_check_same(const ce_tensor *a, const ce_tensor *b, const char *op, const char *na,
                         const char *nb);

@@ -35,7 +35,7 @@ static int overlaps(const ce_tensor *p, const ce_tensor *q) {
 static ce_status check_matmul(const char *op, const ce_tensor *out, const ce_tensor *x, const ce_tensor *w,
                               const ce_tensor *bias) {
     ce_status st;
-    if ((st = ce_check(out, op, "out", CE_F32)) || (st = ce_check(x, op, "x", CE_F32)) || (st = ce_check(w, op, "w", -1)))
+    if ((st = ce_check_out(out, op, "out", CE_F32)) || (st = ce_check(x, op, "x", CE_F32)) || (st = ce_check(w, op, "w", -1)))
         return st;
     if (w->dtype == CE_I32)
         return ce_fail(CE_ERR_DTYPE, "%s: w must be F32, F16, BF16, Q8_0, Q4_0 or Q4_1, got I32", op);

@@ -82,7 +82,7 @@ static void rms_task(void *p, int ith, int nth) {
 ce_status ce_rmsnorm(ce_tensor *out, const ce_tensor *x, const ce_tensor *w, float eps) {
     CE_PROFILE(CE_OP_RMSNORM, .t = {out, x, w});
     ce_status st;
-    if ((st = ce_check(out, "rmsnorm", "out", CE_F32))) return st;
+    if ((st = ce_check_out(out, "rmsnorm", "out", CE_F32))) return st;
     if ((st = ce_check(x, "rmsnorm", "x", CE_F32))) return st;
     if ((st = ce_check_same(out, x, "rmsnorm", "out", "x"))) return st;
     int64_t rows = ce_rows(x), cols = ce_cols(x);
@@ -148,7 +148,7 @@ static void softmax_task(void *p, int ith, int nth) {
 ce_status ce_softmax(ce_tensor *out, const ce_tensor *x, float scale) {
     CE_PROFILE(CE_OP_SOFTMAX, .t = {out, x});
     ce_status st;
-    if ((st = ce_check(out, "softmax", "out", CE_F32))) return st;
+    if ((st = ce_check_out(out, "softmax", "out", CE_F32))) return st;
     if ((st = ce_check(x, "softmax", "x", CE_F32))) return st;
     if ((st = ce_check_same(out, x, "softmax", "out", "x"))) return st;
     int64_t rows = ce_rows(x), cols = ce_cols(x);

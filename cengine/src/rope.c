@@ -63,7 +63,7 @@ ce_status ce_rope(ce_tensor *x, const ce_tensor *pos, int64_t head_dim, int64_t 
                   int mode) {
     CE_PROFILE(CE_OP_ROPE, .t = {x, pos}, .n = {head_dim, n_rot});
     ce_status st;
-    if ((st = ce_check(x, "rope", "x", CE_F32))) return st;
+    if ((st = ce_check_out(x, "rope", "x", CE_F32))) return st; /* in place */
     if ((st = ce_check(pos, "rope", "pos", CE_I32))) return st;
     if (mode != CE_ROPE_ADJACENT && mode != CE_ROPE_HALF)
         return ce_fail(CE_ERR_ARG, "rope: mode must be CE_ROPE_ADJACENT (0) or CE_ROPE_HALF (1), got %d", mode);

@@ -6,7 +6,7 @@ static int half_or_f32(int dtype) { return dtype == CE_F32 || dtype == CE_F16 ||
 ce_status ce_copy_rows(ce_tensor *dst, int64_t row0, const ce_tensor *src) {
     CE_PROFILE(CE_OP_COPY_ROWS, .t = {dst, src}, .n = {row0});
     ce_status st;
-    if ((st = ce_check(dst, "copy_rows", "dst", -1))) return st;
+    if ((st = ce_check_out(dst, "copy_rows", "dst", -1))) return st;
     if ((st = ce_check(src, "copy_rows", "src", -1))) return st;
     if (!half_or_f32(dst->dtype) || !half_or_f32(src->dtype))
         return ce_fail(CE_ERR_DTYPE, "copy_rows: %s to %s is not supported (F32, F16, BF16)",

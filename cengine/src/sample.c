@@ -11,7 +11,7 @@
 ce_status ce_repetition_penalty(ce_tensor *logits, const ce_tensor *ids, float penalty) {
     CE_PROFILE(CE_OP_REPETITION_PENALTY, .t = {logits, ids});
     ce_status st;
-    if ((st = ce_check(logits, "repetition_penalty", "logits", CE_F32))) return st;
+    if ((st = ce_check_out(logits, "repetition_penalty", "logits", CE_F32))) return st; /* in place */
     if ((st = ce_check(ids, "repetition_penalty", "ids", CE_I32))) return st;
     if (!(penalty > 0.0f) || !isfinite(penalty))
         return ce_fail(CE_ERR_ARG, "repetition_penalty: penalty must be a positive number, got %g", penalty);

@@ -56,7 +56,7 @@ static int64_t argmax_avx2(const float *p, int64_t n) {
 ce_status ce_argmax(ce_tensor *out, const ce_tensor *x) {
     CE_PROFILE(CE_OP_ARGMAX, .t = {out, x});
     ce_status st;
-    if ((st = ce_check(out, "argmax", "out", CE_I32))) return st;
+    if ((st = ce_check_out(out, "argmax", "out", CE_I32))) return st;
     if ((st = ce_check(x, "argmax", "x", CE_F32))) return st;
     int64_t R = ce_rows(x), N = ce_cols(x);
     if (N < 1) return ce_fail(CE_ERR_SHAPE, "argmax: x has an empty last dim");
@@ -88,8 +88,8 @@ static int cmp_entry(const void *pa, const void *pb) {
 ce_status ce_topk(ce_tensor *values, ce_tensor *indices, const ce_tensor *x, int64_t k) {
     CE_PROFILE(CE_OP_TOPK, .t = {values, indices, x}, .n = {k});
     ce_status st;
-    if ((st = ce_check(values, "topk", "values", CE_F32))) return st;
-    if ((st = ce_check(indices, "topk", "indices", CE_I32))) return st;
+    if ((st = ce_check_out(values, "topk", "values", CE_F32))) return st;
+    if ((st = ce_check_out(indices, "topk", "indices", CE_I32))) return st;
     if ((st = ce_check(x, "topk", "x", CE_F32))) return st;
     int64_t R = ce_rows(x), N = ce_cols(x);
     if (k < 1 || k > N)

@@ -245,7 +245,7 @@ ce_status ce_tensor_view(ce_tensor **out, const ce_tensor *src, int ndim, const 
                        ce_dtype_name(src->dtype));
     }
     t->data = (char *)src->data + byte_offset;
-    t->flags = 0;
+    t->flags = src->flags & CE_TENSOR_READ_ONLY; /* a view borrows; read-only memory stays so */
     return CE_OK;
 }
 
@@ -326,4 +326,16 @@ ce_status ce_check_same(const ce_tensor *a, const ce_tensor *b, const char *op, 
                        op, na, (long long)ce_tensor_numel(a), (long long)ce_cols(a), nb,
                        (long long)ce_tensor_numel(b), (long long)ce_cols(b));
     return CE_OK;
+}
+
+ce_status ce_check_writable(const ce_tensor *t, const char *op, const char *name) {
+    if (t && (t->flags & CE_TENSOR_READ_ONLY))
+        return ce_fail(CE_ERR_ARG, "%s: %s is read-only (it wraps memory that may not be written, e.g. a read-only "
+                       "mapping); write to a copy", op, name);
+    return CE_OK;
+}
+
+ce_status ce_check_out(const ce_tensor *t, const char *op, const char *name, int dtype) {
+    ce_status st = ce_check(t, op, name, dtype);
+    return st ? st : ce_check_writable(t, op, name);
 }

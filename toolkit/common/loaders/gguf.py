@@ -1,4 +1,4 @@
-"""Read GGUF v2/v3 files (llama.cpp's weight format) in pure Python over a read-only mmap.
+"""Read GGUF v2/v3 files (llama.cpp's weight format) in pure Python over a copy-on-write mmap.
 
 ``GGUFFile`` parses the header, metadata and tensor table, checks every size and offset against the
 file, and hands out tensor data as zero-copy ``memoryview`` slices of the mapping. It never copies
@@ -183,7 +183,7 @@ class _Reader:
 
 
 class GGUFFile(MappedFile):
-    """A parsed, validated GGUF file; tensor data stays in the read-only mapping."""
+    """A parsed, validated GGUF file; tensor data stays in the (copy-on-write) mapping."""
 
     def __init__(self, path: str | os.PathLike):
         f, size = self._open(path, 4 + 4 + 8 + 8, "GGUF header")
@@ -315,8 +315,9 @@ class GGUFFile(MappedFile):
                     f"([{a.offset}, {a.offset + a.nbytes}) and [{b.offset}, {b.offset + b.nbytes}))"
                 )
 
-    def tensor_bytes(self, name: str) -> memoryview:
-        """The raw bytes of tensor ``name``: a zero-copy, read-only slice of the mapping.
+    def tensor_bytes(self, name: str, writable: bool = False) -> memoryview:
+        """The raw bytes of tensor ``name``: a zero-copy slice of the mapping, read-only unless
+        ``writable`` (writes go to this process's private copy of the page, never to the file).
 
         Release it (``.release()``) when done, or ``close()`` cannot unmap the file.
         """
@@ -325,7 +326,7 @@ class GGUFFile(MappedFile):
         info = self.tensors.get(name)
         if info is None:
             raise FormatError(f"{self.path}: no tensor named {name!r}")
-        return self._view[info.offset : info.offset + info.nbytes]
+        return self._data(writable)[info.offset : info.offset + info.nbytes]
 
     def check_supported(self, name: str) -> GGUFTensorInfo:
         """Return the info of tensor ``name``; UnsupportedError if its type is outside SUPPORTED."""

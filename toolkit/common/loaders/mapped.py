@@ -35,14 +35,16 @@ class MappedFile:
     def _adopt(self, mm: mmap.mmap) -> None:
         """Takes ownership of a parsed file's mapping."""
         self._mm = mm
-        # Copy-on-write mapping, read-only views: readers cannot change what they parse, while a
-        # model's weights (engine pointers into the same pages) may be edited in place
-        self._view = memoryview(mm).toreadonly()
+        # Copy-on-write mapping. Readers get read-only views (they cannot change what they parse);
+        # a model's weights get writable ones (tensor_bytes(writable=True)), so that they may be
+        # edited in place (ablations) while the file never changes
+        self._wview = memoryview(mm)
+        self._view = self._wview.toreadonly()
 
-    def _data(self) -> memoryview:
+    def _data(self, writable: bool = False) -> memoryview:
         if self._view is None:
             raise ClosedError(f"{self.path}: the file is closed")
-        return self._view
+        return self._wview if writable else self._view
 
     @property
     def closed(self) -> bool:
@@ -54,7 +56,8 @@ class MappedFile:
             return
         mm, self._mm = self._mm, None
         self._view.release()
-        self._view = None
+        self._wview.release()
+        self._view = self._wview = None
         try:
             mm.close()
         except BufferError:

@@ -3,7 +3,7 @@
 The ``safetensors`` package cannot open files without numpy or torch (``safe_open`` needs a
 framework), and this project uses neither, so the format is parsed here: an 8-byte little-endian
 header length, a JSON header, then the raw data. Reading is zero-copy (``memoryview`` slices of a
-read-only mapping; release them before ``close()``, see ``GGUFFile`` for the same rule). Writing
+copy-on-write mapping, read-only unless asked for writable ones; release them before ``close()``, see ``GGUFFile`` for the same rule). Writing
 streams each buffer to a temporary file that is renamed into place only when complete.
 """
 
@@ -71,7 +71,7 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict:
 
 
 class SafetensorsFile(MappedFile):
-    """One parsed, validated safetensors file with its data left in a read-only mapping."""
+    """One parsed, validated safetensors file with its data left in a copy-on-write mapping."""
 
     def __init__(self, path: str | os.PathLike):
         f, size = self._open(path, 8, "safetensors file")
@@ -163,14 +163,15 @@ class SafetensorsFile(MappedFile):
             )
         return SafetensorsTensorInfo(name, dtype, shape, data_start + begin, data_start + end)
 
-    def tensor_bytes(self, name: str) -> memoryview:
-        """Zero-copy read-only bytes of tensor ``name``; release the view before ``close()``."""
+    def tensor_bytes(self, name: str, writable: bool = False) -> memoryview:
+        """Zero-copy bytes of tensor ``name``, read-only unless ``writable`` (writes stay in this
+        process: the mapping is copy-on-write); release the view before ``close()``."""
         if self._view is None:
             raise ClosedError(f"{self.path}: safetensors file is closed")
         info = self.tensors.get(name)
         if info is None:
             raise FormatError(f"{self.path}: no tensor named {name!r}")
-        return self._view[info.begin : info.end]
+        return self._data(writable)[info.begin : info.end]
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self.tensors)} tensors"
@@ -193,11 +194,11 @@ class SafetensorsDir(Mapping):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def tensor_bytes(self, name: str) -> memoryview:
+    def tensor_bytes(self, name: str, writable: bool = False) -> memoryview:
         if name not in self._entries:
             raise FormatError(f"no tensor named {name!r} in {[f.path for f in self.files]}")
         f, _ = self._entries[name]
-        return f.tensor_bytes(name)
+        return f.tensor_bytes(name, writable)
 
     def close(self) -> None:
         for f in self.files:

@@ -91,8 +91,11 @@ class Tensor:
     def wrap(cls, buffer, shape, dtype="F32", offset=0):
         """A tensor over `buffer`'s memory (zero-copy); the buffer is kept alive by the tensor.
 
-        The engine never writes to a wrapped tensor unless it is used as an op's output, so a
-        read-only mmap is safe to wrap for weights.
+        The engine never writes to a wrapped tensor unless it is used as an op's output. A
+        read-only buffer (bytes, a read-only mmap, a read-only memoryview) gives a read-only
+        tensor (`read_only`): ops refuse it as an output, and load() and memoryview() refuse to
+        write through it, where a store into the memory would end the process or change an
+        immutable object.
         """
         shape = _normalize_shape(shape)
         code = _dt.code(dtype)
@@ -108,6 +111,9 @@ class Tensor:
                 f"at offset {offset} ({need} bytes needed)")
         pp = ffi.new("ce_tensor **")
         check(lib.ce_tensor_wrap(pp, code, len(shape), shape, ptr + offset))
+        with memoryview(buffer) as mv:
+            if mv.readonly:
+                pp[0].flags |= lib.CE_TENSOR_READ_ONLY
         return cls._from_handle(pp[0], shape, name, ptr)
 
     # ---- facts ----
@@ -136,6 +142,18 @@ class Tensor:
         """Byte strides per dim (0 on the last dim of block dtypes)."""
         return tuple(self._ct.stride[i] for i in range(len(self.shape)))
 
+    @property
+    def read_only(self):
+        """True for a tensor over memory that may not be written (Tensor.wrap of a read-only buffer,
+        and views of it): ops refuse it as an output."""
+        return bool(self._ct.flags & lib.CE_TENSOR_READ_ONLY)
+
+    def _writable(self, what):
+        if self._ct.flags & lib.CE_TENSOR_READ_ONLY:
+            raise errors.InvalidArgumentError(
+                f"{what}: this tensor wraps read-only memory (a read-only buffer or mapping); write to a copy "
+                f"(t.clone())")
+
     def is_contiguous(self):
         return bool(lib.ce_tensor_is_contiguous(self._ct))
 
@@ -150,6 +168,7 @@ class Tensor:
         """Fills this (contiguous) tensor from a flat sequence of numbers; returns self."""
         if not self.is_contiguous():
             raise errors.ShapeError("load() needs a contiguous tensor; call .contiguous() first")
+        self._writable("load()")
         if isinstance(values, (list, tuple)) and values and isinstance(values[0], (list, tuple)):
             values, _ = _flatten(values)
         n = self.numel
@@ -195,13 +214,16 @@ class Tensor:
         return self.to_list()[0]
 
     def memoryview(self):
-        """A zero-copy, writable memoryview of a contiguous tensor (raw bytes for block dtypes)."""
+        """A zero-copy memoryview of a contiguous tensor (raw bytes for block dtypes); writable unless
+        the tensor is `read_only`."""
         if not self.is_contiguous():
             raise errors.ShapeError("memoryview() needs a contiguous tensor; call .contiguous() first")
         # The memoryview must keep this tensor (and so its memory) alive: a pointer whose gc
         # "destructor" closes over self does that for as long as the buffer exists.
         keep = ffi.gc(ffi.cast("char *", self._ct.data), lambda _p, _owner=self: None)
         raw = memoryview(ffi.buffer(keep, self.nbytes))
+        if self._ct.flags & lib.CE_TENSOR_READ_ONLY:
+            raw = raw.toreadonly()
         fmt = _dt.FORMATS.get(self.dtype)
         if fmt is None:
             return raw
@@ -216,8 +238,8 @@ class Tensor:
         if self.dtype in _dt.BLOCK_DTYPES:
             rows = self.numel // self.shape[-1]
             shape = (rows, self.nbytes // max(rows, 1))
-            return {"shape": shape, "typestr": "|u1", "data": (self.data_ptr(), False), "version": 3}
-        return {"shape": self.shape, "typestr": _dt.TYPESTR[self.dtype], "data": (self.data_ptr(), False),
+            return {"shape": shape, "typestr": "|u1", "data": (self.data_ptr(), self.read_only), "version": 3}
+        return {"shape": self.shape, "typestr": _dt.TYPESTR[self.dtype], "data": (self.data_ptr(), self.read_only),
                 "strides": None if self.is_contiguous() else self.strides, "version": 3}
 
     # ---- views and conversions ----

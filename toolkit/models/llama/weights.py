@@ -189,7 +189,7 @@ def load_gguf(path):
         check_shapes(config, {p: shape for p, (_, shape) in state.items()}, path)
         for param, (name, shape) in state.items():
             info = g.check_supported(name)
-            state[param] = _wrap(g.tensor_bytes(name), info.offset, shape, GGUF_DTYPES[info.type_name])
+            state[param] = _wrap(g.tensor_bytes(name, writable=True), info.offset, shape, GGUF_DTYPES[info.type_name])
         return config, _vectors_to_f32(state), md, WeightSource(path, g, "gguf")
     except BaseException:
         state = None
@@ -229,7 +229,7 @@ def load_hf_dir(directory):
             if dtype is None:
                 raise errors.UnsupportedError(f"{directory}: tensor {name!r} has dtype {info.dtype}; "
                                               f"supported: {', '.join(HF_DTYPES)}")
-            state[param] = _wrap(files.tensor_bytes(name), info.begin, tuple(info.shape), dtype)
+            state[param] = _wrap(files.tensor_bytes(name, writable=True), info.begin, tuple(info.shape), dtype)
         return config, _vectors_to_f32(state), hf_cfg, WeightSource(directory, files, "safetensors")
     except BaseException:
         state = None
