@@ -31,19 +31,15 @@ class SamplingParams:
     stop_at_eos: bool = True
 
     def __post_init__(self):
-        def num(name, lo, hi=None, integer=False):
-            setattr(self, name, validate.number(name, getattr(self, name), lo, hi, integer=integer))
+        def num(name, lo, hi=None, integer=False, lo_open=False):
+            setattr(self, name, validate.number(name, getattr(self, name), lo, hi, integer=integer, lo_open=lo_open))
 
         num("max_new_tokens", 0, integer=True)
         num("temperature", 0.0)
         num("top_k", 0, integer=True)
-        num("top_p", 0.0, 1.0)
-        if self.top_p == 0:
-            raise errors.InvalidArgumentError("top_p must be in (0, 1]")
+        num("top_p", 0.0, 1.0, lo_open=True)  # 1 = off; 0 would keep no token
         num("min_p", 0.0, 1.0)
-        num("repetition_penalty", 0.0)
-        if self.repetition_penalty == 0:
-            raise errors.InvalidArgumentError("repetition_penalty must be positive")
+        num("repetition_penalty", 0.0, lo_open=True)  # 1 = off
         if self.seed is not None:
             if validate.as_index(self.seed) is None:
                 raise errors.ArgumentTypeError(f"seed must be an int or None, got {self.seed!r}")
