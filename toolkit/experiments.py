@@ -33,6 +33,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,6 +252,9 @@ def build_manifest(model, sampling=None, seed=None, extra=None):
     from toolkit.common.generation import SamplingParams
 
     plugin, _, tok = _parts(model)
+    for name, value in (("sampling", sampling), ("extra", extra)):
+        if value is not None and not isinstance(value, Mapping):
+            raise errors.ArgumentTypeError(f"{name} must be a dict (or None), got {type(value).__name__}")
     sampling = dict(sampling or {})
     if seed is not None:
         sampling["seed"] = seed

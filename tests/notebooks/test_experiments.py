@@ -109,6 +109,11 @@ def test_bad_input_raises_typed_errors(model, tmp_path):
         ex.record(tmp_path / "z.json", "not a model")
     with pytest.raises(errors.InvalidArgumentError):
         ex.record(tmp_path / "z.json", model, sampling={"temperature": -1})
+    # not dicts: a builtin ValueError from dict() before ("dictionary update sequence element")
+    with pytest.raises(errors.ArgumentTypeError, match="sampling must be a dict"):
+        ex.record(tmp_path / "z.json", model, sampling="x")
+    with pytest.raises(errors.ArgumentTypeError, match="extra must be a dict"):
+        ex.record(tmp_path / "z.json", model, extra=[1, 2])
     assert not (tmp_path / "z.json").exists()
 
 
