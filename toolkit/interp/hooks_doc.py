@@ -47,7 +47,11 @@ per-request hooks) a registered hook sees every sequence's rows stacked and read
 `seq_hooks[b]` sees sequence b's rows only. Attention scores and patterns fire once per sequence
 with `hook.ctx["seq"]` set to it. During generation (`generate`, `generate_ids`, `stream` with
 `fwd_hooks`) hooks run in the prefill and in every decode step, and the KV cache keeps the keys and
-values they edited, so an intervention stays in force for the rest of the sequence.
+values they edited, so an intervention stays in force for the rest of the sequence. A BatchManager
+request whose own hook raises ends with `finish_reason == "error"` and the exception in its result's
+`error` (`step()` and `wait()` re-raise it); the requests sharing its passes lose nothing and go
+on. A registered (global) hook that raises, or a `KeyboardInterrupt`, stops the pass and
+re-raises, every request left as it was before it.
 
 Filters: a name, a glob (`"blocks.*.attn.hook_pattern"`), a list of names, or a predicate
 `name -> bool`. An unknown name raises `UnknownHookError` naming the closest valid ones.

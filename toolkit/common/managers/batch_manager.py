@@ -18,9 +18,11 @@ per request over its own KV cache. Requests join as others leave, between any tw
   thread while another steps; one pass runs at a time and the forward pass itself runs outside the
   manager's lock. Requests are collected once: by `step()`, `run()` or `wait(ids)`; ids claimed by
   a `wait` (or added with private=True) are never handed to `step()` or `run()`.
-- Failures: a request whose token cannot be drawn or decoded, or whose cache cannot be allocated,
-  ends with finish_reason 'error' and the others go on; a forward pass that raises (a hook, say)
-  leaves every request as it was before the pass and re-raises in the stepping thread.
+- Failures: a request whose token cannot be drawn or decoded, whose cache cannot be allocated, or
+  one of whose own hooks raises, ends with finish_reason 'error' (the exception in its result's
+  `error`, re-raised by whoever collects it) and the others go on: a failed pass leaves every
+  other request as it was before it. Any other exception from a pass (KeyboardInterrupt, a global
+  hook's error) leaves every request as it was and re-raises in the stepping thread.
 - Batch invariance: a request's tokens and logits are bit-identical whatever shares its passes and
   however its prompt is chunked, given the engine's batch-invariant matmul (on by default: every
   matmul row's bits independent of the other rows); the scheduling never changes what a request
@@ -85,6 +87,7 @@ class BatchManager:
         self._waited = set()         # rids a wait() running now will collect
         self._last_rid = None
         self._pass_thread = None     # the thread running a pass now (its hooks run there too)
+        self._hook_failure = None    # (request, exception) of the request hook that raised in this pass
 
     # ---- submitting and inspecting ----
     def add_request(self, request_id, token_ids, *, hooks=None, keep_logits=False, private=False, **sampling):
@@ -115,6 +118,8 @@ class BatchManager:
         if params.max_new_tokens:
             self._budget.check_fits(request_id, len(prompt) + params.max_new_tokens)
         req = Request(request_id, prompt, params, self._eos, self.tokenizer, hooks, keep_logits)
+        if req.hooks:
+            req.hooks = [(name, self._owned_hook(req, fn)) for name, fn in req.hooks]
         with self._cond:
             if request_id in self._requests:
                 raise errors.InvalidArgumentError(f"request id {request_id!r} is already in use")
@@ -331,6 +336,16 @@ class BatchManager:
             plan.append((req, feed))
         return plan
 
+    def _owned_hook(self, req, fn):
+        """fn, noting which request's hook raised: that request alone ends with the error."""
+        def hook(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                self._hook_failure = (req, exc)
+                raise
+        return hook
+
     def _not_from_own_pass(self, what):
         """A hook runs inside a pass, on the stepping thread: waiting there for passes of this
         manager would wait for the pass it is part of, forever."""
@@ -359,9 +374,12 @@ class BatchManager:
         kwargs = {}
         if any(req.hooks for req, _ in plan):
             kwargs["seq_hooks"] = [req.hooks for req, _ in plan]
+        self._hook_failure = None
         try:
             logits = self.model.forward_batch([(feed, req.cache) for req, feed in plan], logits="last", **kwargs)
-        except BaseException:
+        except BaseException as exc:
+            failed, self._hook_failure = self._hook_failure, None
+            culprit = failed[0] if failed is not None and failed[1] is exc else None
             with self._cond:
                 for (req, _), start in zip(plan, starts):
                     req.in_flight = False
@@ -369,7 +387,14 @@ class BatchManager:
                         req.cache.truncate(start)  # the pass failed after filling the caches: undo it
                     if req.done:
                         self._release(req)
+                if culprit is not None and not culprit.done:
+                    # one request's hook raised: that request ends with its error (its collector
+                    # re-raises it); the others lost nothing and go on in the next pass
+                    culprit.error = exc
+                    self._finish(culprit, "error")
                 self._cond.notify_all()
+            if culprit is not None:
+                return [culprit.rid]
             raise
         finished = []
         with self._cond:
