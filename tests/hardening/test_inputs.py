@@ -106,6 +106,40 @@ def test_use_after_close_is_closed_error(tiny_gguf):
     m.close()  # twice is fine
 
 
+def test_close_stops_a_generation_already_running(tiny_gguf):
+    """A generation running when its model is closed (a widget's thread, a half-read stream) stops
+    at its next token with ClosedError; it used to run to its end on the closed model."""
+    import threading
+
+    m = toolkit.load(tiny_gguf, threads=1)
+    it = m.stream("a", max_new_tokens=200, stop_at_eos=False)
+    next(it)
+    m.close()
+    with pytest.raises(errors.ClosedError, match="closed"):
+        for _ in it:
+            pass
+
+    m = toolkit.load(tiny_gguf, threads=1)
+    got, failed, started, closed = [], [], threading.Event(), threading.Event()
+
+    def run():
+        try:
+            for piece in m.stream("a", max_new_tokens=250, stop_at_eos=False):
+                got.append(piece)
+                started.set()
+                closed.wait(60)  # the close lands between two tokens, as a user's click would
+        except errors.ClosedError as exc:
+            failed.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert started.wait(60)
+    m.close()
+    closed.set()
+    t.join(60)
+    assert not t.is_alive() and failed and len(got) < 250
+
+
 def test_weight_kept_after_close_stays_readable(tiny_gguf, tiny_hf):
     for path in (tiny_gguf, tiny_hf):
         m = toolkit.load(path, threads=1)

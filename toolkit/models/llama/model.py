@@ -504,6 +504,13 @@ class LlamaModel(Module):
             cache = self.new_cache(max(1, len(ids)))  # no ids: forward_batch says so
         return self.forward_batch([(ids, cache)], logits=logits)
 
+    def close(self):
+        """No pass starts after this (ClosedError): a generation running in another thread (a
+        widget's) stops at its next token instead of running on after its model was closed. Waits
+        for a pass running now; the weights stay with whoever still holds them."""
+        with self._lock:
+            self.__dict__["_closed"] = True
+
     def forward_batch(self, seqs, logits="last", seq_hooks=None):
         """One forward pass over several sequences: seqs is a list of (new token ids, KVCache).
 
@@ -516,6 +523,8 @@ class LlamaModel(Module):
             raise errors.ArgumentTypeError(f"seq_hooks must be None or a list with one entry per sequence "
                                            f"({len(seqs)}), got {seq_hooks!r:.80}")
         with self._lock:
+            if self.__dict__.get("_closed"):
+                raise errors.ClosedError("the model was closed; load it again to use it")
             # a hook may call the model again (a probe, a second cache); that inner pass must not
             # reuse the buffers and hook grouping the outer pass is still using
             depth = self.__dict__.get("_depth", 0)

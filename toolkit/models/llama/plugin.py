@@ -120,6 +120,8 @@ class Llama_Plugin(TextModelPluginInterface):
 
     def cleanup(self) -> bool:
         """Drops the model and unmaps its weights (tensors still held elsewhere keep their memory)."""
+        if self._model is not None:
+            self._model.close()  # a generation still running elsewhere stops at its next pass
         self._model = None
         self.batch_manager = None
         if self._weights is not None:
