@@ -148,3 +148,20 @@ def test_f16_and_bf16_memoryview():
         assert mv.format == "H" and mv.tolist() == [0x3E00, 0xC000]
     b = Tensor.from_list([1.0], dtype="BF16")
     assert b.memoryview().tolist() == [0x3F80]
+
+
+def test_tensor_copy_needs_the_same_shape():
+    """t.copy_(src) between different shapes of one size used to copy in element order: a [pos, head]
+    source into a [head, pos] view scrambled a hook's tensor silently. It needs the same shape now;
+    functional.copy_ keeps the element-order copy for whoever means it."""
+    from toolkit import errors
+    from toolkit.core.engine import functional as F
+
+    src = Tensor.from_list([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    dst = Tensor((3, 2))
+    with pytest.raises(errors.ShapeError, match=r"copy_\(\): source shape \(2, 3\) differs"):
+        dst.copy_(src)
+    assert dst.to_list() == [0.0] * 6
+    assert dst.copy_(src.transpose(0, 1)).tolist() == [[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]]
+    assert F.copy_(dst, src).to_list() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert Tensor((2, 3), "F16").copy_(src).to_list() == src.to_list()  # dtypes still convert

@@ -338,9 +338,15 @@ class Tensor:
         return out
 
     def copy_(self, src):
-        """Copies src into self (same numel; converts dtype); returns self."""
+        """Copies src into self (the same shape; converts dtype); returns self. An element-order
+        copy between shapes of the same size is functional.copy_ (or reshape src first)."""
         if not isinstance(src, Tensor):
             raise errors.ArgumentTypeError(f"copy_() needs a Tensor, got {type(src).__name__}")
+        if src.shape != self.shape:
+            # the engine copies any same-size pair in element order: a [pos, head] source into a
+            # [head, pos] view would scramble it silently
+            raise errors.ShapeError(f"copy_(): source shape {src.shape} differs from this tensor's {self.shape}; "
+                                    f"reshape or permute it to match (functional.copy_ copies in element order)")
         check(lib.ce_copy(self._ct, src._ct))
         return self
 
