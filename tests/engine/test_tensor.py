@@ -65,9 +65,10 @@ def test_indexing_and_slicing_along_dim0_are_views():
     assert t[2:2].shape == (0, 3, 4)
     with pytest.raises(errors.IndexOutOfRangeError):
         t[2]
-    with pytest.raises(errors.ToolkitError):
-        t[0:2:2]
-    with pytest.raises(errors.ToolkitError):
+    assert t[0:2:2].shape == (1, 3, 4)  # positive steps are strided views
+    with pytest.raises(errors.InvalidArgumentError, match="positive step"):
+        t[::-1]
+    with pytest.raises(errors.ArgumentTypeError):
         t["a"]
 
 
@@ -165,3 +166,93 @@ def test_tensor_copy_needs_the_same_shape():
     assert dst.copy_(src.transpose(0, 1)).tolist() == [[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]]
     assert F.copy_(dst, src).to_list() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert Tensor((2, 3), "F16").copy_(src).to_list() == src.to_list()  # dtypes still convert
+
+
+def _nested(shape, base=0):
+    """Nested lists of distinct numbers in `shape`, the reference for indexing."""
+    if not shape:
+        return float(base)
+    step = 1
+    for d in shape[1:]:
+        step *= d
+    return [_nested(shape[1:], base + i * step) for i in range(shape[0])]
+
+
+def _ref(x, idx):
+    """Basic indexing on nested lists (ints, slices, ...), as NumPy does it."""
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if Ellipsis in idx:
+        depth, y = 0, x
+        while isinstance(y, list):
+            depth, y = depth + 1, y[0] if y else None
+        e = idx.index(Ellipsis)
+        idx = idx[:e] + (slice(None),) * (depth - len(idx) + 1) + idx[e + 1:]
+    if not idx:
+        return x
+    i, rest = idx[0], idx[1:]
+    if isinstance(i, slice):
+        return [_ref(y, rest) for y in x[i]]
+    return _ref(x[i], rest)
+
+
+@pytest.mark.parametrize("idx", [
+    (1, 2), (1, 2, 3), (slice(None), 2), (slice(None), slice(1, 3), 0), (Ellipsis, 1), (0, Ellipsis),
+    (slice(None, None, 2), slice(None), slice(1, None, 2)), (-1, -2, -3), (slice(5, 1),), (Ellipsis,),
+    (1, Ellipsis, slice(0, 4, 3)),
+])
+def test_multi_dim_indexing_matches_numpy_basic_indexing(idx):
+    shape = (3, 4, 5)
+    t = Tensor.from_list(_nested(shape), shape)
+    got = t[idx]
+    want = _ref(_nested(shape), idx)
+    assert (got.tolist() if isinstance(got, Tensor) else got) == want
+
+
+def test_item_assignment_writes_through_views():
+    """t[:, h] = 0 is what a TransformerLens user writes in a hook to ablate head h of hook_z."""
+    shape = (3, 4, 5)
+    t = Tensor.from_list(_nested(shape), shape)
+    ref = _nested(shape)
+    t[:, 2] = 0
+    for p in range(3):
+        ref[p][2] = [0.0] * 5
+    assert t.tolist() == ref
+    t[1, 1:3, ::2] = -1.5
+    for h in (1, 2):
+        for d in (0, 2, 4):
+            ref[1][h][d] = -1.5
+    assert t.tolist() == ref
+    t[0, 0, 0] = 7
+    ref[0][0][0] = 7.0
+    src = Tensor.from_list([[9.0] * 5] * 4)
+    t[2] = src
+    ref[2] = [[9.0] * 5] * 4
+    assert t.tolist() == ref
+    t[..., 4] = Tensor((3, 4), "F16")  # any dtype converts
+    for p in range(3):
+        for h in range(4):
+            ref[p][h][4] = 0.0
+    assert t.tolist() == ref
+    ids = Tensor.from_list([1, 2, 3], dtype="I32")
+    ids[1] = 40
+    assert ids.to_list() == [1, 40, 3]
+
+
+def test_item_assignment_refuses_bad_values_and_changes_nothing():
+    t = Tensor.from_list(_nested((2, 3)), (2, 3))
+    before = t.tolist()
+    with pytest.raises(errors.ShapeError, match="shape"):
+        t[0] = Tensor((2,))
+    with pytest.raises(errors.ArgumentTypeError):
+        t[0] = "zero"
+    with pytest.raises(errors.ArgumentTypeError):
+        t[0] = [1.0, 2.0, 3.0]
+    with pytest.raises(errors.IndexOutOfRangeError):
+        t[0, 3] = 1.0
+    with pytest.raises(errors.IndexOutOfRangeError):
+        t[0, 0, 0] = 1.0
+    with pytest.raises(errors.ArgumentTypeError):
+        t[0, 1.0] = 1.0
+    with pytest.raises(errors.InvalidArgumentError, match="read-only"):
+        Tensor.wrap(struct.pack("6f", *range(6)), (2, 3))[0, 1] = 5.0
+    assert t.tolist() == before

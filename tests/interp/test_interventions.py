@@ -19,6 +19,16 @@ def test_zero_ablating_every_head_removes_the_attention_output(model):
         zero_ablate_heads(model, [(7, 9)])
 
 
+def test_a_hook_can_ablate_a_head_by_item_assignment(model):
+    """`z[:, h] = 0` in a hook, as a TransformerLens user writes it, is zero_ablate_heads."""
+    def ablate(z, hook):
+        z[:, 2] = 0
+        z[:, 5] = 0.0
+
+    by_hand = model.run_with_hooks(PROMPT, fwd_hooks=[("blocks.7.attn.hook_z", ablate)]).to_list()
+    assert by_hand == model.run_with_hooks(PROMPT, fwd_hooks=zero_ablate_heads(model, [(7, 2), (7, 5)])).to_list()
+
+
 def test_mean_ablation_puts_the_mean_at_every_position(model):
     hooks = mean_ablate_heads(model, [(3, 1), (3, 4)], reference=PROMPT)
     _, ref = model.run_with_cache(PROMPT, names_filter="blocks.3.attn.hook_z")

@@ -34,6 +34,8 @@ _TAIL = """
 def f(t, hook):                      # TransformerLens-style: t is a copy, hook.name, hook.layer()
     print(hook.name, t.shape)         # editing t in place, or returning a Tensor of t's shape,
                                       # changes what the model computes from here on
+def ablate(z, hook):                  # hook_z [pos, head, d_head]: NumPy-style views and item
+    z[:, 3] = 0                       # assignment (t[i, a:b], t[..., j] = x) edit it in place
 with m.hooks(fwd_hooks=[("blocks.3.hook_resid_post", f)]):
     m.logits("Hello")                 # the hook is gone after the block, also on exceptions
 logits, cache = m.run_with_cache("Hello", names_filter=["blocks.*.hook_resid_*", "*.hook_pattern"])   # None: all

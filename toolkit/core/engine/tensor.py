@@ -6,6 +6,8 @@ weight file, never copied). It speaks the buffer protocol (`memoryview(t)` on Py
 without a copy; this package never imports NumPy. Elementwise work never happens in Python here:
 `load`/`to_list` move whole buffers through the engine's converters.
 """
+import numbers
+import operator
 from array import array
 
 from toolkit import errors
@@ -14,6 +16,16 @@ from . import dtypes as _dt
 from ._lib import check, ffi, lib
 
 _MAX_DIMS = 4
+
+
+def validate_index(i):
+    """An int index (NumPy's integers too; not bools, floats or strings)."""
+    if isinstance(i, bool):
+        raise errors.ArgumentTypeError(f"tensors index with ints, slices and ..., got {i!r}")
+    try:
+        return operator.index(i)
+    except TypeError:
+        raise errors.ArgumentTypeError(f"tensors index with ints, slices and ..., got {type(i).__name__}") from None
 
 
 def _normalize_shape(shape):
@@ -278,24 +290,65 @@ class Tensor:
 
     view = reshape
 
+    def _index(self, idx):
+        """(shape, strides, byte offset, scalar) of the view t[idx]: per dim an int (drops the dim)
+        or a slice with a positive step (keeps it); `...` stands for the dims not named."""
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if sum(i is Ellipsis for i in idx) > 1:
+            raise errors.InvalidArgumentError("an index may hold at most one ...")
+        if Ellipsis in idx:
+            e = idx.index(Ellipsis)
+            idx = idx[:e] + (slice(None),) * (len(self.shape) - len(idx) + 1) + idx[e + 1:]
+        if len(idx) > len(self.shape):
+            raise errors.IndexOutOfRangeError(f"{len(idx)} indices for a tensor of {len(self.shape)} dims {self.shape}")
+        if self.dtype in _dt.BLOCK_DTYPES and len(idx) == len(self.shape) and idx[-1] != slice(None):
+            raise errors.UnsupportedError(f"{self.dtype} rows are indexed whole (their blocks pack 32 values)")
+        shape, strides, offset = [], [], 0
+        for d, i in enumerate(idx):
+            n, st = self.shape[d], self._ct.stride[d]
+            if isinstance(i, slice):
+                start, stop, step = i.indices(n)
+                if step < 1:
+                    raise errors.InvalidArgumentError(f"tensor slices need a positive step, got {i.step}")
+                length = len(range(start, stop, step))
+                shape.append(length)
+                strides.append(st * step)
+                offset += start * st if length else 0
+                continue
+            k = validate_index(i)
+            j = k + n if k < 0 else k
+            if not 0 <= j < n:
+                raise errors.IndexOutOfRangeError(f"index {k} out of range for dim {d} of size {n}")
+            offset += j * st
+        shape += self.shape[len(idx):]
+        strides += self.strides[len(idx):]
+        return shape, strides, offset, not shape
+
     def __getitem__(self, idx):
-        """Indexing along dim 0: an int drops the dim, a slice (step 1) keeps it; both are views."""
-        n = self.shape[0]
-        if isinstance(idx, bool) or not isinstance(idx, (int, slice)):
-            raise errors.ArgumentTypeError(f"tensors index with an int or a slice, got {type(idx).__name__}")
-        stride0 = self._ct.stride[0]
-        if isinstance(idx, int):
-            i = idx + n if idx < 0 else idx
-            if not 0 <= i < n:
-                raise errors.IndexOutOfRangeError(f"index {idx} out of range for dim 0 of size {n}")
-            if len(self.shape) == 1:
-                return self._view((1,), None, i * stride0).to_list()[0]
-            return self._view(self.shape[1:], self.strides[1:], i * stride0)
-        start, stop, step = idx.indices(n)
-        if step != 1:
-            raise errors.InvalidArgumentError("tensor slices need step 1")
-        length = max(0, stop - start)
-        return self._view((length,) + self.shape[1:], self.strides, start * stride0 if length else 0)
+        """Views, as NumPy's basic indexing: per dim an int (drops the dim) or a slice with a
+        positive step (keeps it), `...` for the dims not named; t[i, j] of every dim is a number."""
+        shape, strides, offset, scalar = self._index(idx)
+        if scalar:
+            return self._view((1,), None, offset).to_list()[0]
+        return self._view(shape, strides, offset)
+
+    def __setitem__(self, idx, value):
+        """t[idx] = number, or = a Tensor of the selected shape (any dtype): writes into this
+        tensor's memory, e.g. `z[:, head] = 0` in a hook (the hook's tensor is the pass's own)."""
+        shape, strides, offset, _ = self._index(idx)
+        view = self._view(shape or (1,), strides or None, offset)
+        if isinstance(value, Tensor):
+            if value.shape != view.shape and not (not shape and value.numel == 1):
+                raise errors.ShapeError(f"cannot assign a tensor of shape {value.shape} to t[{idx!r}] of shape "
+                                        f"{tuple(shape)}")
+            check(lib.ce_copy(view._ct, value._ct))
+            return
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise errors.ArgumentTypeError(f"t[...] = takes a number or a Tensor, got {type(value).__name__}")
+        src = Tensor(view.shape, "I32" if self.dtype == "I32" else "F32")  # zero-filled
+        if value != 0:
+            src.load([value] * src.numel)
+        check(lib.ce_copy(view._ct, src._ct))
 
     def permute(self, *dims):
         """A view with its dims reordered (like torch.permute); the data is not moved."""
