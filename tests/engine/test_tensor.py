@@ -236,6 +236,14 @@ def test_item_assignment_writes_through_views():
     ids = Tensor.from_list([1, 2, 3], dtype="I32")
     ids[1] = 40
     assert ids.to_list() == [1, 40, 3]
+    ids[0:2] = (7, 8)
+    assert ids.to_list() == [7, 8, 3]
+    t[0, :, 0] = [1.0, 2.0, 3.0, 4.0]  # nested lists (and NumPy arrays, through their tolist())
+    t[1, 0:2, 0:2] = [[5.0, 6.0], [7.0, 8.0]]
+    for h in range(4):
+        ref[0][h][0] = float(h + 1)
+    ref[1][0][0:2], ref[1][1][0:2] = [5.0, 6.0], [7.0, 8.0]
+    assert t.tolist() == ref
 
 
 def test_item_assignment_refuses_bad_values_and_changes_nothing():
@@ -245,8 +253,12 @@ def test_item_assignment_refuses_bad_values_and_changes_nothing():
         t[0] = Tensor((2,))
     with pytest.raises(errors.ArgumentTypeError):
         t[0] = "zero"
+    with pytest.raises(errors.ShapeError, match="shape"):
+        t[0] = [1.0, 2.0]
+    with pytest.raises(errors.ShapeError):
+        t[:, 0:2] = [[1.0, 2.0], [3.0]]  # ragged
     with pytest.raises(errors.ArgumentTypeError):
-        t[0] = [1.0, 2.0, 3.0]
+        t[0] = ["a", "b", "c"]
     with pytest.raises(errors.IndexOutOfRangeError):
         t[0, 3] = 1.0
     with pytest.raises(errors.IndexOutOfRangeError):
@@ -256,3 +268,18 @@ def test_item_assignment_refuses_bad_values_and_changes_nothing():
     with pytest.raises(errors.InvalidArgumentError, match="read-only"):
         Tensor.wrap(struct.pack("6f", *range(6)), (2, 3))[0, 1] = 5.0
     assert t.tolist() == before
+
+
+def test_item_assignment_takes_array_likes_through_tolist():
+    """A NumPy array (or scalar) is taken through its tolist(), without this package importing NumPy."""
+    class ArrayLike:
+        def __init__(self, v):
+            self.v = v
+
+        def tolist(self):
+            return self.v
+
+    t = Tensor((2, 3))
+    t[1] = ArrayLike([1.0, 2.0, 3.0])
+    t[0, 2] = ArrayLike(5.0)
+    assert t.tolist() == [[0.0, 0.0, 5.0], [1.0, 2.0, 3.0]]

@@ -333,10 +333,17 @@ class Tensor:
         return self._view(shape, strides, offset)
 
     def __setitem__(self, idx, value):
-        """t[idx] = number, or = a Tensor of the selected shape (any dtype): writes into this
-        tensor's memory, e.g. `z[:, head] = 0` in a hook (the hook's tensor is the pass's own)."""
+        """t[idx] = number, or = a Tensor, nested lists or a NumPy array of the selected shape (any
+        dtype): writes into this tensor's memory, e.g. `z[:, head] = 0` in a hook."""
         shape, strides, offset, _ = self._index(idx)
         view = self._view(shape or (1,), strides or None, offset)
+        if not isinstance(value, Tensor) and callable(getattr(value, "tolist", None)):
+            value = value.tolist()  # a NumPy array or scalar (this package never imports NumPy)
+        if isinstance(value, (list, tuple)):
+            flat, got = _flatten(value)
+            if got != tuple(shape) and not (not shape and len(flat) == 1):
+                raise errors.ShapeError(f"cannot assign values of shape {got} to t[{idx!r}] of shape {tuple(shape)}")
+            value = Tensor(view.shape, "I32" if self.dtype == "I32" else "F32").load(flat)
         if isinstance(value, Tensor):
             if value.shape != view.shape and not (not shape and value.numel == 1):
                 raise errors.ShapeError(f"cannot assign a tensor of shape {value.shape} to t[{idx!r}] of shape "
