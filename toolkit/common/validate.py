@@ -49,6 +49,13 @@ def as_index(v: Any) -> int | None:
         return None
 
 
+def int_like(v: Any) -> Any:
+    """v as a plain int if it is integer-like (as_index), else v unchanged for the caller's own
+    check to name."""
+    i = as_index(v)
+    return v if i is None else i
+
+
 def token_id(v: Any, vocab_size: int | None = None, what: str = "token id",
              error: type | None = None) -> int:
     """One token id as a Python int: an int (or an integer-valued, finite float, the plugin

@@ -191,8 +191,7 @@ class ActivationCache:
         incl_mid; layer None (or -1, or n_layers) adds the final resid_post as "final_post").
         apply_ln runs each through the final norm (each row its own scale), as the logit lens does."""
         L = self.n_layers
-        if layer is not None and validate.as_index(layer) is not None:
-            layer = validate.as_index(layer)
+        layer = validate.int_like(layer)
         if layer is None or layer == -1 or layer == L:
             upto, final = L, True
         elif isinstance(layer, int) and not isinstance(layer, bool) and 0 <= layer < L:
@@ -228,7 +227,7 @@ class ActivationCache:
         resid, labels = self.accumulated_resid(layer, incl_mid=incl_mid, apply_ln=True, return_labels=True)
         n, T, _ = resid.shape
         V = self.model.config.vocab_size
-        k = k if validate.as_index(k) is None else validate.as_index(k)
+        k = validate.int_like(k)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= V:
             raise errors.InvalidArgumentError(f"k must be an int in 1..{V}, got {k!r}")
         ids, probs = [], []

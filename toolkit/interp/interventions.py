@@ -84,8 +84,8 @@ def steering_hooks(model, layer, vector, from_pos=0, scale=1.0, point="hook_resi
     lm = module_of(model)
     c = lm.config
     L = c.num_hidden_layers
-    layer = layer if validate.as_index(layer) is None else validate.as_index(layer)
-    from_pos = from_pos if validate.as_index(from_pos) is None else validate.as_index(from_pos)
+    layer = validate.int_like(layer)
+    from_pos = validate.int_like(from_pos)
     if isinstance(layer, bool) or not isinstance(layer, int) or not -L <= layer < L:
         raise errors.IndexOutOfRangeError(f"layer must be an int in {-L}..{L - 1}, got {layer!r}")
     if point not in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post"):

@@ -27,7 +27,7 @@ def _token(model, t):
             raise errors.InvalidArgumentError(f"{t!r} is {len(ids)} tokens; give one token (or its id)")
         return ids[0]
     V = module_of(model).config.vocab_size
-    t = t if validate.as_index(t) is None else validate.as_index(t)
+    t = validate.int_like(t)
     if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < V:
         raise errors.InvalidArgumentError(f"a token is a string or an id in 0..{V - 1}, got {t!r}")
     return t

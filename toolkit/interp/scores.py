@@ -15,8 +15,8 @@ def induction_scores(model, sequences, period, start=0):
     sequences. Each sequence is `start` tokens (e.g. BOS) and then a block of `period` tokens
     repeated at least once. One forward pass per sequence, caching only the attention patterns;
     the means are one engine matmul per layer against a [T * T] weight row."""
-    period = period if validate.as_index(period) is None else validate.as_index(period)
-    start = start if validate.as_index(start) is None else validate.as_index(start)
+    period = validate.int_like(period)
+    start = validate.int_like(start)
     if isinstance(period, bool) or not isinstance(period, int) or period < 2:
         raise errors.InvalidArgumentError(f"period must be an int >= 2, got {period!r}")
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:
