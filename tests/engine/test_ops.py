@@ -632,3 +632,14 @@ def test_functional_ops_raise_typed_errors():
 
 def rand_list_ops(n, seed, lo=-4.0, hi=4.0):
     return rand_list(n, seed, lo, hi)
+
+
+def test_all_finite_finds_any_nan_or_infinity_in_the_engine():
+    big = 3.0e38  # finite, and 0 * big is 0: only a real infinity or NaN makes a row's dot product NaN
+    assert F.all_finite(Tensor.from_list([[1.0, -big], [0.0, 1e-45]]))
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        t = Tensor.from_list([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+        t[2, 1] = bad
+        assert not F.all_finite(t)
+        assert not F.all_finite(t.to("F16"))
+    assert F.all_finite(Tensor((0, 4)))

@@ -1,7 +1,5 @@
 """Ready-made interventions, as fwd_hooks lists for `hooks`, `run_with_hooks` or `generate`:
 zero- and mean-ablation of attention heads, and steering vectors added to the residual stream."""
-import math
-
 from toolkit import errors
 
 from ..core.engine import functional as F
@@ -102,7 +100,7 @@ def steering_hooks(model, layer, vector, from_pos=0, scale=1.0, point="hook_resi
         v = Tensor.from_list(list(vector))
     if v.numel != c.hidden_size:
         raise errors.ShapeError(f"a steering vector has d_model = {c.hidden_size} values, got shape {v.shape}")
-    if not all(math.isfinite(x) for x in v.to_list()):  # one NaN would turn every later logit into NaN
+    if not F.all_finite(v):  # one NaN would turn every later logit into NaN
         raise errors.InvalidArgumentError("the steering vector holds NaN or infinite values")
     v = F.scale(v.reshape(1, c.hidden_size).to("F32"), float(scale))
 

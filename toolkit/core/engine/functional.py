@@ -312,6 +312,18 @@ def topk(x, k):
     return values, indices
 
 
+def all_finite(x):
+    """True when every element of x (F32/F16/BF16, any shape) is finite: one engine matmul of its
+    rows against a zero row, whose dot product is exactly 0 for finite rows and NaN when a row
+    holds an infinity or a NaN (0 * inf = NaN)."""
+    rows = x.contiguous().reshape(-1, x.shape[-1]) if x.numel else None
+    if rows is None:
+        return True
+    if rows.dtype != "F32":
+        rows = rows.to("F32")
+    return all(math.isfinite(v) for v in matmul(rows, Tensor((1, rows.shape[1]))).to_list())  # one per row
+
+
 def copy_(dst, src):
     """dst[...] = src (same numel; converts dtype); returns dst."""
     check(lib.ce_copy(_t(dst, "dst"), _t(src, "src")))
