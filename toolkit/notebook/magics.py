@@ -160,7 +160,7 @@ class ToolkitMagics(Magics):
         ids = session.prompt_ids(m, " ".join(args.prompt))
         with session.model_lock(m):
             need_bytes, free = cache_bytes(m, ids, names), available_memory()
-            if free is not None and need_bytes > free // 2:
+            if need_bytes is not None and need_bytes > free // 2:
                 # past this the kernel is killed for memory instead of raising
                 raise UsageError(f"tk_cache: caching {'every hook' if names is None else repr(names)} for {len(ids)} "
                                  f"tokens would take ~{tk_display.fmt_bytes(need_bytes)}, more than half the memory "
@@ -263,17 +263,14 @@ class ToolkitMagics(Magics):
 available_memory = session.available_memory
 
 
-PROBE_TOKENS = 11  # a prime, so no head count or width of the model is mistaken for the length
-
-
 def cache_bytes(model, ids, names=None):
-    """Estimated bytes of run_with_cache(ids, names): one run on the first PROBE_TOKENS tokens, each
-    activation scaled by (T / PROBE_TOKENS) to the number of its dimensions that are the length
-    (two for attention scores and patterns, one for the residual stream)."""
-    n0 = min(len(ids), PROBE_TOKENS)
-    _, probe = model.run_with_cache(ids[:n0], **({} if names is None else {"names_filter": names}))
-    scale = len(ids) / n0
-    return int(sum(probe[k].nbytes * scale ** sum(1 for d in probe[k].shape if d == n0) for k in probe.keys()))
+    """Bytes run_with_cache(ids, names) keeps, from the model's hook_nbytes (exact, no pass run);
+    None for a model that cannot say (run_with_cache then still refuses what exceeds the memory)."""
+    lm = getattr(model, "model", model)
+    if not callable(getattr(lm, "hook_nbytes", None)):
+        return None
+    resolved = lm.hook_names() if names is None else lm.hook_set.resolve(names)
+    return lm.hook_nbytes(resolved, len(ids))
 
 
 def _check_name(magic, name):

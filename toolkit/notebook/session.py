@@ -14,6 +14,7 @@ import weakref
 import traitlets as T
 
 from toolkit import errors
+from toolkit.common.validate import available_memory  # a module name here: tests fake it
 
 _locks = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()
@@ -142,18 +143,6 @@ def check_head(model, head):
     return head % n
 
 
-def available_memory():
-    """Bytes of memory the system can still give (Linux MemAvailable); None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 PY_FLOAT_BYTES = 32   # a float in a list: the object (24 B) and its slot (8 B)
 
 
@@ -164,7 +153,7 @@ def attention_patterns(model, prompt, layer):
     ids = prompt_ids(model, prompt)
     need_bytes = model.config.num_attention_heads * len(ids) ** 2 * (4 + PY_FLOAT_BYTES)
     free = available_memory()
-    if free is not None and need_bytes > free // 2:
+    if need_bytes > free // 2:
         # the kernel would be killed for memory instead of raising
         raise errors.OutOfMemoryError(
             f"the attention patterns of {len(ids)} tokens ({model.config.num_attention_heads} heads x {len(ids)}^2, as "
