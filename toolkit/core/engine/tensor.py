@@ -353,8 +353,13 @@ class Tensor:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise errors.ArgumentTypeError(f"t[...] = takes a number or a Tensor, got {type(value).__name__}")
         src = Tensor(view.shape, "I32" if self.dtype == "I32" else "F32")  # zero-filled
-        if value != 0:
-            src.load([value] * src.numel)
+        if value != 0:  # repeated by array's C loop, converted by the engine
+            try:
+                fill = array("i" if src.dtype == "I32" else "f", [value]) * src.numel
+            except (TypeError, OverflowError) as exc:
+                raise errors.ArgumentTypeError(f"cannot store {value!r} in a {src.dtype} tensor: {exc}") from exc
+            check(lib.ce_convert(src._ct.dtype, src._ct.data, lib.CE_I32 if src.dtype == "I32" else lib.CE_F32,
+                                 ffi.from_buffer(fill), src.numel))
         check(lib.ce_copy(view._ct, src._ct))
 
     def permute(self, *dims):
