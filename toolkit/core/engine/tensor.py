@@ -63,6 +63,28 @@ def _flatten(values):
     return list(flat), tuple(shape)
 
 
+def _base_buffer(buffer, ptr):
+    """(what keeps the memory alive, its address) for Tensor.wrap: for a memoryview (a slice of a
+    mapped file, as the loaders hand out) the exporter under it, not the view. A memoryview that
+    lends its buffer to a cffi pointer must never meet the cycle collector: CPython 3.11's
+    memoryview tp_clear drops its managed buffer while the pointer still holds an export, and the
+    pointer's own clear then dereferences it (a SIGSEGV when a model held in a reference cycle was
+    collected)."""
+    base = buffer.obj if isinstance(buffer, memoryview) else None
+    if base is None or isinstance(base, memoryview) or not buffer.c_contiguous:
+        return ptr, ptr
+    try:
+        bptr = ffi.from_buffer(base)
+    except TypeError:  # an exporter that is no buffer object itself
+        return ptr, ptr
+    off = int(ffi.cast("uintptr_t", ptr)) - int(ffi.cast("uintptr_t", bptr))
+    if not 0 <= off <= len(bptr) - len(ptr):
+        ffi.release(bptr)
+        return ptr, ptr
+    ffi.release(ptr)  # the view's export, released now: only the exporter's stays
+    return bptr, bptr + off
+
+
 class Tensor:
     """An n-d array (1 to 4 dims) whose data the C engine owns or borrows.
 
@@ -121,12 +143,14 @@ class Tensor:
             raise errors.ShapeError(
                 f"buffer of {len(ptr)} bytes is too small for a {name} tensor of shape {shape} "
                 f"at offset {offset} ({need} bytes needed)")
-        pp = ffi.new("ce_tensor **")
-        check(lib.ce_tensor_wrap(pp, code, len(shape), shape, ptr + offset))
         with memoryview(buffer) as mv:
-            if mv.readonly:
-                pp[0].flags |= lib.CE_TENSOR_READ_ONLY
-        return cls._from_handle(pp[0], shape, name, ptr)
+            read_only = mv.readonly
+        owner, data = _base_buffer(buffer, ptr)
+        pp = ffi.new("ce_tensor **")
+        check(lib.ce_tensor_wrap(pp, code, len(shape), shape, data + offset))
+        if read_only:
+            pp[0].flags |= lib.CE_TENSOR_READ_ONLY
+        return cls._from_handle(pp[0], shape, name, owner)
 
     # ---- facts ----
     @property
